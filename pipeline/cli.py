@@ -1,0 +1,225 @@
+"""The ``marketprism`` entry point: wires settings into components, one sub-command each.
+
+Only wiring lives here; each component owns its behaviour. Sub-commands: ``infra``, ``topics``,
+``demo`` (and the components as their issues land).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="MarketPrism market-data pipeline")
+infra_app = typer.Typer(no_args_is_help=True, help="Local broker and ClickHouse server (dev, tests, demo)")
+topics_app = typer.Typer(no_args_is_help=True, help="The topic registry against a broker")
+app.add_typer(infra_app, name="infra")
+app.add_typer(topics_app, name="topics")
+
+console = Console()
+log = logging.getLogger("marketprism")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML settings file (else MARKETPRISM_CONFIG)")
+]
+
+
+class _State:
+    settings: Settings | None = None
+
+
+@app.callback()
+def _root(config: ConfigOption = None) -> None:
+    from pipeline.observability.logs import configure_logging
+
+    try:
+        _State.settings = load_settings(config)
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    configure_logging(_State.settings.log_level)
+
+
+def settings() -> Settings:
+    assert _State.settings is not None, "settings are loaded by the root callback"
+    return _State.settings
+
+
+# ---------------------------------------------------------------- infra
+
+
+def _services(with_clickhouse: bool):  # type: ignore[no-untyped-def]
+    from pipeline.infra import broker_service, clickhouse_server_binary, clickhouse_service
+
+    s = settings()
+    state = s.state_dir / "infra"
+    services = [broker_service(state, s.infra.broker_host, s.infra.broker_port)]
+    if with_clickhouse and clickhouse_server_binary() is not None:
+        services.append(
+            clickhouse_service(state, s.infra.broker_host, s.infra.clickhouse_tcp_port, s.infra.clickhouse_http_port)
+        )
+    return services
+
+
+@infra_app.command("up")
+def infra_up(
+    clickhouse: Annotated[bool, typer.Option(help="also start clickhouse-server where installed")] = True,
+) -> None:
+    """Start the Tansu broker (and a local clickhouse-server); idempotent."""
+    from pipeline.infra import InfraError
+
+    for service in _services(clickhouse):
+        try:
+            status = service.start()
+        except InfraError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+        console.print(f"{status.name}: running (pid {status.pid}) on {status.address}")
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop only the processes `infra up` started."""
+    for service in _services(True):
+        stopped = service.stop()
+        console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    """Say what runs where."""
+    table = Table("service", "state", "pid", "address", "log")
+    for service in _services(True):
+        st = service.status()
+        state = "running" if st.running else ("starting/unhealthy" if st.pid else "stopped")
+        table.add_row(st.name, state, str(st.pid or "-"), st.address, str(service.log_file))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- topics
+
+
+@topics_app.command("list")
+def topics_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the registry."""
+    from pipeline.contracts import load_registry
+
+    s = settings()
+    registry = load_registry()
+    if as_json:
+        rows = [
+            {
+                "name": t.full_name(s.topic_prefix),
+                "partitions": t.partitions,
+                "key": t.key,
+                "record": t.record_type.__name__,
+                **t.configs(),
+            }
+            for t in registry
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("topic", "partitions", "key", "record", "cleanup", "retention ms", "description")
+    for t in registry:
+        table.add_row(
+            t.full_name(s.topic_prefix),
+            str(t.partitions),
+            t.key,
+            t.record_type.__name__,
+            t.cleanup_policy,
+            str(t.retention_ms),
+            t.description,
+        )
+    console.print(table)
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create missing topics and grow partitions to match the registry."""
+    from pipeline.contracts import load_registry
+    from pipeline.kafka.admin import TopicApplyError, apply
+
+    s = settings()
+    try:
+        done = asyncio.run(apply(s.kafka, load_registry(), s.topic_prefix))
+    except TopicApplyError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    for line in done:
+        console.print(line)
+    console.print(f"topics match the registry ({len(done)} change(s))")
+
+
+@topics_app.command("check")
+def topics_check() -> None:
+    """Exit 1 and list every difference when the broker disagrees with the registry."""
+    from pipeline.contracts import load_registry
+    from pipeline.kafka.admin import check
+
+    s = settings()
+    diffs = asyncio.run(check(s.kafka, load_registry(), s.topic_prefix))
+    for diff in diffs:
+        console.print(f"[red]{diff}[/red]")
+    if diffs:
+        raise typer.Exit(1)
+    console.print("broker matches the registry")
+
+
+@topics_app.command("schemas")
+def topics_schemas(
+    write: Annotated[bool, typer.Option(help="rewrite schemas/*.json from the records")] = False,
+) -> None:
+    """Check (or --write) that schemas/ holds the JSON Schema generated from each topic's record."""
+    from pipeline.contracts.topics import json_schema, load_registry
+
+    stale = []
+    for topic in load_registry():
+        text = json.dumps(json_schema(topic), indent=2, sort_keys=True) + "\n"
+        current = topic.schema_path.read_text() if topic.schema_path.exists() else None
+        if current != text:
+            if write:
+                topic.schema_path.write_text(text)
+                console.print(f"wrote {topic.schema_path.name}")
+            else:
+                stale.append(topic.schema_path.name)
+    if stale:
+        console.print(f"[red]out of date: {', '.join(stale)} (run `marketprism topics schemas --write`)[/red]")
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo() -> None:
+    """Run the pipeline on the embedded defaults (today: broker, topics and a round-trip self-check)."""
+    from pipeline.selfcheck import run_selfcheck
+
+    s = settings()
+    infra_up(clickhouse=False)
+    topics_apply()
+    results = asyncio.run(run_selfcheck(s))
+    table = Table("topic", "produced", "read back", "valid")
+    for row in results:
+        table.add_row(row.topic, str(row.produced), str(row.consumed), "yes" if row.valid else "NO")
+    console.print(table)
+    if not all(r.valid and r.consumed == r.produced for r in results):
+        raise typer.Exit(1)
+    console.print("[green]self-check passed[/green]: every topic round-trips through the broker")
+
+
+def main() -> None:
+    try:
+        app()
+    except SettingsError as exc:  # raised by late validation in a component
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(2)

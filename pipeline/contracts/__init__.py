@@ -1,0 +1,51 @@
+"""The shared contracts: typed records for every topic value and the topic registry.
+
+This is the only module components share. Producers encode records with :func:`encode`, consumers
+decode them with :func:`decoder_for`; the JSON Schemas in ``schemas/`` are generated from these
+records (``marketprism topics schemas --write``) and a test keeps the two in agreement.
+"""
+
+from pipeline.contracts.codec import DecodeError, decode, decoder_for, encode
+from pipeline.contracts.records import (
+    RECORD_TYPES,
+    Alert,
+    Anomaly,
+    Bar,
+    Bbo,
+    BookUpdate,
+    DeadLetter,
+    FeedMetrics,
+    Funding,
+    Liquidation,
+    Notification,
+    OpenInterest,
+    Record,
+    Trade,
+    market_key,
+)
+from pipeline.contracts.topics import Topic, TopicRegistry, load_registry
+
+__all__ = [
+    "RECORD_TYPES",
+    "Alert",
+    "Anomaly",
+    "Bar",
+    "Bbo",
+    "BookUpdate",
+    "DeadLetter",
+    "DecodeError",
+    "FeedMetrics",
+    "Funding",
+    "Liquidation",
+    "Notification",
+    "OpenInterest",
+    "Record",
+    "Topic",
+    "TopicRegistry",
+    "Trade",
+    "decode",
+    "decoder_for",
+    "encode",
+    "load_registry",
+    "market_key",
+]

@@ -1,0 +1,123 @@
+"""The topic registry: each topic declared once (name, partitions, key, record, storage settings).
+
+The registry lives in ``topics/registry.yaml``; the JSON Schema of each topic's value lives in
+``schemas/<topic>.json`` and is generated from the topic's record type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import yaml
+
+from pipeline.contracts.records import RECORD_TYPES, Record
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REGISTRY_PATH = PROJECT_ROOT / "topics" / "registry.yaml"
+SCHEMAS_DIR = PROJECT_ROOT / "schemas"
+
+
+class RegistryError(ValueError):
+    """The registry file is malformed or names an unknown record type."""
+
+
+class _TopicSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    record: str
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact"]
+    description: str
+    replication_factor: int = 1
+
+
+class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
+    topics: list[_TopicSpec]
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic of the registry; ``name`` is the unprefixed contract name."""
+
+    name: str
+    record_type: type[Record]
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact"]
+    description: str
+    replication_factor: int = 1
+
+    @property
+    def schema_path(self) -> Path:
+        return SCHEMAS_DIR / f"{self.name}.json"
+
+    def full_name(self, prefix: str = "") -> str:
+        return f"{prefix}{self.name}"
+
+    def configs(self) -> dict[str, str]:
+        """Broker-level topic configs this topic must have."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+@dataclass(frozen=True)
+class TopicRegistry:
+    topics: tuple[Topic, ...]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.topics)
+
+    def __len__(self) -> int:
+        return len(self.topics)
+
+    def get(self, name: str) -> Topic:
+        for topic in self.topics:
+            if topic.name == name:
+                return topic
+        raise KeyError(f"unknown topic {name!r}; registry has {[t.name for t in self.topics]}")
+
+
+def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
+    """Load and check the registry file."""
+    try:
+        spec = msgspec.convert(yaml.safe_load(path.read_text()), _RegistryFile)
+    except (OSError, yaml.YAMLError, msgspec.ValidationError) as exc:
+        raise RegistryError(f"{path}: {exc}") from exc
+    topics = []
+    for item in spec.topics:
+        if item.record not in RECORD_TYPES:
+            raise RegistryError(f"{path}: topic {item.name}: unknown record type {item.record!r}")
+        if item.partitions < 1:
+            raise RegistryError(f"{path}: topic {item.name}: partitions must be >= 1")
+        topics.append(
+            Topic(
+                name=item.name,
+                record_type=RECORD_TYPES[item.record],
+                key=item.key,
+                partitions=item.partitions,
+                retention_ms=item.retention_ms,
+                cleanup_policy=item.cleanup_policy,
+                description=item.description,
+                replication_factor=item.replication_factor,
+            )
+        )
+    names = [t.name for t in topics]
+    if len(set(names)) != len(names):
+        raise RegistryError(f"{path}: duplicate topic names")
+    return TopicRegistry(tuple(topics))
+
+
+def json_schema(topic: Topic) -> dict[str, object]:
+    """The JSON Schema (2020-12) of a topic's value, generated from its record type."""
+    schema = msgspec.json.schema(topic.record_type)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://marketprism.dev/schemas/{topic.name}.json",
+        "title": f"{topic.name} value",
+        "description": topic.description,
+        **schema,
+    }

@@ -1,0 +1,15 @@
+"""Kafka plumbing every component shares: aiokafka client options from settings, a keyed producer
+of contract records, the dead-letter publisher, topic administration and the Faust app factory."""
+
+from pipeline.kafka.clients import client_options, consumer_options, make_consumer, make_producer
+from pipeline.kafka.dlq import DeadLetterPublisher
+from pipeline.kafka.producer import RecordProducer
+
+__all__ = [
+    "DeadLetterPublisher",
+    "RecordProducer",
+    "client_options",
+    "consumer_options",
+    "make_consumer",
+    "make_producer",
+]

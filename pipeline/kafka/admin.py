@@ -1,0 +1,140 @@
+"""Topic administration against the registry: apply (create what is missing, grow partitions),
+check (report every difference) and describe."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.contracts.topics import Topic, TopicRegistry
+from pipeline.kafka.clients import client_options
+from pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class TopicApplyError(RuntimeError):
+    """The broker could not be made to match the registry (the message says what and why)."""
+
+
+@dataclass
+class TopicState:
+    """What the broker says about one topic (``None`` config values: the broker did not report them)."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Difference:
+    topic: str
+    what: str
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.what} expected {self.expected}, broker has {self.actual}"
+
+
+def _admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_options(kafka))
+
+
+async def describe(kafka: KafkaSettings, names: list[str]) -> dict[str, TopicState]:
+    """Partition counts (and configs where the broker reports them) of the named topics that exist."""
+    admin = _admin(kafka)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [n for n in names if n in existing]
+        if not wanted:
+            return {}
+        states = {
+            item["topic"]: TopicState(item["topic"], len(item["partitions"]))
+            for item in await admin.describe_topics(wanted)
+            if item.get("error_code", 0) == 0
+        }
+        try:
+            resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in states]
+            for response in await admin.describe_configs(resources):
+                for _code, _msg, _rtype, rname, entries in response.resources:
+                    if rname in states:
+                        states[rname].configs = {e[0]: e[1] for e in entries if e[1] is not None}
+        except KafkaError as exc:  # some brokers do not serve DescribeConfigs
+            log.info("broker did not describe topic configs (%s); checking partitions only", exc)
+        return states
+    finally:
+        await admin.close()
+
+
+def differences(registry: TopicRegistry, prefix: str, states: dict[str, TopicState]) -> list[Difference]:
+    """Every way the broker disagrees with the registry."""
+    found: list[Difference] = []
+    for topic in registry:
+        name = topic.full_name(prefix)
+        state = states.get(name)
+        if state is None:
+            found.append(Difference(name, "existence", "present", "missing"))
+            continue
+        if state.partitions != topic.partitions:
+            found.append(Difference(name, "partitions", str(topic.partitions), str(state.partitions)))
+        for key, value in topic.configs().items():
+            actual = state.configs.get(key)
+            if actual is not None and actual != value:
+                found.append(Difference(name, key, value, actual))
+    return found
+
+
+async def check(kafka: KafkaSettings, registry: TopicRegistry, prefix: str) -> list[Difference]:
+    states = await describe(kafka, [t.full_name(prefix) for t in registry])
+    return differences(registry, prefix, states)
+
+
+async def apply(kafka: KafkaSettings, registry: TopicRegistry, prefix: str) -> list[str]:
+    """Create missing topics and grow partition counts; returns what was done.
+
+    Shrinking partitions or changing a config of an existing topic is never done silently: those
+    remain differences that ``check`` reports.
+    """
+    states = await describe(kafka, [t.full_name(prefix) for t in registry])
+    done: list[str] = []
+    admin = _admin(kafka)
+    await admin.start()
+    try:
+        missing: list[Topic] = [t for t in registry if t.full_name(prefix) not in states]
+        if missing:
+            new = [
+                NewTopic(
+                    t.full_name(prefix),
+                    num_partitions=t.partitions,
+                    replication_factor=t.replication_factor,
+                    topic_configs=t.configs(),
+                )
+                for t in missing
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+            done += [f"created {t.full_name(prefix)} ({t.partitions} partitions)" for t in missing]
+        grow = {
+            t.full_name(prefix): NewPartitions(t.partitions)
+            for t in registry
+            if (s := states.get(t.full_name(prefix))) is not None and s.partitions < t.partitions
+        }
+        if grow:
+            try:
+                await admin.create_partitions(grow)
+            except KafkaError as exc:
+                wanted = ", ".join(f"{name} to {p.total_count}" for name, p in grow.items())
+                raise TopicApplyError(
+                    f"could not grow partitions ({wanted}): {exc}; done before that: {done or 'nothing'}"
+                ) from exc
+            done += [f"grew {name} to {p.total_count} partitions" for name, p in grow.items()]
+    finally:
+        await admin.close()
+    return done

@@ -1,0 +1,74 @@
+"""A keyed producer of contract records with a bounded in-flight window.
+
+``send`` never blocks the caller for longer than it takes to enqueue into aiokafka's accumulator;
+when the broker is away, records wait in a bounded buffer and ``send`` reports overflow instead of
+growing without limit (the caller counts and logs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline.contracts import Record, encode
+from pipeline.observability.metrics import PRODUCE_ERRORS, PRODUCED
+
+log = logging.getLogger(__name__)
+
+
+class RecordProducer:
+    """Encodes contract records and sends them keyed; tracks delivery futures without awaiting each."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str = "", max_in_flight: int = 100_000):
+        self._producer = producer
+        self._prefix = topic_prefix
+        self._pending: set[asyncio.Future[object]] = set()
+        self._max_in_flight = max_in_flight
+        self.overflowed = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self.flush()
+        await self._producer.stop()
+
+    def topic(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    async def send(self, topic: str, key: bytes, record: Record) -> bool:
+        """Queue one record; returns False (and counts) when the in-flight window is full."""
+        return await self.send_raw(topic, key, encode(record))
+
+    async def send_raw(self, topic: str, key: bytes, value: bytes) -> bool:
+        if len(self._pending) >= self._max_in_flight:
+            self.overflowed += 1
+            PRODUCE_ERRORS.labels(topic=topic, reason="overflow").inc()
+            return False
+        full = self.topic(topic)
+        try:
+            future = await self._producer.send(full, value=value, key=key)
+        except KafkaError as exc:
+            PRODUCE_ERRORS.labels(topic=topic, reason=type(exc).__name__).inc()
+            log.error("produce to %s failed: %s", full, exc)
+            return False
+        self._pending.add(future)
+        future.add_done_callback(lambda f, t=topic: self._delivered(f, t))
+        return True
+
+    def _delivered(self, future: asyncio.Future[object], topic: str) -> None:
+        self._pending.discard(future)
+        if future.cancelled() or future.exception() is not None:
+            PRODUCE_ERRORS.labels(topic=topic, reason="delivery").inc()
+            log.error("delivery to %s failed: %s", topic, None if future.cancelled() else future.exception())
+        else:
+            PRODUCED.labels(topic=topic).inc()
+
+    async def flush(self) -> None:
+        """Wait until every queued record is acknowledged (or failed)."""
+        await self._producer.flush()
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Process observability: Prometheus metrics every component shares and logging set-up."""

@@ -1,0 +1,117 @@
+"""Test harness: real parts, really started.
+
+Session fixtures start a Tansu broker and (when installed) a Debian clickhouse-server on free
+loopback ports in temp dirs, and stop them by PID at the end. Each test gets its own topic prefix
+on the shared broker, so tests never see each other's records. Tests marked ``shared`` need the
+real captures in ``../shared`` and skip cleanly when it is absent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.infra import InfraError, broker_service, clickhouse_server_binary, clickhouse_service, free_port
+from pipeline.settings import KafkaSettings, Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = PROJECT_ROOT.parent / "shared"
+REPLAY_DIR = SHARED_DIR / "replay"
+NAB_DIR = SHARED_DIR / "nab"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SHARED_DIR.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"needs ../shared data ({SHARED_DIR} is absent)")
+    for item in items:
+        if "shared" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"needs ../shared data ({SHARED_DIR} is absent)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def replay_dir(shared_dir: Path) -> Path:
+    return shared_dir / "replay"
+
+
+@dataclass(frozen=True)
+class Broker:
+    host: str
+    port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A Tansu broker for the whole session (memory storage)."""
+    service = broker_service(tmp_path_factory.mktemp("broker"), port=free_port())
+    service.start()
+    try:
+        yield Broker(service.host, service.port)
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def settings(broker: Broker, tmp_path: Path) -> Settings:
+    """Settings pointing at the session broker, with a topic prefix of this test's own."""
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        state_dir=tmp_path / "state",
+        clickhouse_url=f"chdb://{tmp_path / 'chdb'}",
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+async def topics(settings: Settings) -> Settings:
+    """The registry applied under this test's prefix."""
+    from pipeline.contracts import load_registry
+    from pipeline.kafka.admin import apply
+
+    await apply(settings.kafka, load_registry(), settings.topic_prefix)
+    return settings
+
+
+@dataclass(frozen=True)
+class ClickHouseServer:
+    host: str
+    tcp_port: int
+    http_port: int
+    service: object
+
+    @property
+    def url(self) -> str:
+        return f"clickhouse://default:@{self.host}:{self.tcp_port}/default"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+    """Debian's clickhouse-server on free ports (skips when it is not installed)."""
+    if clickhouse_server_binary() is None:
+        pytest.skip("clickhouse-server is not installed (make test installs it with apt where it can)")
+    tcp, http = free_port(), free_port()
+    service = clickhouse_service(tmp_path_factory.mktemp("clickhouse"), tcp_port=tcp, http_port=http)
+    try:
+        service.start(timeout=60)
+    except InfraError as exc:
+        pytest.skip(f"clickhouse-server could not start here: {exc}")
+    try:
+        yield ClickHouseServer(service.host, tcp, http, service)
+    finally:
+        service.stop()
