@@ -22,8 +22,13 @@ from pipeline.settings import Settings, SettingsError, load_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MarketPrism market-data pipeline")
 infra_app = typer.Typer(no_args_is_help=True, help="Local broker and ClickHouse server (dev, tests, demo)")
 topics_app = typer.Typer(no_args_is_help=True, help="The topic registry against a broker")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures go to docs/benchmarks.md)")
 app.add_typer(infra_app, name="infra")
 app.add_typer(topics_app, name="topics")
+app.add_typer(bench_app, name="bench")
+# Components register their sub-commands below: app.add_typer(<component>.cli.<x>_app, name=...),
+# bench_app.command("<name>")(<component>.cli.bench_<name>). Their commands read the settings from
+# ``ctx.obj`` (a :class:`~pipeline.settings.Settings`), set by the root callback.
 
 console = Console()
 log = logging.getLogger("marketprism")
@@ -38,7 +43,7 @@ class _State:
 
 
 @app.callback()
-def _root(config: ConfigOption = None) -> None:
+def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
     from pipeline.observability.logs import configure_logging
 
     try:
@@ -46,6 +51,7 @@ def _root(config: ConfigOption = None) -> None:
     except SettingsError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    ctx.obj = _State.settings
     configure_logging(_State.settings.log_level)
 
 

@@ -1,0 +1,1 @@
+"""One module per venue protocol; ``VENUES`` maps an exchange id to its class."""
