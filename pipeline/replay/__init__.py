@@ -1,0 +1,1 @@
+"""Capture files (the ``../shared/replay`` line format): reading, serving them as venue endpoints, recording."""
