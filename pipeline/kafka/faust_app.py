@@ -36,6 +36,8 @@ def _credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
 def create_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
     """A Faust app for component ``app_id`` (also its consumer group id)."""
     kafka = settings.kafka
+    datadir = settings.state_dir / "faust" / app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     servers = ";".join(f"kafka://{s.strip()}" for s in kafka.bootstrap_servers.split(","))
     options: dict[str, Any] = {
         "broker": servers,
@@ -51,6 +53,6 @@ def create_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
         "producer_compression_type": kafka.compression_type,
         "producer_linger_ms": kafka.linger_ms,
         "topic_replication_factor": 1,
-        "datadir": str(settings.state_dir / "faust" / app_id),
+        "datadir": str(datadir),
     }
     return faust.App(f"{settings.topic_prefix}{app_id}", **(options | overrides))

@@ -44,3 +44,21 @@ async def test_check_detects_wrong_partition_count_and_missing_topics(settings: 
         await apply(settings.kafka, registry, settings.topic_prefix)
     remaining = await check(settings.kafka, registry, settings.topic_prefix)
     assert [(d.topic, d.what) for d in remaining] == [(wrong, "partitions")]
+
+
+def test_cli_check_exits_nonzero_on_drift_and_apply_fixes_missing(settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    env = {
+        "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "MARKETPRISM_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    runner = CliRunner()
+    before = runner.invoke(app, ["topics", "check"], env=env)
+    assert before.exit_code == 1
+    assert "md.trades.v1: existence expected present, broker has missing" in before.output
+    assert runner.invoke(app, ["topics", "apply"], env=env).exit_code == 0
+    after = runner.invoke(app, ["topics", "check"], env=env)
+    assert after.exit_code == 0, after.output

@@ -1,0 +1,30 @@
+"""The metrics helper serves Prometheus text on its own port, with the shared families."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import CollectorRegistry, Counter
+
+from pipeline.infra import free_port
+from pipeline.observability.metrics import DEAD_LETTERS, serve_metrics
+
+
+def test_serves_metrics_on_a_port() -> None:
+    registry = CollectorRegistry()
+    seen = Counter("marketprism_test_events_total", "test events", ["kind"], registry=registry)
+    seen.labels(kind="trade").inc(3)
+    port = serve_metrics(free_port(), registry=registry, addr="127.0.0.1")
+    assert port is not None
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'marketprism_test_events_total{kind="trade"} 3.0' in body
+
+
+def test_disabled_with_port_zero() -> None:
+    assert serve_metrics(0) is None
+
+
+def test_shared_dead_letter_family_is_labelled() -> None:
+    before = DEAD_LETTERS.labels(source="unit", reason="bad_json")._value.get()
+    DEAD_LETTERS.labels(source="unit", reason="bad_json").inc()
+    assert DEAD_LETTERS.labels(source="unit", reason="bad_json")._value.get() == before + 1
