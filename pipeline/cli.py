@@ -29,6 +29,33 @@ app.add_typer(bench_app, name="bench")
 # Components register their sub-commands below: app.add_typer(<component>.cli.<x>_app, name=...),
 # bench_app.command("<name>")(<component>.cli.bench_<name>). Their commands read the settings from
 # ``ctx.obj`` (a :class:`~pipeline.settings.Settings`), set by the root callback.
+from pipeline.sinks import cli as sinks_cli  # noqa: E402
+
+app.add_typer(sinks_cli.db_app, name="db")
+app.command("sink")(sinks_cli.sink_command)
+app.command("query")(sinks_cli.query_command)
+bench_app.command("sink")(sinks_cli.bench_sink)
+from pipeline.notify import cli as notify_cli  # noqa: E402
+
+app.add_typer(notify_cli.notify_app, name="notify")
+bench_app.command("notify")(notify_cli.bench_notify)
+from pipeline.anomaly import cli as anomaly_cli  # noqa: E402
+
+app.add_typer(anomaly_cli.anomaly_app, name="anomaly")
+bench_app.command("nab")(anomaly_cli.bench_nab)
+bench_app.command("anomaly")(anomaly_cli.bench_anomaly)
+from pipeline.alerting import cli as alerting_cli  # noqa: E402
+
+app.add_typer(alerting_cli.alerts_app, name="alerts")
+app.add_typer(alerting_cli.silence_app, name="silence")
+from pipeline.aggregation import cli as aggregation_cli  # noqa: E402
+
+app.command("worker")(aggregation_cli.worker_command)
+bench_app.command("aggregate")(aggregation_cli.bench_aggregate)
+from pipeline.simulator import cli as simulator_cli  # noqa: E402
+
+app.add_typer(simulator_cli.simulate_app, name="simulate")
+bench_app.command("simulate")(simulator_cli.bench_simulate)
 
 console = Console()
 log = logging.getLogger("marketprism")

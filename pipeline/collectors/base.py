@@ -100,6 +100,10 @@ class FrameResult:
     gaps: int = 0
     resyncs: int = 0
     checksum_failures: int = 0
+    # Added (additive): frames to send on the connection the frame came from, in order, to resync
+    # books by resubscribing (OKX, Kraken, Coinbase); and books found crossed (no Bbo published).
+    resubscribe: list[str] = field(default_factory=list)
+    crossed: int = 0
 
 
 class Venue(ABC):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.contracts.records import (
     Alert,
+    AlertAction,
     Anomaly,
     Bar,
     Bbo,
@@ -15,6 +16,9 @@ from pipeline.contracts.records import (
     Notification,
     OpenInterest,
     Record,
+    ReferencePrice,
+    RuleEngineCheckpoint,
+    Silence,
     Trade,
 )
 
@@ -175,5 +179,37 @@ EXAMPLES: dict[type[Record], Record] = {
         payload='{"e":"trade","s":"BTCUSDT"}',
         ts_recv=T0,
         exchange="binance",
+    ),
+    Silence: Silence(
+        silence_id="b7d2c0de-maintenance",
+        matchers=['exchange="kraken"', 'alertname=~"Feed.*"'],
+        starts_at=T0,
+        ends_at=T0 + 7_200_000_000,
+        author="sre@example.com",
+        comment="kraken maintenance window",
+        created_at=T0,
+    ),
+    AlertAction: AlertAction(
+        action_id="a-9f0e1d2c",
+        fingerprint="5c1f0e9a7d3b2c41",
+        action="ack",
+        actor="sre@example.com",
+        ts=T0,
+        comment="looking into it",
+    ),
+    RuleEngineCheckpoint: RuleEngineCheckpoint(
+        engine_id="alerting",
+        ts=T0,
+        offsets={"ops.feed_metrics.v1:0": 1234},
+        state='{"version":1}',
+    ),
+    ReferencePrice: ReferencePrice(
+        asset="BTC-USD",
+        ts_event=T0,
+        price="36506.015",
+        venues=2,
+        mids={"coinbase:BTC-USD": "36500.015", "binance:BTC-USDT": "36512.015", "kraken:BTC-USD": "36400.5"},
+        divergence_bps={"coinbase:BTC-USD": -1.64, "binance:BTC-USDT": 1.64, "kraken:BTC-USD": -28.8},
+        excluded={"kraken:BTC-USD": "stale"},
     ),
 }

@@ -233,6 +233,10 @@ class Notification(Record):
     fingerprints: list[str] = []
     error: str | None = None
     latency_us: int | None = None
+    # Episode ids (``fingerprint@fired_at``) this message announced as firing / as resolved; a
+    # notifier rebuilds its notification log from them after a restart.
+    firing: list[str] = []
+    resolved: list[str] = []
 
 
 class DeadLetter(Record):
@@ -247,6 +251,63 @@ class DeadLetter(Record):
     partition: int | None = None
     offset: int | None = None
     exchange: str | None = None
+
+
+class Silence(Record):
+    """A silence: alerts whose labels match every matcher are muted in ``[starts_at, ends_at)``.
+
+    Matchers use Alertmanager's syntax: ``name="value"``, ``name!="value"``, ``name=~"regex"``,
+    ``name!~"regex"`` (a regex must match the whole value).
+    The compacted topic keyed by ``silence_id`` holds the current version; expiring a silence
+    republishes it with ``ends_at`` set to the expiry time.
+    """
+
+    silence_id: str
+    matchers: list[str]
+    starts_at: Micros
+    ends_at: Micros
+    author: str
+    comment: str
+    created_at: Micros
+
+
+class AlertAction(Record):
+    """An operator's command to the rule engine about one alert (``marketprism alerts ack|resolve``)."""
+
+    action_id: str
+    fingerprint: str
+    action: Literal["ack", "unack", "resolve"]
+    actor: str
+    ts: Micros
+    comment: str | None = None
+
+
+class RuleEngineCheckpoint(Record):
+    """The rule engine's evaluation state with the input offsets it covers (``topic:partition`` -> next
+    offset); ``state`` is the engine's own JSON document, opaque to everyone else."""
+
+    engine_id: str
+    ts: Micros
+    offsets: dict[str, int]
+    state: str
+
+
+class ReferencePrice(Record):
+    """Cross-venue reference price of one asset (``BASE-USD`` for USD, USDT and USDC spot quotes) at ``ts_event``.
+
+    ``price`` is the median of the included venues' mids; ``mids`` and ``divergence_bps`` hold every
+    venue considered (``exchange:symbol`` -> its last mid, and its divergence from ``price`` in bps);
+    ``excluded`` names the venues left out of the median and why (``stale``: no quote for too long,
+    ``diverging``: too far from the other venues' median).
+    """
+
+    asset: str
+    ts_event: Micros
+    price: Decimal
+    venues: Annotated[int, msgspec.Meta(ge=1)]
+    mids: dict[str, Decimal]
+    divergence_bps: dict[str, float]
+    excluded: dict[str, Literal["stale", "diverging"]] = {}
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
@@ -264,6 +325,10 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Alert,
         Notification,
         DeadLetter,
+        ReferencePrice,
+        Silence,
+        AlertAction,
+        RuleEngineCheckpoint,
     )
 }
 

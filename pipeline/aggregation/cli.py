@@ -1,0 +1,56 @@
+"""``marketprism worker`` (the aggregation worker) and ``marketprism bench aggregate``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LatenessOption = Annotated[int, typer.Option(help="allowed lateness (ms): watermark = max event time - this")]
+GraceOption = Annotated[int, typer.Option(help="grace (ms) a window stays open after the watermark passes its end")]
+IdleOption = Annotated[int, typer.Option(help="idle timeout (ms) after which a quiet partition follows the clock")]
+BatchOption = Annotated[int, typer.Option(help="max records per processing batch")]
+
+
+def worker_command(
+    ctx: typer.Context,
+    lateness_ms: LatenessOption = 500,
+    grace_ms: GraceOption = 500,
+    idle_timeout_ms: IdleOption = 3000,
+    batch_max: BatchOption = 10_000,
+) -> None:
+    """Run the aggregation worker: trades and BBOs -> 1s/1m bars, feed health, reference prices."""
+    import faust
+
+    from pipeline.aggregation.app import AggregatorConfig, build_app, ensure_internal_topics
+    from pipeline.aggregation.windows import WindowPolicy
+    from pipeline.observability.metrics import serve_metrics
+
+    settings: Settings = ctx.obj
+    policy = WindowPolicy(lateness_ms * 1000, grace_ms * 1000, idle_timeout_ms * 1000)
+    asyncio.run(ensure_internal_topics(settings))
+    app = build_app(settings, AggregatorConfig(policy=policy, batch_max=batch_max))
+    serve_metrics(settings.metrics_port)
+    faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+def bench_aggregate(
+    ctx: typer.Context,
+    trades: Annotated[int, typer.Option(help="trades preloaded for the throughput runs")] = 100_000,
+    symbols: Annotated[int, typer.Option(help="symbols the trades are spread over")] = 60,
+    rate: Annotated[int, typer.Option(help="trades/s for the bar latency run")] = 10_000,
+    seconds: Annotated[int, typer.Option(help="duration of the bar latency run")] = 20,
+    repeats: Annotated[int, typer.Option(help="throughput runs per contender (median reported)")] = 3,
+) -> None:
+    """Trades/s per worker and bar latency, next to a raw aiokafka consumer and a naive Faust agent."""
+    from pipeline.aggregation.bench import BenchPlan, run_bench
+
+    settings: Settings = ctx.obj
+    report = asyncio.run(run_bench(settings, BenchPlan(trades, symbols, rate, seconds, repeats)))
+    typer.echo(report)

@@ -1,0 +1,69 @@
+"""The health/reference worker: merges every bar worker's partials and the collectors' feed metrics,
+and publishes ``ops.feed_metrics.v1`` (``source="aggregator"``) and ``md.reference.v1`` each second.
+
+Its inputs are keyed by ``exchange:stream`` / asset, so one worker owns each venue stream and each
+asset whatever the number of workers. Its state is in memory: after a restart it is rebuilt from
+the next seconds of partials (a few seconds of feed health may be missing, never doubled).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pipeline.aggregation.health import FeedHealthTracker
+from pipeline.aggregation.reference import ReferenceTracker
+from pipeline.aggregation.summaries import FeedPartial, decode_summary
+from pipeline.contracts import DecodeError, FeedMetrics, decoder_for
+from pipeline.kafka import DeadLetterPublisher, RecordProducer
+
+log = logging.getLogger(__name__)
+
+FEED_METRICS_TOPIC = "ops.feed_metrics.v1"
+REFERENCE_TOPIC = "md.reference.v1"
+
+_metrics_decoder = decoder_for(FeedMetrics)
+
+
+class FeedsWorker:
+    """Feed health and reference prices from partials; see the module docstring."""
+
+    def __init__(
+        self,
+        producer: RecordProducer,
+        clock: Callable[[], int],
+        health: FeedHealthTracker,
+        reference: ReferenceTracker,
+    ):
+        self.producer = producer
+        self.dead_letters = DeadLetterPublisher(producer, "aggregator")
+        self.clock = clock
+        self.health = health
+        self.reference = reference
+
+    async def on_summary(self, value: bytes) -> None:
+        try:
+            summary = decode_summary(value)
+        except (DecodeError, ValueError) as exc:
+            await self.dead_letters.publish("decode", f"not an aggregator summary: {exc}", value)
+            return
+        if isinstance(summary, FeedPartial):
+            self.health.add_partial(summary)
+        else:
+            self.reference.observe(summary)
+
+    async def on_feed_metrics(self, value: bytes) -> None:
+        try:
+            metrics = _metrics_decoder.decode(value)
+        except DecodeError as exc:
+            await self.dead_letters.publish("decode", f"not a FeedMetrics: {exc}", value, topic=FEED_METRICS_TOPIC)
+            return
+        if metrics.source == "collector":
+            self.health.add_collector(metrics)
+
+    async def tick(self) -> None:
+        now = self.clock()
+        for metrics in self.health.due(now):
+            await self.producer.send(FEED_METRICS_TOPIC, f"{metrics.exchange}:{metrics.stream}".encode(), metrics)
+        for price in self.reference.compute(now):
+            await self.producer.send(REFERENCE_TOPIC, price.asset.encode(), price)

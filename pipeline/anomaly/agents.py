@@ -1,0 +1,152 @@
+"""The Faust worker: agents scoring bars and feed metrics, checkpoint tables, and the health forecaster.
+
+- ``bars`` agent: ``md.bars.1s.v1`` + ``md.bars.1m.v1`` -> one detector per series -> ``ops.anomalies.v1``.
+- ``feed`` agent: ``ops.feed_metrics.v1`` -> feed lag/rate/staleness detectors, and feed lag forecasts.
+- ``dlq`` agent: counts ``ops.dlq.v1`` records for the DLQ-rate health series.
+- a timer samples the other health series (consumer lag, process memory, disk) and publishes
+  time-to-threshold forecasts (:mod:`pipeline.anomaly.health`).
+
+Model state lives in two Faust tables (one per source partition count) checkpointed by
+:class:`~pipeline.anomaly.checkpoint.Checkpointer`. Undecodable inputs go to ``ops.dlq.v1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from mode import Service
+
+from pipeline.anomaly.checkpoint import Checkpointer
+from pipeline.anomaly.ensemble import DetectorConfig
+from pipeline.anomaly.health import HealthMonitor, HealthThresholds
+from pipeline.anomaly.registry import SeriesRegistry
+from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_for
+from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_producer
+from pipeline.kafka.faust_app import create_app
+from pipeline.observability.metrics import counter
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+APP_ID = "anomaly"
+ANOMALY_TOPIC = "ops.anomalies.v1"
+SCORED = counter("anomaly_points_total", "Series points scored and learned", ["source"])
+PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records published", ["kind"])
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    config: DetectorConfig = DetectorConfig()
+    report_floor: float = 0.5
+    checkpoint_every: int = 60
+    checkpoint_interval_s: float = 30.0
+    health_interval_s: float = 10.0
+    thresholds: HealthThresholds = HealthThresholds()
+
+
+class Outputs:
+    """The worker's aiokafka producer for anomalies and dead letters (started once, by the first agent)."""
+
+    def __init__(self, settings: Settings):
+        self.producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+        self.dlq = DeadLetterPublisher(self.producer, source="anomaly")
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    async def start(self) -> None:
+        async with self._lock:
+            if not self._started:
+                await self.producer.start()
+                self._started = True
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if self._started:
+                await self.producer.stop()
+                self._started = False
+
+    async def publish(self, anomalies: list[Anomaly]) -> None:
+        for anomaly in anomalies:
+            await self.producer.send(ANOMALY_TOPIC, anomaly.series_id.encode(), anomaly)
+            PUBLISHED.labels(kind=anomaly.kind).inc()
+
+
+def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> faust.App:
+    """The anomaly worker's Faust app with its agents, tables and health timer."""
+    app = create_app(settings, APP_ID, **overrides)
+    outputs = Outputs(settings)
+    bars_topic = app.topic(settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"))
+    feed_topic = app.topic(settings.topic("ops.feed_metrics.v1"))
+    dlq_topic = app.topic(settings.topic("ops.dlq.v1"))
+    bar_table = app.Table("bar-models", partitions=6)
+    feed_table = app.Table("feed-models", partitions=3)
+    bar_ckpt = Checkpointer(bar_table, options.checkpoint_every, options.checkpoint_interval_s)
+    feed_ckpt = Checkpointer(feed_table, options.checkpoint_every, options.checkpoint_interval_s)
+    bar_registry = SeriesRegistry(options.config, options.report_floor, loader=bar_ckpt.load)
+    feed_registry = SeriesRegistry(options.config, options.report_floor, loader=feed_ckpt.load)
+    health = HealthMonitor(settings, options.thresholds)
+    decode_bar = decoder_for(Bar)
+    decode_feed = decoder_for(FeedMetrics)
+
+    async def dead_letter(event: faust.EventT, exc: Exception) -> None:
+        message = event.message
+        await outputs.dlq.publish(
+            "undecodable", str(exc), event.value or b"",
+            topic=message.topic, partition=message.partition, offset=message.offset,
+        )
+
+    @app.agent(bars_topic)
+    async def bars(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        await outputs.start()
+        async for event in stream.events():
+            try:
+                bar = decode_bar(event.value)
+            except DecodeError as exc:
+                await dead_letter(event, exc)
+                continue
+            anomalies, touched = bar_registry.on_bar(bar)
+            SCORED.labels(source="bars").inc(len(touched))
+            await outputs.publish(anomalies)
+            for state in touched:
+                bar_ckpt.maybe_save(state)
+            yield None
+
+    @app.agent(feed_topic)
+    async def feed(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        await outputs.start()
+        async for event in stream.events():
+            try:
+                metrics = decode_feed(event.value)
+            except DecodeError as exc:
+                await dead_letter(event, exc)
+                continue
+            anomalies, touched = feed_registry.on_feed_metrics(metrics)
+            SCORED.labels(source="feed_metrics").inc(len(touched))
+            await outputs.publish(anomalies + health.on_feed_metrics(metrics))
+            for state in touched:
+                feed_ckpt.maybe_save(state)
+            yield None
+
+    @app.agent(dlq_topic)
+    async def dlq(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for _ in stream.events():
+            health.on_dead_letter()
+            yield None
+
+    @app.timer(options.health_interval_s)
+    async def sample_health() -> None:
+        await outputs.start()
+        await outputs.publish(await health.sample())
+
+    @app.service
+    class _OutputsService(Service):
+        async def on_stop(self) -> None:
+            await health.stop()
+            await outputs.stop()
+
+    return app

@@ -1,0 +1,120 @@
+"""The raw detectors, each keeping River's ``learn_one(x)`` / ``score_one(x)`` contract (high = anomalous).
+
+Inputs are one-feature dicts ``{"y": value}``. Raw scores are not comparable between detectors:
+:mod:`pipeline.anomaly.ensemble` calibrates them. Thresholds, warm-up and drift handling live in that
+wrapper, not here.
+
+- :class:`RobustZScore`: distance from the rolling median in units of the rolling inter-quartile
+  range (robust statistical scorer).
+- :func:`predictive`: River's PredictiveAnomalyDetection around a Holt(-Winters) forecaster
+  (seasonal/predictive scorer).
+- :func:`half_space_trees`: River's Half-Space Trees on min-max scaled (value, change) features.
+"""
+
+from __future__ import annotations
+
+from river import anomaly, preprocessing, time_series, utils
+from river.base import AnomalyDetector
+
+IQR_TO_SIGMA = 1.349
+
+
+class RobustZScore(AnomalyDetector):
+    """``|y - median| / (IQR / 1.349)`` over a rolling window of the last ``window_size`` values."""
+
+    def __init__(self, window_size: int = 300, min_scale: float = 1e-9):
+        self.window_size = window_size
+        self.min_scale = min_scale
+        self._window: utils.SortedWindow[float] = utils.SortedWindow(size=window_size)
+
+    @property
+    def ready(self) -> bool:
+        return len(self._window) >= 3
+
+    def learn_one(self, x: dict[str, float]) -> None:
+        self._window.append(x["y"])
+
+    def _quantile(self, q: float) -> float:
+        w = self._window.data
+        pos = q * (len(w) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(w) - 1)
+        return w[lo] + (w[hi] - w[lo]) * (pos - lo)
+
+    def expected(self) -> tuple[float, float, float]:
+        """(median, lower, upper): the median and the 1.5-IQR fences of the window."""
+        if not self._window:
+            return 0.0, 0.0, 0.0
+        q1, med, q3 = self._quantile(0.25), self._quantile(0.5), self._quantile(0.75)
+        return med, q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+
+    def score_one(self, x: dict[str, float]) -> float:
+        if len(self._window) < 3:
+            return 0.0
+        q1, med, q3 = self._quantile(0.25), self._quantile(0.5), self._quantile(0.75)
+        scale = max((q3 - q1) / IQR_TO_SIGMA, self.min_scale, abs(med) * 1e-6)
+        return abs(x["y"] - med) / scale
+
+    def keep_last(self, n: int) -> None:
+        """Forget all but the last ``n`` values (after a detected regime change)."""
+        recent = list(self._window.unsorted_window)[-n:]
+        self._window = utils.SortedWindow(size=self.window_size)
+        for value in recent:
+            self._window.append(value)
+
+
+class Predictive(AnomalyDetector):
+    """River's PredictiveAnomalyDetection on a univariate forecaster, fed ``y`` from ``{"y": value}``.
+
+    Also keeps the last one-step forecast so the ensemble can report the expected value.
+    """
+
+    def __init__(self, pad: anomaly.PredictiveAnomalyDetection):
+        self.pad = pad
+        self.last_forecast: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.pad.iter >= max(self.pad.warmup_period, 3)
+
+    def learn_one(self, x: dict[str, float]) -> None:
+        self.pad.learn_one(None, float(x["y"]))
+
+    def score_one(self, x: dict[str, float]) -> float:
+        if self.pad.iter < 3:
+            return 0.0
+        self.last_forecast = float(self.pad.predictive_model.forecast(1)[0])
+        return float(self.pad.score_one(None, float(x["y"])))
+
+
+def predictive(alpha: float, beta: float | None, n_std: float, warmup: int) -> Predictive:
+    """PredictiveAnomalyDetection around Holt's linear trend (HoltWinters without a season)."""
+    forecaster = time_series.HoltWinters(alpha=alpha, beta=beta)
+    return Predictive(anomaly.PredictiveAnomalyDetection(forecaster, horizon=1, n_std=n_std, warmup_period=warmup))
+
+
+class HalfSpaceTrees(AnomalyDetector):
+    """Half-Space Trees on min-max scaled features ``y`` and ``dy`` (change since the last value)."""
+
+    def __init__(self, n_trees: int, height: int, window_size: int, seed: int):
+        self.scaler = preprocessing.MinMaxScaler()
+        self.trees = anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed)
+        self._last: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Scores mean something once the first reference window is complete."""
+        return not self.trees._first_window
+
+    def _features(self, x: dict[str, float]) -> dict[str, float]:
+        y = x["y"]
+        return {"y": y, "dy": 0.0 if self._last is None else y - self._last}
+
+    def learn_one(self, x: dict[str, float]) -> None:
+        features = self._features(x)
+        self.scaler.learn_one(features)
+        self.trees.learn_one(self.scaler.transform_one(features))
+        self._last = x["y"]
+
+    def score_one(self, x: dict[str, float]) -> float:
+        return float(self.trees.score_one(self.scaler.transform_one(self._features(x))))

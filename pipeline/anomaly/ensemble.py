@@ -1,0 +1,153 @@
+"""One series' detector: the raw detectors calibrated into one score in [0, 1], plus the policies around them.
+
+The wrapper owns what STYLE item 9 keeps out of detectors: warm-up (score 0 until ``warmup`` points
+were seen), calibration (each raw score becomes the Gaussian tail probability of its short-term mean
+against its long-term distribution, the "anomaly likelihood" of Numenta's detector), the combination
+(the most confident detector wins and is named as the contributor), ADWIN drift detection (after a
+regime change the robust window keeps only the new regime), not learning anomalous points, and a
+refractory period after a report so one incident yields one report rather than a burst.
+
+The same :class:`SeriesDetector` runs in the Faust agents and in the NAB harness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from river import drift
+
+from pipeline.anomaly.detectors import HalfSpaceTrees, Predictive, RobustZScore, predictive
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that shapes a series detector (docs/benchmarks.md lists the values NAB was run with)."""
+
+    warmup: int = 150
+    robust_window: int = 300
+    holt_alpha: float = 0.5
+    holt_beta: float | None = 0.05
+    pad_n_std: float = 6.0
+    hst_trees: int = 5
+    hst_height: int = 6
+    hst_window: int = 250
+    hst_seed: int = 42
+    calib_long: int = 2000
+    calib_short: int = 5
+    calib_min: int = 30
+    z_half: float = 5.0
+    adwin_delta: float = 0.002
+    learn_anomalies: bool = False
+    report_floor: float = 0.5
+    refractory: int = 100
+    refractory_damp: float = 0.0
+    detectors: tuple[str, ...] = ("robust", "predictive", "hst")
+    weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+class TailCalibrator:
+    """Raw score -> z-score of its short-term mean against the long-term (exponentially weighted) distribution."""
+
+    def __init__(self, long_window: int, short_window: int, min_points: int):
+        self.alpha = 2.0 / (long_window + 1.0)
+        self.short: deque[float] = deque(maxlen=short_window)
+        self.short_sum = 0.0
+        self.min_points = min_points
+        self.n = 0
+        self.mean = 0.0
+        self.var = 0.0
+
+    def update(self, raw: float) -> float:
+        """The calibrated z of ``raw`` (0 until ``min_points`` were seen), then learn it."""
+        short = self.short
+        if len(short) == short.maxlen:
+            self.short_sum -= short[0]
+        short.append(raw)
+        self.short_sum += raw
+        value = self.short_sum / len(short)
+        z = 0.0
+        if self.n >= self.min_points:
+            sd = math.sqrt(self.var) if self.var > 0.0 else 0.0
+            z = (value - self.mean) / max(sd, 1e-6 * max(abs(self.mean), 1.0), 1e-9)
+        self.n += 1
+        a = max(self.alpha, 1.0 / self.n)
+        delta = value - self.mean
+        self.mean += a * delta
+        self.var = (1.0 - a) * (self.var + a * delta * delta)
+        return z
+
+
+def z_to_score(z: float, z_half: float) -> float:
+    """Map a calibrated z (>= 0 matters) into [0, 1) without saturating: ``z_half`` maps to 0.5."""
+    return z / (z + z_half) if z > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scored point: the calibrated score, who contributed most, and the expected value/range."""
+
+    value: float
+    score: float
+    detector: str
+    expected: float | None
+    lower: float | None
+    upper: float | None
+    drift: bool = False
+    raw: dict[str, float] = field(default_factory=dict)
+
+
+class SeriesDetector:
+    """Score-then-learn on each value of one series."""
+
+    def __init__(self, config: DetectorConfig | None = None):
+        self.config = c = config or DetectorConfig()
+        self.robust = RobustZScore(c.robust_window)
+        self.predictive: Predictive = predictive(c.holt_alpha, c.holt_beta, c.pad_n_std, warmup=min(c.warmup, 30))
+        self.hst = HalfSpaceTrees(c.hst_trees, c.hst_height, c.hst_window, c.hst_seed)
+        self.detectors = {
+            name: det
+            for name, det in (("robust", self.robust), ("predictive", self.predictive), ("hst", self.hst))
+            if name in c.detectors
+        }
+        self.weights = {name: w for name, w in zip(("robust", "predictive", "hst"), c.weights, strict=True)
+                        if name in self.detectors}
+        self.calibrators = {
+            name: TailCalibrator(c.calib_long, c.calib_short, c.calib_min) for name in self.detectors
+        }
+        self.adwin = drift.ADWIN(delta=c.adwin_delta)
+        self.seen = 0
+        self.cooldown = 0
+
+    @property
+    def warm(self) -> bool:
+        return self.seen >= self.config.warmup
+
+    def update(self, value: float) -> Scored:
+        """Score ``value`` against the model, then learn it (unless it is anomalous and that is off)."""
+        c = self.config
+        x = {"y": value}
+        raw = {name: det.score_one(x) for name, det in self.detectors.items()}
+        zs = {
+            name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()
+        }
+        for name, weight in self.weights.items():
+            zs[name] *= weight
+        detector = max(zs, key=zs.__getitem__)
+        score = z_to_score(zs[detector], c.z_half) if self.warm else 0.0
+        if self.cooldown > 0:
+            self.cooldown -= 1
+            score *= c.refractory_damp
+        elif c.refractory and score >= c.report_floor:
+            self.cooldown = c.refractory
+        median, lower, upper = self.robust.expected()
+        expected = self.predictive.last_forecast if detector == "predictive" else median
+        self.adwin.update(value)
+        drifted = self.adwin.drift_detected
+        if drifted:
+            self.robust.keep_last(max(int(self.adwin.width), 3))
+        if c.learn_anomalies or drifted or not self.warm or score < c.report_floor:
+            for det in self.detectors.values():
+                det.learn_one(x)
+        self.seen += 1
+        return Scored(value, score, detector, expected, lower, upper, drifted, raw)

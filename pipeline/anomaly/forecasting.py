@@ -1,0 +1,154 @@
+"""Failure prediction: Holt's damped-trend forecaster with prediction intervals, and time-to-threshold.
+
+:class:`DampedTrend` keeps River's forecaster contract (``learn_one(y)``, ``forecast(horizon)``) and
+adds :meth:`DampedTrend.interval` (ETS(A,Ad,N) forecast variance from the one-step error variance).
+:class:`ThresholdForecast` wraps it for one health series sampled at irregular times: it estimates
+the sampling step, and says in how many seconds the forecast reaches a threshold (rising or falling)
+and the interval around it. Unlike Prometheus' ``predict_linear`` the trend is smoothed (outliers do
+not swing it), damped (no runaway extrapolation) and comes with uncertainty; a crossing is only
+predicted once the trend is significant (the interval at the crossing excludes today's value).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from river.time_series.base import Forecaster
+
+
+class DampedTrend(Forecaster):
+    """Holt's linear trend with damping ``phi`` (``phi=1`` is plain Holt)."""
+
+    def __init__(self, alpha: float = 0.2, beta: float = 0.05, phi: float = 1.0, error_alpha: float = 0.05):
+        self.alpha = alpha
+        self.beta = beta
+        self.phi = phi
+        self.error_alpha = error_alpha
+        self.level: float | None = None
+        self.trend = 0.0
+        self.error_var = 0.0
+        self.step_mean = 0.0
+        self.step_var = 0.0
+        self.n = 0
+
+    def learn_one(self, y: float, x: dict[str, float] | None = None) -> None:
+        self.n += 1
+        if self.level is None:
+            self.level = y
+            return
+        if self.n == 2:
+            self.trend = y - self.level
+            self.level = y
+            return
+        predicted = self.level + self.phi * self.trend
+        error = y - predicted
+        self.error_var = (1 - self.error_alpha) * self.error_var + self.error_alpha * error * error
+        level = self.alpha * y + (1 - self.alpha) * predicted
+        step = level - self.level
+        self.trend = self.beta * step + (1 - self.beta) * self.phi * self.trend
+        self.level = level
+        delta = step - self.step_mean
+        self.step_mean += self.error_alpha * delta
+        self.step_var = (1 - self.error_alpha) * (self.step_var + self.error_alpha * delta * delta)
+
+    @property
+    def trend_se(self) -> float:
+        """Standard error of the trend: an AR(1) of level steps, ``Var = beta / (2 - beta) * Var(step)``."""
+        return math.sqrt(self.beta / (2.0 - self.beta) * self.step_var)
+
+    def forecast(self, horizon: int, xs: list[dict[str, float]] | None = None) -> list[float]:
+        level = self.level if self.level is not None else 0.0
+        out = []
+        damp = 0.0
+        power = 1.0
+        for _ in range(horizon):
+            power *= self.phi
+            damp += power
+            out.append(level + damp * self.trend)
+        return out
+
+    def interval(self, horizon: int, z: float = 1.96) -> list[tuple[float, float]]:
+        """``(lower, upper)`` for steps 1..horizon (ETS(A,Ad,N) variance)."""
+        means = self.forecast(horizon)
+        bounds = []
+        acc = 1.0
+        damp = 0.0
+        power = 1.0
+        for h, mean in enumerate(means, start=1):
+            if h > 1:
+                acc += (self.alpha + self.alpha * self.beta * damp) ** 2
+            power *= self.phi
+            damp += power
+            half = z * math.sqrt(self.error_var * acc)
+            bounds.append((mean - half, mean + half))
+        return bounds
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A predicted threshold crossing."""
+
+    seconds: float  # point estimate of the time until the forecast reaches the threshold
+    expected: float  # the forecast at that time
+    lower: float  # prediction interval at that time
+    upper: float
+    earliest_seconds: float  # when the interval's bound first reaches it (the pessimistic case)
+
+
+class ThresholdForecast:
+    """One health series: learn each observation, predict when it reaches ``threshold``."""
+
+    def __init__(
+        self,
+        threshold: float,
+        rising: bool = True,
+        horizon_steps: int = 720,
+        model: DampedTrend | None = None,
+        min_points: int = 10,
+        trend_z: float = 3.0,
+    ):
+        self.trend_z = trend_z
+        self.threshold = threshold
+        self.rising = rising
+        self.horizon_steps = horizon_steps
+        self.model = model or DampedTrend()
+        self.min_points = min_points
+        self.step_s: float | None = None
+        self.last_t: float | None = None
+        self.last_value: float | None = None
+
+    def learn_one(self, t_s: float, value: float) -> None:
+        if self.last_t is not None and t_s > self.last_t:
+            dt = t_s - self.last_t
+            self.step_s = dt if self.step_s is None else 0.9 * self.step_s + 0.1 * dt
+        self.last_t = t_s
+        self.last_value = value
+        self.model.learn_one(value)
+
+    def _beyond(self, value: float) -> bool:
+        return value >= self.threshold if self.rising else value <= self.threshold
+
+    def _significant(self) -> bool:
+        """The trend points at the threshold and stands ``trend_z`` standard errors clear of 0."""
+        trend = self.model.trend if self.rising else -self.model.trend
+        return trend > 0 and trend > self.trend_z * self.model.trend_se
+
+    def crossing(self) -> Crossing | None:
+        """The predicted crossing within the horizon, or None (not enough data, no trend, already beyond)."""
+        if self.model.n < self.min_points or self.step_s is None or self.last_value is None:
+            return None
+        if self._beyond(self.last_value):
+            return None
+        bounds = self.model.interval(self.horizon_steps)
+        means = self.model.forecast(self.horizon_steps)
+        earliest = None
+        for h, (mean, (lower, upper)) in enumerate(zip(means, bounds, strict=True), start=1):
+            if earliest is None and self._beyond(upper if self.rising else lower):
+                earliest = h
+            if self._beyond(mean):
+                significant = self._significant()
+                if not significant:
+                    return None
+                return Crossing(h * self.step_s, mean, lower, upper, (earliest or h) * self.step_s)
+        return None

@@ -1,0 +1,36 @@
+"""Order-book checksums of the venues that publish one (CRC32 over wire strings, ``zlib.crc32``).
+
+* OKX: the top 25 levels interleaved ``bid:size:ask:size`` (a missing side is skipped), joined by
+  ``:``, as a signed 32-bit integer.
+* Kraken (v1 and v2): for the top 10 asks ascending then the top 10 bids descending, price and size
+  with ``.`` removed and leading zeros stripped, concatenated; unsigned 32-bit.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+Level = tuple[str, str]
+
+
+def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
+    """OKX v5 ``books`` checksum of the top 25 levels (signed int32)."""
+    parts: list[str] = []
+    for i in range(25):
+        if i < len(bids):
+            parts.extend(bids[i])
+        if i < len(asks):
+            parts.extend(asks[i])
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - (1 << 32) if crc >= (1 << 31) else crc
+
+
+def _kraken_part(level: Level) -> str:
+    price, size = level
+    return price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
+
+
+def kraken_checksum(bids: list[Level], asks: list[Level]) -> int:
+    """Kraken v1/v2 ``book`` checksum of the top 10 levels (unsigned int32)."""
+    text = "".join(_kraken_part(level) for level in asks[:10]) + "".join(_kraken_part(level) for level in bids[:10])
+    return zlib.crc32(text.encode())

@@ -1,0 +1,158 @@
+"""Feed metrics of the collectors: Prometheus families and the per-second ``FeedMetrics`` records.
+
+Prometheus (``/metrics``) carries running totals per venue and stream; :class:`FeedStats` keeps
+the same counts per one-second window and turns them into one ``FeedMetrics`` record
+(``source="collector"``) per stream per interval for ``ops.feed_metrics.v1``. Frames that belong to
+no data stream (acks, heartbeats, undecodable frames) count under the connection's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.collectors.base import ConnectionPlan, FrameResult
+from pipeline.contracts import FeedMetrics
+from pipeline.observability.metrics import counter, gauge, histogram
+
+MESSAGES = counter("collector_messages_total", "Websocket frames received", ["exchange", "stream"])
+BYTES = counter("collector_bytes_total", "Websocket frame bytes received", ["exchange", "stream"])
+PARSE_ERRORS = counter("collector_parse_errors_total", "Frames that went to the DLQ", ["exchange", "reason"])
+GAPS = counter("collector_gaps_total", "Sequence gaps detected", ["exchange", "stream"])
+RESYNCS = counter("collector_resyncs_total", "Book resyncs started", ["exchange", "stream"])
+CHECKSUM_FAILURES = counter("collector_checksum_failures_total", "Book checksum mismatches", ["exchange", "stream"])
+RECONNECTS = counter("collector_reconnects_total", "Websocket reconnects", ["exchange", "connection", "reason"])
+CONNECTED = gauge("collector_connected", "1 while the websocket is open", ["exchange", "connection"])
+DUPLICATES = counter("collector_duplicate_trades_total", "Trades dropped as repeats", ["exchange"])
+OVERFLOW = counter("collector_queue_overflow_total", "Records dropped because the producer queue was full", ["kind"])
+QUEUE_DEPTH = gauge("collector_queue_depth", "Items waiting for the producer")
+REST_REQUESTS = counter("collector_rest_requests_total", "REST requests made", ["exchange", "kind", "outcome"])
+LATENCY = histogram(
+    "collector_latency_seconds",
+    "ts_recv - ts_event of published records",
+    ["exchange", "stream"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
+)
+
+MAX_LAG_SAMPLES = 4096
+
+
+@dataclass
+class _Window:
+    messages: int = 0
+    bytes: int = 0
+    parse_errors: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    reconnects: int = 0
+    checksum_failures: int = 0
+    lags: list[int] = field(default_factory=list)
+
+
+def _quantile(ordered: list[int], q: float) -> int:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class FeedStats:
+    """Counts of one venue, per stream, for the current interval and in Prometheus."""
+
+    def __init__(self, exchange: str):
+        self.exchange = exchange
+        self._windows: dict[str, _Window] = {}
+        self._last_us: dict[str, int] = {}
+        self._carriers: dict[str, set[str]] = {}  # stream -> connection names carrying it
+        self._up: dict[str, bool] = {}
+        self.frames = 0
+
+    def _window(self, stream: str) -> _Window:
+        window = self._windows.get(stream)
+        if window is None:
+            window = self._windows[stream] = _Window()
+        return window
+
+    def plan(self, plan: ConnectionPlan) -> None:
+        """Declare a connection and its streams (they report even before data arrives)."""
+        self._up.setdefault(plan.name, False)
+        for stream in (*plan.streams, plan.name):
+            self._carriers.setdefault(stream, set()).add(plan.name)
+            self._window(stream)
+
+    def connection(self, plan: ConnectionPlan, up: bool, reason: str = "") -> None:
+        self._up[plan.name] = up
+        CONNECTED.labels(self.exchange, plan.name).set(1 if up else 0)
+        if not up:
+            RECONNECTS.labels(self.exchange, plan.name, reason or "closed").inc()
+            for stream in (*plan.streams, plan.name):
+                self._window(stream).reconnects += 1
+
+    def frame(self, plan: ConnectionPlan, nbytes: int, result: FrameResult | None, ts_recv: int) -> str:
+        """Count one inbound frame; returns the stream it was counted under."""
+        self.frames += 1
+        stream = (result.stream if result is not None else None) or plan.name
+        self._carriers.setdefault(stream, set()).add(plan.name)
+        window = self._window(stream)
+        window.messages += 1
+        window.bytes += nbytes
+        self._last_us[stream] = ts_recv
+        MESSAGES.labels(self.exchange, stream).inc()
+        BYTES.labels(self.exchange, stream).inc(nbytes)
+        if result is not None:
+            if result.gaps:
+                window.gaps += result.gaps
+                GAPS.labels(self.exchange, stream).inc(result.gaps)
+            if result.resyncs:
+                window.resyncs += result.resyncs
+                RESYNCS.labels(self.exchange, stream).inc(result.resyncs)
+            if result.checksum_failures:
+                window.checksum_failures += result.checksum_failures
+                CHECKSUM_FAILURES.labels(self.exchange, stream).inc(result.checksum_failures)
+        return stream
+
+    def result(self, stream: str, result: FrameResult) -> None:
+        """Gaps/resyncs reported outside a frame (a REST snapshot body)."""
+        window = self._window(stream)
+        window.gaps += result.gaps
+        window.resyncs += result.resyncs
+        window.checksum_failures += result.checksum_failures
+        if result.resyncs:
+            RESYNCS.labels(self.exchange, stream).inc(result.resyncs)
+
+    def parse_error(self, plan_name: str, reason: str) -> None:
+        self._window(plan_name).parse_errors += 1
+        PARSE_ERRORS.labels(self.exchange, reason).inc()
+
+    def lag(self, stream: str, lag_us: int) -> None:
+        LATENCY.labels(self.exchange, stream).observe(lag_us / 1e6)
+        lags = self._window(stream).lags
+        if len(lags) < MAX_LAG_SAMPLES:
+            lags.append(lag_us)
+
+    def flush(self, now_us: int, interval_us: int) -> list[FeedMetrics]:
+        """One record per known stream for the interval that ends now; starts the next interval."""
+        out = []
+        for stream, window in self._windows.items():
+            lags = sorted(window.lags)
+            last = self._last_us.get(stream)
+            carriers = self._carriers.get(stream, set())
+            out.append(
+                FeedMetrics(
+                    exchange=self.exchange,  # type: ignore[arg-type]
+                    stream=stream,
+                    source="collector",
+                    ts_event=now_us,
+                    interval_us=interval_us,
+                    messages=window.messages,
+                    bytes=window.bytes,
+                    parse_errors=window.parse_errors,
+                    gaps=window.gaps,
+                    resyncs=window.resyncs,
+                    reconnects=window.reconnects,
+                    checksum_failures=window.checksum_failures,
+                    rate=window.messages * 1e6 / interval_us,
+                    lag_p50_us=_quantile(lags, 0.5) if lags else None,
+                    lag_p99_us=_quantile(lags, 0.99) if lags else None,
+                    staleness_us=max(0, now_us - last) if last is not None else None,
+                    connected=bool(carriers) and all(self._up.get(name, False) for name in carriers),
+                )
+            )
+        self._windows = {stream: _Window() for stream in self._windows}
+        return out

@@ -1,0 +1,204 @@
+"""The collector runtime: venues from settings wired to connections, REST, dedup, metrics and Kafka.
+
+One :class:`VenueRuntime` per venue is the :class:`~pipeline.collectors.connection.FrameSink` of
+that venue's connections: each frame goes to the venue module (pure protocol), trades pass the
+dedup, records go to the bounded :class:`~pipeline.collectors.output.Output`, REST requests to the
+venue's :class:`~pipeline.collectors.rest.RestClient`, and frames the venue cannot process go to
+``ops.dlq.v1`` with their reason while the collector keeps running. :class:`Collector` runs every
+venue plus the producer pump and the per-second ``FeedMetrics`` emitter in one TaskGroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from pipeline.collectors.backoff import Backoff
+from pipeline.collectors.base import (
+    ConnectionPlan,
+    FrameError,
+    FrameResult,
+    RestRequest,
+    SubscriptionError,
+    Venue,
+)
+from pipeline.collectors.connection import ConnectionSupervisor
+from pipeline.collectors.dedup import TradeDedup
+from pipeline.collectors.metrics import DUPLICATES, FeedStats
+from pipeline.collectors.output import Output
+from pipeline.collectors.rest import RestClient
+from pipeline.contracts import DecodeError, Trade, decoder_for, encode
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STREAM_OF = {
+    "Trade": "trades",
+    "BookUpdate": "book",
+    "Bbo": "bbo",
+    "Funding": "funding",
+    "OpenInterest": "open_interest",
+    "Liquidation": "liquidations",
+}
+
+
+class VenueRuntime:
+    def __init__(
+        self,
+        venue: Venue,
+        output: Output,
+        *,
+        proxy: str | None = None,
+        backoff: Callable[[], Backoff] = Backoff,
+        rest_concurrency: int = 4,
+        dedup_capacity: int = 20_000,
+    ):
+        self.venue = venue
+        self.exchange = venue.exchange
+        self.output = output
+        self.stats = FeedStats(venue.exchange)
+        self.dedup = TradeDedup(dedup_capacity)
+        self.rest = RestClient(
+            venue.exchange, venue.rest_limit, self._on_rest, proxy=proxy, concurrency=rest_concurrency
+        )
+        self.plans = venue.plan()
+        self.connections = [
+            ConnectionSupervisor(plan, venue.keepalive, self, proxy=proxy, backoff=backoff()) for plan in self.plans
+        ]
+        for plan in self.plans:
+            self.stats.plan(plan)
+        self.dead_letters = 0
+
+    # ---- FrameSink
+
+    def connected(self, plan: ConnectionPlan) -> None:
+        self.stats.connection(plan, True)
+        self.rest.submit(self.venue.on_connect(plan))
+
+    def disconnected(self, plan: ConnectionPlan, reason: str) -> None:
+        self.stats.connection(plan, False, reason.split(":")[0])
+
+    def frame(self, plan: ConnectionPlan, raw: str | bytes, ts_recv: int) -> FrameResult | None:
+        try:
+            result = self.venue.on_frame(raw, ts_recv, plan)
+        except FrameError as exc:
+            self._dead(plan.name, exc.reason, str(exc), raw)
+            self.stats.frame(plan, len(raw), None, ts_recv)
+            return None
+        except SubscriptionError as exc:
+            self._dead(plan.name, "subscription", str(exc), raw)
+            self.stats.frame(plan, len(raw), None, ts_recv)
+            return None
+        except Exception as exc:  # a venue bug on an odd frame must not stop the feed: DLQ it, loudly
+            log.exception("%s: venue module failed on a frame", self.exchange)
+            self._dead(plan.name, "venue_error", f"{type(exc).__name__}: {exc}", raw)
+            self.stats.frame(plan, len(raw), None, ts_recv)
+            return None
+        self.stats.frame(plan, len(raw), result, ts_recv)
+        self._publish(result)
+        return result
+
+    # ---- REST bodies
+
+    def _on_rest(self, request: RestRequest, body: bytes, ts_recv: int) -> None:
+        try:
+            result = self.venue.on_rest(request, body, ts_recv)
+        except FrameError as exc:
+            self._dead(f"rest:{request.kind}", exc.reason, str(exc), body)
+            return
+        except Exception as exc:  # same policy as frames
+            log.exception("%s: venue module failed on a REST body", self.exchange)
+            self._dead(f"rest:{request.kind}", "venue_error", f"{type(exc).__name__}: {exc}", body)
+            return
+        self.stats.result(result.stream or "book", result)
+        self._publish(result)
+
+    def _dead(self, where: str, reason: str, error: str, payload: str | bytes) -> None:
+        self.dead_letters += 1
+        self.stats.parse_error(where, reason)
+        self.output.dead(reason, f"{self.exchange} {where}: {error}", payload, self.exchange)
+
+    def _publish(self, result: FrameResult) -> None:
+        for record in result.records:
+            value = encode(record)
+            try:  # msgspec checks constraints on decode only: a venue bug must not reach the topic
+                decoder_for(type(record)).decode(value)
+            except DecodeError as exc:
+                self._dead("records", "schema", f"{type(record).__name__}: {exc}", value)
+                continue
+            if isinstance(record, Trade) and not self.dedup.first_time(record):
+                DUPLICATES.labels(self.exchange).inc()
+                continue
+            lag = record.ts_recv - record.ts_event  # type: ignore[attr-defined]
+            self.stats.lag(STREAM_OF.get(type(record).__name__, "other"), lag)
+            self.output.record(record, value)
+        if result.requests:
+            self.rest.submit(result.requests)
+
+    # ---- run
+
+    async def run(self, metrics_interval_s: float = 1.0) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.rest.run(self.venue.polls()))
+            for connection in self.connections:
+                group.create_task(connection.run())
+            group.create_task(self._emit_metrics(metrics_interval_s))
+
+    async def _emit_metrics(self, interval_s: float) -> None:
+        interval_us = int(interval_s * 1e6)
+        while True:
+            await asyncio.sleep(interval_s)
+            for record in self.stats.flush(time.time_ns() // 1000, interval_us):
+                self.output.metric(record)
+
+
+def build_venues(settings: Settings, only: list[str] | None = None) -> list[Venue]:
+    """Venue modules for the enabled (or the named) venues, with their endpoint overrides."""
+    from pipeline.collectors.venues import VENUES
+
+    venues = []
+    for name, conf in settings.venues.items():
+        if (only and name not in only) or (not only and not conf.enabled):
+            continue
+        if name not in VENUES:
+            raise ValueError(f"venue {name!r} has no module yet (known: {sorted(VENUES)})")
+        venues.append(VENUES[name](conf.symbols, ws_url=conf.ws_url, rest_url=conf.rest_url))
+    return venues
+
+
+class Collector:
+    """Every configured venue, the producer pump and the feed-metrics emitters of one process."""
+
+    def __init__(self, settings: Settings, venues: list[Venue], output: Output, **runtime_options: object):
+        self.output = output
+        self.runtimes = [
+            VenueRuntime(venue, output, proxy=settings.venues[venue.exchange].proxy
+                         if venue.exchange in settings.venues else None, **runtime_options)  # type: ignore[arg-type]
+            for venue in venues
+        ]
+
+    async def run(self, stop: asyncio.Event | None = None, drain_timeout_s: float = 30.0) -> None:
+        """Run until ``stop`` is set (then drain the queue and flush) or until cancelled."""
+        stop = stop or asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as group:
+                pump = group.create_task(self.output.run())
+                feeds = [group.create_task(runtime.run()) for runtime in self.runtimes]
+                await stop.wait()
+                for feed in feeds:
+                    feed.cancel()
+                await asyncio.wait(feeds)
+                try:
+                    async with asyncio.timeout(drain_timeout_s):
+                        await self.output.drain()
+                except TimeoutError:
+                    log.error("shutdown: %d item(s) not produced within %gs", self.output.pending, drain_timeout_s)
+                pump.cancel()
+        finally:
+            await self.output.stop()
+
+    @property
+    def frames(self) -> int:
+        return sum(r.stats.frames for r in self.runtimes)

@@ -1,0 +1,342 @@
+"""Helpers every venue module shares: strict field access that raises :class:`FrameError`, exact
+decimal strings, venue times to epoch microseconds, and the per-symbol book state that turns book
+changes into ``BookUpdate`` and ``Bbo`` records."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from pipeline.collectors.base import FrameError, FrameResult
+from pipeline.collectors.book import L2Book, Level
+from pipeline.contracts import Bbo, BookUpdate
+
+logger = logging.getLogger(__name__)
+
+_PLAIN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+INT64_MAX = 2**63 - 1
+MAX_EXPONENT = 40  # decimals beyond 10^±40 are corrupt input, not prices
+MAX_CHARS = 100
+SNAPSHOT_EVERY_US = 60_000_000  # a full book snapshot at least this often (receipt time)
+SNAPSHOT_CHUNK = 5_000  # levels per side in one snapshot record
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def loads(raw: str | bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, UnicodeError) as exc:
+        raise FrameError("bad_json", f"not JSON: {exc}") from None
+
+
+def get(obj: Any, key: str | int) -> Any:
+    """``obj[key]``; a missing key is ``missing_field``, a wrong container ``bad_type``."""
+    try:
+        return obj[key]
+    except KeyError:
+        raise FrameError("missing_field", f"missing field {key!r}") from None
+    except IndexError:
+        raise FrameError("missing_field", f"missing element {key}") from None
+    except TypeError:
+        raise FrameError("bad_type", f"cannot read {key!r} from {type(obj).__name__}") from None
+
+
+def dict_of(obj: Any, what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise FrameError("bad_type", f"{what}: expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def list_of(obj: Any, what: str) -> list[Any]:
+    if not isinstance(obj, list):
+        raise FrameError("bad_type", f"{what}: expected an array, got {type(obj).__name__}")
+    return obj
+
+
+def text(obj: Any, what: str) -> str:
+    if not isinstance(obj, str):
+        raise FrameError("bad_type", f"{what}: expected a string, got {type(obj).__name__}")
+    return obj
+
+
+def dec(value: Any, what: str) -> str:
+    """An exact plain decimal string; exponent notation is converted exactly with Decimal."""
+    if isinstance(value, str):
+        if len(value) > MAX_CHARS:
+            raise FrameError("bad_type", f"{what}: a {len(value)}-character decimal")
+        if _PLAIN.fullmatch(value):
+            return value
+    elif not isinstance(value, int) or isinstance(value, bool):
+        raise FrameError("bad_type", f"{what}: expected a decimal string, got {type(value).__name__}")
+    try:
+        number = Decimal(value)
+    except (InvalidOperation, ValueError):
+        raise FrameError("bad_type", f"{what}: not a decimal: {value!r}") from None
+    if not number.is_finite() or (number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT):
+        raise FrameError("bad_type", f"{what}: not a finite decimal of sane magnitude: {value!r}")
+    plain = format(number, "f")
+    if len(plain) > MAX_CHARS or not _PLAIN.fullmatch(plain):
+        raise FrameError("bad_type", f"{what}: not a decimal: {value!r}")
+    return plain
+
+
+def levels(rows: Any, what: str) -> list[Level]:
+    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs."""
+    out: list[Level] = []
+    for row in list_of(rows, what):
+        if not isinstance(row, list) or len(row) < 2:
+            raise FrameError("bad_type", f"{what}: a level must be [price, size, ...]")
+        out.append((dec(row[0], what), dec(row[1], what)))
+    return out
+
+
+def integer(value: Any, what: str) -> int:
+    """A non-negative integer sent as a JSON number or a digit string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isdigit() and value.isascii():
+        number = int(value)
+    else:
+        raise FrameError("bad_type", f"{what}: expected an integer, got {value!r}")
+    if not 0 <= number <= INT64_MAX:
+        raise FrameError("bad_type", f"{what}: {number} is outside 0..2^63-1")
+    return number
+
+
+def signed(value: Any, what: str) -> int:
+    """A signed 64-bit integer sent as a JSON number."""
+    if isinstance(value, int) and not isinstance(value, bool) and -INT64_MAX - 1 <= value <= INT64_MAX:
+        return value
+    raise FrameError("bad_type", f"{what}: expected a 64-bit integer, got {value!r}")
+
+
+def ms_to_us(value: Any, what: str) -> int:
+    millis = integer(value, what)
+    if millis > INT64_MAX // 1000:
+        raise FrameError("bad_type", f"{what}: {millis} ms is out of range")
+    return millis * 1000
+
+
+def seconds_to_us(value: Any, what: str) -> int:
+    """``"1618678133.924992"`` (decimal seconds) to integer microseconds, exactly (truncating)."""
+    raw = dec(value, what)
+    if raw.startswith("-"):
+        raise FrameError("bad_type", f"{what}: negative time {raw}")
+    whole, _, frac = raw.partition(".")
+    micros = int(whole) * 1_000_000 + int((frac + "000000")[:6])
+    if micros > INT64_MAX:
+        raise FrameError("bad_type", f"{what}: time {raw} is out of range")
+    return micros
+
+
+def iso_to_us(value: Any, what: str) -> int:
+    """RFC 3339 UTC (``2026-08-09T20:32:50.714964855Z``, any fraction length) to microseconds."""
+    raw = text(value, what)
+    head, dot, rest = raw.partition(".")
+    frac = ""
+    if dot:
+        digits = rest.rstrip("Z")
+        if not digits.isdigit() or not rest.endswith("Z"):
+            raise FrameError("bad_type", f"{what}: bad timestamp {raw!r}")
+        frac = digits
+    elif head.endswith("Z"):
+        head = head[:-1]
+    else:
+        raise FrameError("bad_type", f"{what}: bad timestamp {raw!r}")
+    try:
+        moment = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        raise FrameError("bad_type", f"{what}: bad timestamp {raw!r}") from None
+    seconds = (moment - _EPOCH).days * 86_400 + (moment - _EPOCH).seconds
+    if seconds < 0:
+        raise FrameError("bad_type", f"{what}: timestamp before 1970 {raw!r}")
+    return seconds * 1_000_000 + int((frac + "000000")[:6])
+
+
+def split_pair(raw: str, quotes: Iterable[str]) -> tuple[str, str]:
+    """Split a concatenated pair (``NKNUSDT``) by the longest known quote suffix."""
+    for quote in quotes:
+        if raw.endswith(quote) and len(raw) > len(quote):
+            return raw[: -len(quote)], quote
+    raise FrameError("schema", f"cannot split symbol {raw!r} into base and quote")
+
+
+def symbol_ok(symbol: str) -> str:
+    """Check a normalised symbol against the contract's ``BASE-QUOTE[-X]`` shape."""
+    parts = symbol.split("-")
+    if len(parts) < 2 or not all(part.isalnum() and part.isascii() and part.upper() == part for part in parts):
+        raise FrameError("schema", f"symbol {symbol!r} does not normalise to BASE-QUOTE")
+    return symbol
+
+
+@dataclass(slots=True)
+class BookState:
+    """One symbol's book and its sync state on one venue."""
+
+    symbol: str
+    raw: str
+    book: L2Book
+    synced: bool = False
+    seq: int | None = None  # last applied sequence number
+    first: bool = True  # the next delta is the first after a snapshot
+    resync: bool = False  # the next snapshot follows a resync
+    buffer: list[Any] = field(default_factory=list)
+    top: tuple[Level, Level] | None = None
+    snapshot_us: int = 0  # ts_recv of the last published snapshot
+
+    def reset(self, resync: bool) -> None:
+        self.synced = False
+        self.seq = None
+        self.first = True
+        self.resync = self.resync or resync
+        self.buffer.clear()
+        self.top = None
+        self.book.clear()
+
+
+def publish_book(
+    exchange: str,
+    state: BookState,
+    kind: str,
+    bids: list[Level],
+    asks: list[Level],
+    ts_event: int,
+    ts_recv: int,
+    result: FrameResult,
+    seq_first: int | None = None,
+    seq_last: int | None = None,
+    prev_seq: int | None = None,
+    checksum: int | None = None,
+) -> None:
+    """Append the ``BookUpdate`` of an applied change set, then a ``Bbo`` if the top changed.
+
+    A snapshot is published from the maintained book (best first, truncated like the book); a
+    full snapshot also follows a delta once ``SNAPSHOT_EVERY_US`` has passed since the last one.
+    """
+    seq = (seq_first, seq_last, prev_seq)
+    if kind == "snapshot":
+        resync, state.resync = state.resync, False
+        _snapshot(exchange, state, ts_event, ts_recv, result, seq, checksum, resync)
+    else:
+        result.records.append(_update(exchange, state, "delta", bids, asks, ts_event, ts_recv, seq, checksum, False))
+        if ts_recv - state.snapshot_us >= SNAPSHOT_EVERY_US:
+            _snapshot(exchange, state, ts_event, ts_recv, result, seq, None, False)
+    publish_top(exchange, state, ts_event, ts_recv, result, seq_last)
+
+
+def _snapshot(
+    exchange: str,
+    state: BookState,
+    ts_event: int,
+    ts_recv: int,
+    result: FrameResult,
+    seq: tuple[int | None, int | None, int | None],
+    checksum: int | None,
+    resync: bool,
+) -> None:
+    """The whole book as a ``snapshot`` record; a deep book continues in ``delta`` records of at
+    most ``SNAPSHOT_CHUNK`` levels a side (best levels first), so no record nears Kafka's 1 MB."""
+    state.snapshot_us = ts_recv
+    bids, asks = state.book.levels()
+    kind = "snapshot"
+    start = 0
+    while True:
+        chunk_bids, chunk_asks = bids[start : start + SNAPSHOT_CHUNK], asks[start : start + SNAPSHOT_CHUNK]
+        result.records.append(
+            _update(exchange, state, kind, chunk_bids, chunk_asks, ts_event, ts_recv, seq, checksum, resync)
+        )
+        start += SNAPSHOT_CHUNK
+        if start >= len(bids) and start >= len(asks):
+            return
+        kind, checksum, resync = "delta", None, False
+
+
+def _update(
+    exchange: str,
+    state: BookState,
+    kind: str,
+    bids: list[Level],
+    asks: list[Level],
+    ts_event: int,
+    ts_recv: int,
+    seq: tuple[int | None, int | None, int | None],
+    checksum: int | None,
+    resync: bool,
+) -> BookUpdate:
+    return BookUpdate(
+        exchange=exchange,  # type: ignore[arg-type]
+        symbol=state.symbol,
+        raw_symbol=state.raw,
+        kind=kind,  # type: ignore[arg-type]
+        bids=bids,  # type: ignore[arg-type]
+        asks=asks,  # type: ignore[arg-type]
+        ts_event=ts_event,
+        ts_recv=ts_recv,
+        seq_first=seq[0],
+        seq_last=seq[1],
+        prev_seq=seq[2],
+        checksum=checksum,
+        resync=resync,
+    )
+
+
+def publish_top(
+    exchange: str, state: BookState, ts_event: int, ts_recv: int, result: FrameResult, seq: int | None
+) -> None:
+    bid, ask = state.book.best()
+    if bid is None or ask is None:
+        return
+    top = (bid, ask)
+    if top == state.top:
+        return
+    if state.book.crossed():
+        result.crossed += 1
+        logger.warning("%s %s: crossed book (bid %s >= ask %s)", exchange, state.symbol, bid[0], ask[0])
+        return
+    state.top = top
+    result.records.append(
+        Bbo(
+            exchange=exchange,  # type: ignore[arg-type]
+            symbol=state.symbol,
+            raw_symbol=state.raw,
+            bid_price=bid[0],
+            bid_size=bid[1],
+            ask_price=ask[0],
+            ask_size=ask[1],
+            ts_event=ts_event,
+            ts_recv=ts_recv,
+            seq=seq,
+        )
+    )
+
+
+def venue_bbo(
+    exchange: str,
+    symbol: str,
+    raw: str,
+    bid: Level,
+    ask: Level,
+    ts_event: int,
+    ts_recv: int,
+    seq: int | None = None,
+) -> Bbo:
+    """A ``Bbo`` from a venue's own top-of-book channel."""
+    return Bbo(
+        exchange=exchange,  # type: ignore[arg-type]
+        symbol=symbol,
+        raw_symbol=raw,
+        bid_price=bid[0],
+        bid_size=bid[1],
+        ask_price=ask[0],
+        ask_size=ask[1],
+        ts_event=ts_event,
+        ts_recv=ts_recv,
+        seq=seq,
+    )

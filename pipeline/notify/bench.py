@@ -1,0 +1,229 @@
+"""``marketprism bench notify``: latency from an Alert ``firing`` record produced to ``ops.alerts.v1``
+to a webhook receiving its notification, through a real ``marketprism notify`` process with
+``group_wait: 0`` on a private Tansu broker. The baseline, measured in the same run on the same
+records, is the topic itself: produce -> a plain aiokafka consumer in the bench process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+from aiokafka import TopicPartition
+from rich.table import Table
+
+from pipeline.contracts import Alert, decode, load_registry
+from pipeline.infra import broker_service, free_port
+from pipeline.kafka import RecordProducer, make_consumer, make_producer
+from pipeline.kafka.admin import apply, describe
+from pipeline.settings import KafkaSettings, Settings
+
+SENT_AT = "bench_sent_us"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class NotifierProcess:
+    """A ``marketprism notify`` child process, stopped by its own PID only."""
+
+    def __init__(self, settings: Settings, routes: Path, log_file: Path):
+        self._settings = settings
+        self._routes = routes
+        self._log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = os.environ | {
+            "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": self._settings.kafka.bootstrap_servers,
+            "MARKETPRISM_TOPIC_PREFIX": self._settings.topic_prefix,
+            "MARKETPRISM_METRICS_PORT": "0",
+            "MARKETPRISM_STATE_DIR": str(self._settings.state_dir),
+        }
+        env.pop("MARKETPRISM_CONFIG", None)
+        argv = [sys.executable, "-c", "from pipeline.cli import main; main()", "notify", "--routes", str(self._routes)]
+        with self._log_file.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+def firing_alert(fingerprint: str, ts: int, **annotations: str) -> Alert:
+    return Alert(
+        fingerprint=fingerprint,
+        rule="bench_latency",
+        state="firing",
+        severity="P2",
+        labels={"id": fingerprint},
+        annotations=dict(annotations),
+        ts_event=ts,
+        active_since=ts,
+        fired_at=ts,
+        version=1,
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class BenchResult:
+    sent: int
+    notified: list[float]  # milliseconds
+    topic: list[float]  # milliseconds
+
+    def row(self, values: list[float]) -> tuple[str, str, str]:
+        if not values:
+            return "0", "-", "-"
+        return str(len(values)), f"{_percentile(values, 0.5):.1f}", f"{_percentile(values, 0.99):.1f}"
+
+    def table(self) -> Table:
+        table = Table("path", "received", "p50 ms", "p99 ms", title=f"notify latency, {self.sent} firing alerts")
+        table.add_row("alert record -> webhook (notifier)", *self.row(self.notified))
+        table.add_row("alert record -> plain consumer (baseline)", *self.row(self.topic))
+        if self.notified and self.topic:
+            ratio = _percentile(self.notified, 0.5) / max(_percentile(self.topic, 0.5), 1e-3)
+            table.caption = f"p50 ratio notifier/baseline: {ratio:.1f}x"
+        return table
+
+
+async def run_bench(base: Settings, alerts: int, rate: float, wait_s: float = 120.0) -> BenchResult:
+    with tempfile.TemporaryDirectory(prefix="mp-bench-notify-") as tmp:
+        work = Path(tmp)
+        broker = broker_service(work / "broker", port=free_port())
+        broker.start()
+        try:
+            settings = base.model_copy(
+                update={
+                    "kafka": KafkaSettings(bootstrap_servers=broker.address),
+                    "topic_prefix": f"bench{uuid.uuid4().hex[:6]}.",
+                    "state_dir": work / "state",
+                }
+            )
+            await apply(settings.kafka, load_registry(), settings.topic_prefix)
+            return await _measure(settings, work, alerts, rate, wait_s)
+        finally:
+            broker.stop()
+
+
+async def _measure(settings: Settings, work: Path, alerts: int, rate: float, wait_s: float) -> BenchResult:
+    received: dict[str, float] = {}
+    arrived = asyncio.Event()
+    complete = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        now = _now_us()
+        body = await request.json()
+        for alert in body["alerts"]:
+            sent = int(alert["annotations"][SENT_AT])
+            received.setdefault(alert["fingerprint"], (now - sent) / 1000)
+        arrived.set()
+        if len(received) > alerts:  # every bench alert plus the warm-up one
+            complete.set()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    routes = work / "notify.yaml"
+    routes.write_text(
+        yaml.safe_dump(
+            {
+                "route": {"receiver": "hook", "group_by": ["..."], "group_wait": 0, "group_interval": "1m"},
+                "receivers": [
+                    {"name": "hook", "channels": [{"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"}]}
+                ],
+            }
+        )
+    )
+    notifier = NotifierProcess(settings, routes, work / "notifier.log")
+    producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+    await producer.start()
+    notifier.start()
+    try:
+        async with asyncio.timeout(wait_s):  # warm-up: the notifier is up once it delivers one alert
+            while "warmup" not in received:
+                await producer.send("ops.alerts.v1", b"warmup", firing_alert("warmup", _now_us(), **{SENT_AT: "0"}))
+                await producer.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 5)
+        topic_latency = await _produce(settings, producer, alerts, rate, complete, wait_s)
+    finally:
+        notifier.stop()
+        await producer.stop()
+        await runner.cleanup()
+    received.pop("warmup", None)
+    return BenchResult(alerts, list(received.values()), topic_latency)
+
+
+async def _produce(
+    settings: Settings,
+    producer: RecordProducer,
+    alerts: int,
+    rate: float,
+    complete: asyncio.Event,
+    wait_s: float,
+) -> list[float]:
+    topic = settings.topic("ops.alerts.v1")
+    consumer = make_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=100)
+    await consumer.start()
+    latencies: list[float] = []
+    try:
+        parts = (await describe(settings.kafka, [topic]))[topic].partitions
+        tps = [TopicPartition(topic, p) for p in range(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+
+        async def consume() -> None:
+            while len(latencies) < alerts:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    now = _now_us()
+                    for message in messages:
+                        alert = decode(Alert, message.value)
+                        if alert.fingerprint.startswith("bench-"):
+                            latencies.append((now - int(alert.annotations[SENT_AT])) / 1000)
+
+        reader = asyncio.create_task(consume())
+        for i in range(alerts):
+            now = _now_us()
+            record = firing_alert(f"bench-{i}", now, **{SENT_AT: str(now)})
+            await producer.send("ops.alerts.v1", f"bench-{i}".encode(), record)
+            await asyncio.sleep(1 / rate)
+        async with asyncio.timeout(wait_s):
+            await complete.wait()
+            await reader
+    finally:
+        await consumer.stop()
+    return latencies

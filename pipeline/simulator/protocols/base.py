@@ -1,0 +1,107 @@
+"""What a simulated venue's wire protocol provides.
+
+The engine side turns market events (book changes, trades, the per-second tick, liquidations,
+heartbeats) into ``(key, text)`` frames; ``key`` (``channel|raw_symbol``) is what a connection
+subscribes to. The connection side answers client frames (subscribe/unsubscribe acks, snapshots,
+pongs), REST requests, and renders a frame for one connection (stream wrappers, sequence numbers).
+Encoders keep the venue's own sequence state; they do no I/O.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pipeline.simulator.base import SEQ
+from pipeline.simulator.market import Change, SymbolMarket, TradePrint
+
+Out = list[tuple[str, str]]
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client websocket as the venue sees it."""
+
+    id: int
+    path: str = ""
+    keys: dict[str, str] = field(default_factory=dict)  # subscribed key -> the client's name for it
+    seq: int = 0  # next per-connection sequence number (Coinbase)
+    combined: bool = False  # Binance combined-stream envelope
+    route: str = ""  # Binance USD-M routed path: "public", "market" or "" (legacy)
+    state: dict[str, object] = field(default_factory=dict)
+
+
+class Protocol(ABC):
+    """One venue's wire format over the shared market model."""
+
+    venue: ClassVar[str]
+    book_depth: ClassVar[int | None] = None  # levels per side this venue keeps (None: the scenario's)
+
+    def __init__(self, markets: Sequence[SymbolMarket]):
+        self.markets: dict[str, SymbolMarket] = {m.inst.raw: m for m in markets}
+        self.want: Callable[[str], bool] = lambda key: True  # skip encoding frames nobody subscribed to
+
+    # -- engine side -------------------------------------------------------------------------------
+    @abstractmethod
+    def book_key(self, raw: str) -> str:
+        """The key of the symbol's book channel."""
+
+    @abstractmethod
+    def trade_key(self, raw: str) -> str:
+        """The key trades of the symbol are counted on."""
+
+    @abstractmethod
+    def book(self, m: SymbolMarket, changes: list[Change], ts_us: int, corrupt: bool) -> Out:
+        """Frames for one book change set (``corrupt``: send a wrong checksum)."""
+
+    @abstractmethod
+    def trade(self, m: SymbolMarket, trade: TradePrint, ts_us: int) -> Out:
+        """Frames for one trade; the first frame is on :meth:`trade_key`."""
+
+    def periodic(self, m: SymbolMarket, ts_us: int, second: int) -> Out:
+        """Frames due every simulated second (tickers, funding, open interest)."""
+        return []
+
+    def liquidation(self, m: SymbolMarket, liq: TradePrint, ts_us: int) -> Out:
+        return []
+
+    def heartbeat(self, ts_us: int, second: int) -> Out:
+        return []
+
+    def malformed(self, m: SymbolMarket, rng: random.Random, ts_us: int) -> Out:
+        """A frame that breaks the protocol, on the symbol's trade channel (never a real trade)."""
+        key, text = self.trade(m, TradePrint(0, m.last_price, 1, True), ts_us)[0]
+        choice = rng.randrange(3)
+        if choice == 0:
+            bad = text[: max(1, len(text) // 2)]
+        elif choice == 1:
+            bad = "\x7f<html>502 Bad Gateway</html>"
+        else:
+            bad = text.replace(self.price_text(m, m.last_price), "null", 1)
+        return [(key, bad)]
+
+    @abstractmethod
+    def price_text(self, m: SymbolMarket, ticks: int) -> str:
+        """A price as it appears in this venue's frames (with quotes when it is a JSON string)."""
+
+    # -- connection side ---------------------------------------------------------------------------
+    def open(self, conn: Connection, query: Mapping[str, str], now_us: int) -> list[str]:
+        """A client connected to ``conn.path``; frames to send first."""
+        return []
+
+    @abstractmethod
+    def message(self, conn: Connection, text: str, now_us: int) -> list[str]:
+        """A client frame; returns the replies (acks, snapshots, pongs, errors) in order."""
+
+    def rest(self, path: str, query: Mapping[str, str], now_us: int) -> tuple[int, str]:
+        return 404, '{"error":"not found"}'
+
+    def render(self, conn: Connection, key: str | None, text: str) -> str:
+        """The text one connection receives for a frame (``key`` None: a reply to that client)."""
+        if SEQ in text:
+            text = text.replace(SEQ, str(conn.seq), 1)
+            conn.seq += 1
+        return text

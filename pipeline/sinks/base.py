@@ -1,0 +1,227 @@
+"""The sink protocol: buffer records (``add``), write them at the checkpoint (``flush``), ``setup`` the
+destination, drop buffers when consumption is paused (``on_paused``), and signal a destination that
+cannot take writes right now with :class:`SinkBackpressureError` carrying ``retry_after``.
+
+Exceptions::
+
+    SinkError                      root of this package's errors
+    ├── SinkBackpressureError      destination unavailable; pause, re-read from the commit, retry later
+    ├── UnavailableError           a write failed for reasons outside the rows (connection, server down);
+    │                              retried with capped jittered backoff, then raised as backpressure
+    ├── ConversionError            one record cannot be stored (goes to ops.dlq.v1, the rest goes on)
+    └── RejectedError              the destination refused rows for what they contain (not retryable)
+
+A :class:`BatchingSink` keeps one :class:`Batch` per topic-partition; ``flush`` hands every batch to
+``write`` and returns the offsets that are now safe to commit. Records the sink already stored (found
+by ``recover`` after a restart or an ambiguous failure) are skipped, but their offsets still advance.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+
+
+class SinkError(Exception):
+    """Root of the sink errors."""
+
+
+class SinkBackpressureError(SinkError):
+    """The destination cannot take writes now; the consumer pauses and retries after ``retry_after`` s."""
+
+    def __init__(self, retry_after: float, reason: str = ""):
+        super().__init__(f"backpressure, retry after {retry_after:.1f}s: {reason}")
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class UnavailableError(SinkError):
+    """A write or query failed for reasons outside the rows; worth retrying."""
+
+
+class ConversionError(SinkError):
+    """One record cannot be converted for the destination; ``reason`` is a short machine label."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RejectedError(SinkError):
+    """The destination refused the rows themselves (a parse or type error), so retrying cannot help."""
+
+
+@dataclass
+class DeadRecord:
+    """A record the sink could not store, with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    reason: str
+    error: str
+
+
+@dataclass
+class Batch:
+    """Converted rows of one topic-partition, in offset order."""
+
+    topic: str
+    partition: int
+    offsets: list[int] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
+
+    @property
+    def first(self) -> int:
+        return self.offsets[0]
+
+    @property
+    def last(self) -> int:
+        return self.offsets[-1]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def without(self, stored: set[int]) -> Batch:
+        keep = [i for i, o in enumerate(self.offsets) if o not in stored]
+        return Batch(self.topic, self.partition, [self.offsets[i] for i in keep], [self.rows[i] for i in keep])
+
+
+class OffsetRanges:
+    """A sorted set of offsets held as closed ranges (stored-offset sets are contiguous in practice)."""
+
+    def __init__(self, offsets: list[int]):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for o in sorted(offsets):
+            if self.ends and o <= self.ends[-1] + 1:
+                self.ends[-1] = max(self.ends[-1], o)
+            else:
+                self.starts.append(o)
+                self.ends.append(o)
+
+    def __contains__(self, offset: int) -> bool:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        return i >= 0 and offset <= self.ends[i]
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    @property
+    def last(self) -> int:
+        return self.ends[-1]
+
+
+class BatchingSink(abc.ABC):
+    """Buffers converted rows per topic-partition; subclasses implement ``convert``, ``write``,
+    ``stored_offsets``, ``setup`` and ``close``."""
+
+    def __init__(self) -> None:
+        self._batches: dict[TopicPartition, Batch] = {}
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self._stored: dict[TopicPartition, OffsetRanges] = {}
+        self._dead: list[DeadRecord] = []
+        self.buffered_rows = 0
+        self.buffered_bytes = 0
+        self.skipped = 0
+
+    @abc.abstractmethod
+    async def setup(self) -> None:
+        """Connect and make sure the destination can take writes (tables exist)."""
+
+    @abc.abstractmethod
+    def convert(self, topic: str, partition: int, offset: int, value: bytes) -> Any:
+        """One Kafka value to one destination row; raises :class:`ConversionError`."""
+
+    @abc.abstractmethod
+    async def write(self, batches: list[Batch]) -> None:
+        """Write the batches durably (idempotently); raises :class:`SinkBackpressureError`."""
+
+    @abc.abstractmethod
+    async def stored_offsets(self, topic: str, partition: int, from_offset: int) -> list[int]:
+        """Offsets of ``topic``/``partition`` at or after ``from_offset`` that the destination holds."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    def add(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        tp = TopicPartition(topic, partition)
+        self._next_offsets[tp] = offset + 1
+        stored = self._stored.get(tp)
+        if stored is not None:
+            if offset in stored:
+                self.skipped += 1
+                return
+            if offset > stored.last:
+                del self._stored[tp]
+        if value is None:  # a tombstone of a compacted topic: nothing to store
+            self.skipped += 1
+            return
+        try:
+            row = self.convert(topic, partition, offset, value)
+        except ConversionError as exc:
+            self._dead.append(DeadRecord(topic, partition, offset, value, exc.reason, exc.detail))
+            return
+        batch = self._batches.get(tp)
+        if batch is None:
+            batch = self._batches[tp] = Batch(topic, partition)
+        batch.offsets.append(offset)
+        batch.rows.append(row)
+        self.buffered_rows += 1
+        self.buffered_bytes += len(value)
+
+    async def recover(self, tp: TopicPartition, committed: int) -> int:
+        """Learn which offsets from ``committed`` on are already stored; returns how many."""
+        offsets = await self.stored_offsets(tp.topic, tp.partition, committed)
+        if offsets:
+            self._stored[tp] = OffsetRanges(offsets)
+        else:
+            self._stored.pop(tp, None)
+        return len(offsets)
+
+    def take_dead(self) -> list[DeadRecord]:
+        dead, self._dead = self._dead, []
+        return dead
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything (rows, dead letters, skipped offsets) waits for a flush and commit."""
+        return bool(self._next_offsets)
+
+    async def flush(self) -> dict[TopicPartition, int]:
+        """Write every buffered batch; returns the next offset per partition, safe to commit after it."""
+        batches = [b for b in self._batches.values() if len(b)]
+        if batches:
+            await self.write(batches)
+        offsets = dict(self._next_offsets)
+        self._reset()
+        return offsets
+
+    def on_paused(self) -> None:
+        """Consumption paused (backpressure or revocation): drop the buffers; they are read again."""
+        self._reset()
+        self._dead.clear()
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Partitions were revoked: drop their buffers and stored-offset knowledge."""
+        for tp in partitions:
+            batch = self._batches.pop(tp, None)
+            if batch is not None:
+                self.buffered_rows -= len(batch)
+                self.buffered_bytes = 0 if not self._batches else self.buffered_bytes
+            self._next_offsets.pop(tp, None)
+            self._stored.pop(tp, None)
+        self._dead = [d for d in self._dead if TopicPartition(d.topic, d.partition) not in partitions]
+
+    def _reset(self) -> None:
+        self._batches.clear()
+        self._next_offsets.clear()
+        self.buffered_rows = 0
+        self.buffered_bytes = 0

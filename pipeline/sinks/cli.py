@@ -1,0 +1,185 @@
+"""Sub-commands: ``marketprism sink``, ``marketprism db migrate|status``, ``marketprism query`` and
+``marketprism bench sink``. Settings come from ``ctx.obj``; the work lives in the other modules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from pipeline.contracts import load_registry
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+console = Console()
+
+db_app = typer.Typer(no_args_is_help=True, help="ClickHouse schema: versioned migrations")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+async def _with_sink(settings: Settings, fn, **options):  # type: ignore[no-untyped-def]
+    from pipeline.sinks.factory import make_sink
+
+    sink = make_sink(settings.clickhouse_url, load_registry(), settings.topic_prefix, run_migrations=False, **options)
+    await sink.setup()
+    try:
+        return await fn(sink)
+    finally:
+        await sink.close()
+
+
+@db_app.command("migrate")
+def db_migrate(
+    ctx: typer.Context,
+    ttl: Annotated[
+        list[str] | None, typer.Option(help="TABLE=DAYS: set a table's TTL (0 removes it); repeatable")
+    ] = None,
+) -> None:
+    """Apply the missing migrations (idempotent), then any --ttl changes."""
+    from pipeline.sinks.migrations import migrate, set_ttl
+    from pipeline.sinks.schema import table_for
+
+    settings = _settings(ctx)
+    registry = load_registry()
+    tables = {table_for(t).name: table_for(t) for t in registry}
+    changes: list[tuple[str, int]] = []
+    for item in ttl or []:
+        name, _, days = item.partition("=")
+        if name not in tables or not days.isdigit():
+            console.print(f"[red]--ttl {item!r}: expected TABLE=DAYS with TABLE one of {sorted(tables)}[/red]")
+            raise typer.Exit(2)
+        changes.append((name, int(days)))
+
+    async def run(sink) -> list[str]:  # type: ignore[no-untyped-def]
+        done = await migrate(sink, registry)
+        for name, days in changes:
+            done.append(await set_ttl(sink, tables[name], days))
+        return done
+
+    done = asyncio.run(_with_sink(settings, run))
+    for line in done:
+        console.print(line)
+    console.print(f"schema is up to date ({len(done)} change(s))")
+
+
+@db_app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """Show the schema version, pending migrations and topics without a table."""
+    from pipeline.sinks.migrations import status
+
+    settings = _settings(ctx)
+    st = asyncio.run(_with_sink(settings, lambda sink: status(sink, load_registry())))
+    console.print(f"schema version {st.version} (latest {st.latest}) at {settings.clickhouse_url.split('@')[-1]}")
+    if st.pending:
+        console.print(f"[yellow]pending migrations: {st.pending} (run `marketprism db migrate`)[/yellow]")
+    for topic in st.topics_without_table:
+        console.print(f"[yellow]topic {topic} has no table (add a migration)[/yellow]")
+    for table, columns in st.missing_columns.items():
+        console.print(f"[yellow]table {table} lacks record field(s) {columns} (add an AddColumns migration)[/yellow]")
+    if st.pending or st.topics_without_table or st.missing_columns:
+        raise typer.Exit(1)
+
+
+def sink_command(
+    ctx: typer.Context,
+    topic: Annotated[list[str] | None, typer.Option(help="contract topic name (repeatable); default: all")] = None,
+    group: Annotated[str, typer.Option(help="consumer group id")] = "marketprism-sink",
+    batch_rows: Annotated[int, typer.Option(min=1)] = 50_000,
+    batch_ms: Annotated[int, typer.Option(min=1)] = 1000,
+    max_buffer_mb: Annotated[int, typer.Option(min=1)] = 64,
+    migrate: Annotated[bool, typer.Option(help="apply missing migrations at start")] = True,
+    retry_window_s: Annotated[float, typer.Option(help="retry a failed write this long before pausing")] = 10.0,
+) -> None:
+    """Consume the topics into ClickHouse, effectively once (see docs/sinks.md)."""
+    from pipeline.observability.metrics import serve_metrics
+    from pipeline.sinks.factory import make_sink
+    from pipeline.sinks.runner import RunnerOptions, SinkRunner
+
+    settings = _settings(ctx)
+    registry = load_registry()
+    sink = make_sink(
+        settings.clickhouse_url, registry, settings.topic_prefix, run_migrations=migrate, retry_window_s=retry_window_s
+    )
+    wanted = topic or [t.name for t in registry]
+    known = {name.removeprefix(settings.topic_prefix) for name in sink.tables}
+    unknown = [t for t in wanted if t not in known]
+    if topic and unknown:
+        console.print(f"[red]no table for topic(s) {unknown}[/red]")
+        raise typer.Exit(2)
+    topics = [settings.topic(t) for t in wanted if t in known]
+    options = RunnerOptions(
+        group_id=group, batch_rows=batch_rows, batch_interval_s=batch_ms / 1000, max_buffer_bytes=max_buffer_mb << 20
+    )
+    serve_metrics(settings.metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await SinkRunner(settings, sink, topics, options).run(stop)
+
+    asyncio.run(main())
+
+
+def query_command(
+    ctx: typer.Context,
+    sql: Annotated[str, typer.Argument(help="one SQL statement")],
+    fmt: Annotated[str, typer.Option("--format", help="ClickHouse output format (chdb)")] = "PrettyCompactMonoBlock",
+) -> None:
+    """Run SQL on the configured ClickHouse (the embedded chdb database by default)."""
+    settings = _settings(ctx)
+    if settings.clickhouse_url.startswith("chdb://"):
+        import chdb
+
+        from pipeline.sinks.chdb_backend import chdb_path
+
+        conn = chdb.connect(chdb_path(settings.clickhouse_url))
+        try:
+            print(conn.query(sql, fmt), end="")
+        except Exception as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+        finally:
+            conn.close()
+        return
+    from clickhouse_driver import Client
+
+    client = Client.from_url(settings.clickhouse_url)
+    try:
+        rows, columns = client.execute(sql, with_column_types=True)
+    finally:
+        client.disconnect()
+    table = RichTable(*(name for name, _ in columns))
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+def bench_sink(
+    ctx: typer.Context,
+    rows: Annotated[int, typer.Option(min=1000, help="records per run")] = 200_000,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    server: Annotated[bool, typer.Option(help="also measure the clickhouse-server path")] = True,
+) -> None:
+    """Rows/s of one sink process into chdb (and the server), beside a raw chdb INSERT baseline."""
+    from pipeline.sinks.bench import run_bench
+
+    settings = _settings(ctx)
+    with contextlib.suppress(KeyboardInterrupt):
+        results = asyncio.run(run_bench(settings, rows, repeats, with_server=server))
+        table = RichTable("path", "median rows/s", "runs", "ratio vs raw chdb insert")
+        base = results[0].median
+        for r in results:
+            table.add_row(r.name, f"{r.median:,.0f}", ", ".join(f"{x:,.0f}" for x in r.runs), f"{r.median / base:.2f}")
+        console.print(table)

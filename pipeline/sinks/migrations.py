@@ -1,0 +1,196 @@
+"""Versioned schema migrations, recorded in the ``_schema_migrations`` table.
+
+``migrate`` applies every migration whose version is not recorded yet, in order, and records it;
+each statement is idempotent (``IF NOT EXISTS``), so a migration interrupted half-way is simply
+applied again. ``status`` reports the current version, what is pending and any registry topic
+that has no table yet (add a :class:`Migration` for it: ``CreateTopicTables(version, (topic,))``).
+
+Tables are rendered from the topic's record when the migration runs (:mod:`pipeline.sinks.schema`);
+a later optional field of a record gets an ``AddColumns`` migration, which is a no-op on a database
+whose table was created after the field existed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.contracts.topics import TopicRegistry
+from pipeline.sinks.schema import Table, qualified, table_for
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_TABLE = "_schema_migrations"
+
+
+class Database(Protocol):
+    """What migrations need from a backend: run a statement, fetch rows."""
+
+    database: str
+
+    async def execute(self, sql: str) -> None: ...
+
+    async def fetch(self, sql: str) -> list[tuple[object, ...]]: ...
+
+
+class MigrationError(RuntimeError):
+    """A migration could not be applied (the message names the version and statement)."""
+
+
+@dataclass(frozen=True)
+class CreateTopicTables:
+    """Create the tables of the named registry topics (skipping topics the registry does not have)."""
+
+    version: int
+    topics: tuple[str, ...]
+    description: str = ""
+
+    def statements(self, registry: TopicRegistry, database: str) -> list[str]:
+        names = {t.name for t in registry}
+        return [table_for(registry.get(t)).create_sql(database) for t in self.topics if t in names]
+
+    def summary(self) -> str:
+        return self.description or f"tables for {', '.join(self.topics)}"
+
+
+@dataclass(frozen=True)
+class AddColumns:
+    """Add record fields that appeared after a topic's table was first created."""
+
+    version: int
+    topic: str
+    fields: tuple[str, ...]
+    description: str = ""
+
+    def statements(self, registry: TopicRegistry, database: str) -> list[str]:
+        if self.topic not in {t.name for t in registry}:
+            return []
+        table = table_for(registry.get(self.topic))
+        by_name = {c.name: c for c in table.columns}
+        return [
+            f"ALTER TABLE {qualified(database, table.name)} ADD COLUMN IF NOT EXISTS `{f}` {by_name[f].type}"
+            for f in self.fields
+        ]
+
+    def summary(self) -> str:
+        return self.description or f"{self.topic}: add {', '.join(self.fields)}"
+
+
+Migration = CreateTopicTables | AddColumns
+
+MIGRATIONS: tuple[Migration, ...] = (
+    CreateTopicTables(
+        1,
+        (
+            "md.trades.v1",
+            "md.book.v1",
+            "md.bbo.v1",
+            "md.funding.v1",
+            "md.open_interest.v1",
+            "md.liquidations.v1",
+            "md.bars.1s.v1",
+            "md.bars.1m.v1",
+            "ops.feed_metrics.v1",
+            "ops.anomalies.v1",
+            "ops.alerts.v1",
+            "ops.notifications.v1",
+            "ops.dlq.v1",
+        ),
+        "tables for the market-data and operations topics",
+    ),
+    AddColumns(2, "ops.notifications.v1", ("firing", "resolved")),
+    CreateTopicTables(3, ("ops.silences.v1", "ops.alert_actions.v1", "ops.alerting_checkpoints.v1")),
+    CreateTopicTables(4, ("md.reference.v1",)),
+)
+
+
+def managed_topics() -> set[str]:
+    return {t for m in MIGRATIONS if isinstance(m, CreateTopicTables) for t in m.topics}
+
+
+@dataclass
+class Status:
+    version: int
+    latest: int
+    pending: list[int] = field(default_factory=list)
+    topics_without_table: list[str] = field(default_factory=list)
+    missing_columns: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _create_migrations_table(database: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, MIGRATIONS_TABLE)} "
+        "(version UInt32, description String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+
+
+async def applied_versions(db: Database) -> set[int]:
+    await db.execute(_create_migrations_table(db.database))
+    rows = await db.fetch(f"SELECT DISTINCT version FROM {qualified(db.database, MIGRATIONS_TABLE)}")
+    return {int(str(r[0])) for r in rows}
+
+
+async def migrate(db: Database, registry: TopicRegistry) -> list[str]:
+    """Apply the missing migrations in order; returns one line per applied migration."""
+    if db.database:
+        await db.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")
+    done = await applied_versions(db)
+    applied: list[str] = []
+    for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+        if migration.version in done:
+            continue
+        for sql in migration.statements(registry, db.database):
+            try:
+                await db.execute(sql)
+            except Exception as exc:
+                raise MigrationError(f"migration {migration.version} failed on:\n{sql}\n{exc}") from exc
+        summary = migration.summary().replace("'", "''")
+        await db.execute(
+            f"INSERT INTO {qualified(db.database, MIGRATIONS_TABLE)} (version, description) "
+            f"VALUES ({migration.version}, '{summary}')"
+        )
+        log.info("applied migration %d: %s", migration.version, migration.summary())
+        applied.append(f"{migration.version}: {migration.summary()}")
+    return applied
+
+
+async def existing_columns(db: Database, table: str) -> list[str]:
+    database = db.database or "currentDatabase()"
+    where_db = f"'{db.database}'" if db.database else database
+    rows = await db.fetch(f"SELECT name FROM system.columns WHERE database = {where_db} AND table = '{table}'")
+    return [str(r[0]) for r in rows]
+
+
+async def status(db: Database, registry: TopicRegistry) -> Status:
+    """Current version, pending migrations, topics without a table and record fields without a column."""
+    done = await applied_versions(db)
+    latest = max(m.version for m in MIGRATIONS)
+    result = Status(
+        version=max(done, default=0),
+        latest=latest,
+        pending=sorted(m.version for m in MIGRATIONS if m.version not in done),
+    )
+    managed = managed_topics()
+    result.topics_without_table = [t.name for t in registry if t.name not in managed]
+    if not result.pending:
+        for topic in registry:
+            if topic.name not in managed:
+                continue
+            table: Table = table_for(topic)
+            have = set(await existing_columns(db, table.name))
+            missing = [c for c in table.column_names if c not in have]
+            if missing:
+                result.missing_columns[table.name] = missing
+    return result
+
+
+async def set_ttl(db: Database, table: Table, days: int) -> str:
+    """Change (``days > 0``) or remove (``0``) a table's TTL."""
+    target = qualified(db.database, table.name)
+    sql = (
+        f"ALTER TABLE {target} REMOVE TTL" if days == 0 else f"ALTER TABLE {target} MODIFY TTL {table.ttl_clause(days)}"
+    )
+    await db.execute(sql)
+    return sql

@@ -1,0 +1,240 @@
+"""The consumer loop: a consumer group over the topics, batches by rows, bytes and time, writes through
+a sink, commits offsets only after the write (and any dead letters) are durable.
+
+- Backpressure (the sink raised :class:`SinkBackpressureError`): pause every assigned partition, drop
+  the buffers (memory stays bounded), seek back to the committed offsets, wait ``retry_after`` while
+  still polling (the group keeps us), then learn what the database already holds and resume.
+- Assignment (start, rebalance): before a partition is read, the sink learns which offsets from the
+  committed one on it already stored (a previous owner was killed between insert and commit) and
+  skips them; revocation flushes and commits first.
+- Records the sink cannot convert go to ``ops.dlq.v1`` (DeadLetterPublisher) and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
+from pipeline.settings import Settings
+from pipeline.sinks import metrics
+from pipeline.sinks.base import BatchingSink, SinkBackpressureError
+
+log = logging.getLogger(__name__)
+
+DLQ_SOURCE = "sink.clickhouse"
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    group_id: str = "marketprism-sink"
+    batch_rows: int = 50_000
+    batch_interval_s: float = 1.0
+    max_buffer_bytes: int = 64 * 1024 * 1024
+    poll_ms: int = 200
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: SinkRunner):
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._runner.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._runner.on_assigned(set(assigned))
+
+
+class SinkRunner:
+    """Drives one sink from a consumer group until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, sink: BatchingSink, topics: list[str], options: RunnerOptions):
+        self.settings = settings
+        self.sink = sink
+        self.topics = topics
+        self.options = options
+        self.consumer: AIOKafkaConsumer | None = None
+        self._producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+        self._dlq = DeadLetterPublisher(self._producer, DLQ_SOURCE)
+        self._lock = asyncio.Lock()
+        self._resume_at: float | None = None
+        self._backoff_failures = 0
+        self._pending_since: float | None = None
+        self.committed_batches = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.sink.setup()
+        await self._producer.start()
+        consumer = self.consumer = make_consumer(
+            self.settings.kafka, group_id=self.options.group_id, max_partition_fetch_bytes=4 * 1024 * 1024
+        )
+        consumer.subscribe(topics=self.topics, listener=_Listener(self))
+        await consumer.start()
+        log.info("sink consuming %d topic(s) as group %s", len(self.topics), self.options.group_id)
+        try:
+            while not stop.is_set():
+                if self._resume_at is not None:
+                    await self._paused_poll()
+                    continue
+                data = await consumer.getmany(timeout_ms=self.options.poll_ms, max_records=self.options.batch_rows)
+                self._add(data)
+                if self._due():
+                    await self.flush_and_commit()
+            if self._resume_at is None:
+                await self.flush_and_commit()
+        finally:
+            await consumer.stop()
+            await self._producer.stop()
+            await self.sink.close()
+
+    def _add(self, data: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        for tp, messages in data.items():
+            metrics.CONSUMED.labels(topic=tp.topic).inc(len(messages))
+            skipped = self.sink.skipped
+            for message in messages:
+                self.sink.add(tp.topic, tp.partition, message.offset, message.value)
+            if self.sink.skipped != skipped:
+                metrics.SKIPPED.labels(topic=tp.topic).inc(self.sink.skipped - skipped)
+        if self._pending_since is None and self.sink.pending:
+            self._pending_since = time.monotonic()
+        metrics.BUFFERED_ROWS.set(self.sink.buffered_rows)
+
+    def _due(self) -> bool:
+        if (
+            self.sink.buffered_rows >= self.options.batch_rows
+            or self.sink.buffered_bytes >= self.options.max_buffer_bytes
+        ):
+            return True
+        return (
+            self._pending_since is not None and time.monotonic() - self._pending_since >= self.options.batch_interval_s
+        )
+
+    async def flush_and_commit(self) -> None:
+        """Write, publish dead letters, then commit; backpressure pauses consumption instead."""
+        async with self._lock:
+            if not self.sink.pending:
+                return
+            started = time.perf_counter()
+            try:
+                offsets = await self.sink.flush()
+            except SinkBackpressureError as exc:
+                await self._enter_backpressure(exc)
+                return
+            await self._publish_dead()
+            await self._commit(offsets)
+            self._pending_since = None
+            self._backoff_failures = 0
+            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+            metrics.BUFFERED_ROWS.set(0)
+            await self._update_lag()
+
+    async def _publish_dead(self) -> None:
+        dead = self.sink.take_dead()
+        for d in dead:
+            metrics.DEAD.labels(topic=d.topic, reason=d.reason).inc()
+            await self._dlq.publish(d.reason, d.error, d.value, topic=d.topic, partition=d.partition, offset=d.offset)
+        if dead:
+            await self._producer.flush()
+            log.warning("sent %d record(s) to ops.dlq.v1: %s", len(dead), dict(Counter(d.reason for d in dead)))
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        owned = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not owned:
+            return
+        try:
+            await self.consumer.commit(owned)
+        except (CommitFailedError, KafkaError) as exc:
+            # The rows are stored; whoever reads these partitions next skips them (recovery).
+            log.warning("commit failed after a successful write (%s); the next owner will skip stored rows", exc)
+            return
+        self.committed_batches += 1
+        metrics.COMMITS.inc()
+
+    async def _update_lag(self) -> None:
+        assert self.consumer is not None
+        lag: Counter[str] = Counter()
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                lag[tp.topic] += max(0, highwater - await self.consumer.position(tp))
+        for topic, value in lag.items():
+            metrics.LAG.labels(topic=topic).set(value)
+
+    async def _enter_backpressure(self, exc: SinkBackpressureError) -> None:
+        assert self.consumer is not None
+        self._backoff_failures += 1
+        delay = min(exc.retry_after * self._backoff_failures, 30.0)
+        log.warning("ClickHouse unavailable (%s); pausing consumption for %.1fs", exc.reason, delay)
+        metrics.BACKPRESSURE.inc()
+        metrics.PAUSED.set(1)
+        assigned = self.consumer.assignment()
+        self.consumer.pause(*assigned)
+        self.sink.on_paused()
+        self._pending_since = None
+        metrics.BUFFERED_ROWS.set(0)
+        for tp in assigned:
+            await self._seek_committed(tp)
+        self._resume_at = time.monotonic() + delay
+
+    async def _seek_committed(self, tp: TopicPartition) -> None:
+        assert self.consumer is not None
+        committed = await self.consumer.committed(tp)
+        if committed is None:
+            await self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, committed)
+
+    async def _paused_poll(self) -> None:
+        """Keep polling (group membership) with every partition paused; resume when the wait is over."""
+        assert self.consumer is not None and self._resume_at is not None
+        self.consumer.pause(*self.consumer.assignment())
+        await self.consumer.getmany(timeout_ms=self.options.poll_ms)
+        if time.monotonic() < self._resume_at:
+            return
+        assigned = self.consumer.assignment()
+        async with self._lock:
+            self._resume_at = None
+            try:
+                await self._recover(assigned)
+            except SinkBackpressureError as exc:
+                await self._enter_backpressure(exc)
+                return
+        metrics.PAUSED.set(0)
+        self.consumer.resume(*assigned)
+        log.info("resumed consumption of %d partition(s)", len(assigned))
+
+    async def _recover(self, partitions: set[TopicPartition]) -> None:
+        assert self.consumer is not None
+        for tp in partitions:
+            committed = await self.consumer.committed(tp)
+            found = await self.sink.recover(tp, committed or 0)
+            if found:
+                log.info(
+                    "%s[%d]: %d record(s) after offset %s are already stored; skipping them",
+                    tp.topic,
+                    tp.partition,
+                    found,
+                    committed,
+                )
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self._resume_at is None:
+            await self.flush_and_commit()
+        self.sink.forget(revoked)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            try:
+                await self._recover(assigned)
+            except SinkBackpressureError as exc:
+                await self._enter_backpressure(exc)
+        if self._resume_at is not None and self.consumer is not None:
+            self.consumer.pause(*assigned)
