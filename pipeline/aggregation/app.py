@@ -23,12 +23,13 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from faust.types import TP
 
 from pipeline.aggregation.feeds import FEED_METRICS_TOPIC, FeedsWorker
 from pipeline.aggregation.health import FeedHealthTracker
 from pipeline.aggregation.reference import ReferenceTracker
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, incoming, wall_clock_us
+from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, Outputs, incoming, wall_clock_us
 from pipeline.contracts import load_registry
 from pipeline.kafka import RecordProducer, make_producer
 from pipeline.kafka.clients import client_options
@@ -109,16 +110,29 @@ def build_app(
     trades_topic, bbo_topic = settings.topic("md.trades.v1"), settings.topic("md.bbo.v1")
     summary_topic = settings.topic(SUMMARY_TOPIC)
     table = app.Table("bar-state", partitions=partitions, key_type=bytes, value_type=bytes)
-    producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+    outputs = Outputs(lambda: RecordProducer(make_producer(settings.kafka), settings.topic_prefix))
 
     def assignment() -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
 
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            return app.consumer.highwater(TP(topic, partition))  # type: ignore[no-any-return]
+        except (AssertionError, KeyError, AttributeError):  # not assigned / consumer not started
+            return None
+
     bars_worker = BarWorker(
-        producer, TableStore(table), config.policy, trades_topic, bbo_topic, clock=clock, assignment=assignment
+        outputs,
+        TableStore(table),
+        config.policy,
+        trades_topic,
+        bbo_topic,
+        clock=clock,
+        assignment=assignment,
+        highwater=highwater,
     )
     feeds_worker = FeedsWorker(
-        producer,
+        outputs,
         clock,
         FeedHealthTracker(config.health_settle_us),
         ReferenceTracker(config.stale_after_us, config.max_divergence_bps),
@@ -131,7 +145,6 @@ def build_app(
 
     @app.agent(app.topic(summary_topic, settings.topic(FEED_METRICS_TOPIC)), name="aggregator-feeds")
     async def feeds(stream: faust.StreamT) -> None:
-        await bars_worker.start()
         async for event in stream.events():
             if event.message.topic == summary_topic:
                 await feeds_worker.on_summary(event.message.value)
@@ -145,11 +158,18 @@ def build_app(
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: object, revoked: set[Any], **kwargs: Any) -> None:
-        bars_worker.forget(tp.partition for tp in revoked if tp.topic == trades_topic)
+        gone = sorted(tp.partition for tp in revoked if tp.topic == trades_topic)
+        log.info("aggregator revoked %s partitions %s", trades_topic, gone)
+        bars_worker.forget(gone)
+
+    @app.on_partitions_assigned.connect
+    async def assigned(sender: object, assigned: set[Any], **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == trades_topic)
+        log.info("aggregator assigned %s partitions %s", trades_topic, mine)
 
     @app.on_before_shutdown.connect
     async def shutdown(sender: object, **kwargs: Any) -> None:
-        await bars_worker.stop()
+        await outputs.stop()
 
     app.bars_worker = bars_worker  # type: ignore[attr-defined]
     return app

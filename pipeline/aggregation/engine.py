@@ -161,19 +161,23 @@ class PartitionAggregator:
 
     # ------------------------------------------------------------ closing
 
-    def effective_watermark(self, now_us: int) -> int:
-        """The watermark windows close at now (advancing idle watermarks to the wall clock)."""
+    def effective_watermark(self, now_us: int, caught_up: bool = True) -> int:
+        """The watermark windows close at now (advancing idle watermarks to the wall clock).
+
+        ``caught_up`` says the consumer has read everything the broker holds for this partition:
+        a partition that is merely paused (rebalance, backlog) is not idle.
+        """
         idle = self.policy.idle_timeout_us
-        if now_us - max(self.last_trade_wall, self.last_bbo_wall) >= idle:
+        if caught_up and now_us - max(self.last_trade_wall, self.last_bbo_wall) >= idle:
             self.trade_wm.advance_to(now_us - self.policy.allowed_lateness_us)
             self.bbo_wm.advance_to(now_us - self.policy.allowed_lateness_us)
         if self.state.bbo_seen and now_us - self.last_bbo_wall < idle:
             return min(self.trade_wm.value, self.bbo_wm.value)
         return self.trade_wm.value
 
-    def close_windows(self, now_us: int) -> list[Bar]:
+    def close_windows(self, now_us: int, caught_up: bool = True) -> list[Bar]:
         """Close every window the watermark has passed; returns their bars, each symbol's in order."""
-        watermark = self.effective_watermark(now_us)
+        watermark = self.effective_watermark(now_us, caught_up)
         self.state.trade_wm, self.state.bbo_wm = self.trade_wm.value, self.bbo_wm.value
         grace = self.policy.grace_us
         bars: list[Bar] = []

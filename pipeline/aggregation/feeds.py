@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pipeline.aggregation.health import FeedHealthTracker
 from pipeline.aggregation.reference import ReferenceTracker
 from pipeline.aggregation.summaries import FeedPartial, decode_summary
+from pipeline.aggregation.worker import Outputs
 from pipeline.contracts import DecodeError, FeedMetrics, decoder_for
-from pipeline.kafka import DeadLetterPublisher, RecordProducer
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +30,22 @@ class FeedsWorker:
 
     def __init__(
         self,
-        producer: RecordProducer,
+        outputs: Outputs,
         clock: Callable[[], int],
         health: FeedHealthTracker,
         reference: ReferenceTracker,
     ):
-        self.producer = producer
-        self.dead_letters = DeadLetterPublisher(producer, "aggregator")
+        self.outputs = outputs
         self.clock = clock
         self.health = health
         self.reference = reference
 
     async def on_summary(self, value: bytes) -> None:
+        await self.outputs.start()
         try:
             summary = decode_summary(value)
         except (DecodeError, ValueError) as exc:
-            await self.dead_letters.publish("decode", f"not an aggregator summary: {exc}", value)
+            await self.outputs.dead_letters.publish("decode", f"not an aggregator summary: {exc}", value)
             return
         if isinstance(summary, FeedPartial):
             self.health.add_partial(summary)
@@ -53,17 +53,21 @@ class FeedsWorker:
             self.reference.observe(summary)
 
     async def on_feed_metrics(self, value: bytes) -> None:
+        await self.outputs.start()
         try:
             metrics = _metrics_decoder.decode(value)
         except DecodeError as exc:
-            await self.dead_letters.publish("decode", f"not a FeedMetrics: {exc}", value, topic=FEED_METRICS_TOPIC)
+            error = f"not a FeedMetrics: {exc}"
+            await self.outputs.dead_letters.publish("decode", error, value, topic=FEED_METRICS_TOPIC)
             return
         if metrics.source == "collector":
             self.health.add_collector(metrics)
 
     async def tick(self) -> None:
+        await self.outputs.start()
         now = self.clock()
         for metrics in self.health.due(now):
-            await self.producer.send(FEED_METRICS_TOPIC, f"{metrics.exchange}:{metrics.stream}".encode(), metrics)
+            key = f"{metrics.exchange}:{metrics.stream}".encode()
+            await self.outputs.producer.send(FEED_METRICS_TOPIC, key, metrics)
         for price in self.reference.compute(now):
-            await self.producer.send(REFERENCE_TOPIC, price.asset.encode(), price)
+            await self.outputs.producer.send(REFERENCE_TOPIC, price.asset.encode(), price)

@@ -65,42 +65,62 @@ class Incoming:
     value: bytes
 
 
+class Outputs:
+    """The worker's producer of contract records and dead letters, created in the running loop on first use."""
+
+    def __init__(self, factory: Callable[[], RecordProducer]):
+        self._factory = factory
+        self._producer: RecordProducer | None = None
+        self._dead_letters: DeadLetterPublisher | None = None
+
+    async def start(self) -> None:
+        if self._producer is None:
+            producer = self._factory()
+            await producer.start()
+            self._producer, self._dead_letters = producer, DeadLetterPublisher(producer, "aggregator")
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    @property
+    def producer(self) -> RecordProducer:
+        assert self._producer is not None, "Outputs.start() first"
+        return self._producer
+
+    @property
+    def dead_letters(self) -> DeadLetterPublisher:
+        assert self._dead_letters is not None, "Outputs.start() first"
+        return self._dead_letters
+
+
 class BarWorker:
     """Applies batches to partition engines, publishes bars, dead letters and summaries."""
 
     def __init__(
         self,
-        producer: RecordProducer,
+        outputs: Outputs,
         store: StateStore,
         policy: WindowPolicy,
         trades_topic: str,
         bbo_topic: str,
         clock: Callable[[], int] = wall_clock_us,
         assignment: Callable[[], set[tuple[str, int]]] | None = None,
+        highwater: Callable[[str, int], int | None] | None = None,
     ):
-        self.producer = producer
-        self.dead_letters = DeadLetterPublisher(producer, "aggregator")
+        self.outputs = outputs
         self.store = store
         self.policy = policy
         self.trades_topic = trades_topic
         self.bbo_topic = bbo_topic
         self.clock = clock
         self.assignment = assignment
+        self.highwater = highwater
         self.engines: dict[int, PartitionAggregator] = {}
         self.feed = FeedStatsCollector()
         self.mids: dict[tuple[str, str], Bbo] = {}
         self._lock = asyncio.Lock()
-        self._started = False
-
-    async def start(self) -> None:
-        if not self._started:
-            self._started = True
-            await self.producer.start()
-
-    async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self.producer.stop()
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop in-memory state of revoked partitions (the next owner restores it from the table)."""
@@ -114,7 +134,7 @@ class BarWorker:
         return engine
 
     async def process(self, batch: Sequence[Incoming]) -> None:
-        await self.start()
+        await self.outputs.start()
         async with self._lock:
             now = self.clock()
             touched: dict[int, PartitionAggregator] = {}
@@ -149,7 +169,7 @@ class BarWorker:
                         self.feed.observe(bbo.exchange, "bbo", bbo.ts_event, bbo.ts_recv)
                         self.mids[(bbo.exchange, bbo.symbol)] = bbo
             for reason, error, item, exchange in dead:
-                await self.dead_letters.publish(
+                await self.outputs.dead_letters.publish(
                     reason, error, item.value, exchange=exchange, topic=item.topic, partition=item.partition,
                     offset=item.offset,
                 )  # fmt: skip
@@ -163,7 +183,7 @@ class BarWorker:
 
     async def tick(self) -> None:
         """Once a second: close windows of quiet partitions, ship feed and mid partials."""
-        await self.start()
+        await self.outputs.start()
         async with self._lock:
             now = self.clock()
             await self._close(self.engines, now, always_save=False)
@@ -178,25 +198,35 @@ class BarWorker:
                     summaries.append((asset.encode(), partial))
             self.mids.clear()
             for key, summary in summaries:
-                await self.producer.send_raw(SUMMARY_TOPIC, key, encode_summary(summary))
+                await self.outputs.producer.send_raw(SUMMARY_TOPIC, key, encode_summary(summary))
 
     async def _close(self, engines: dict[int, PartitionAggregator], now: int, always_save: bool) -> None:
         bars: list[Bar] = []
         changed: list[int] = []
         for partition, engine in engines.items():
             before = (engine.trade_wm.value, engine.bbo_wm.value)
-            closed = engine.close_windows(now)
+            closed = engine.close_windows(now, self._caught_up(partition, engine))
             bars += closed
             if always_save or closed or before != (engine.trade_wm.value, engine.bbo_wm.value):
                 changed.append(partition)
             self._count(engine)
         for bar in bars:
-            await self.producer.send(BAR_TOPICS[bar.interval], market_key(bar.exchange, bar.symbol), bar)
+            await self.outputs.producer.send(BAR_TOPICS[bar.interval], market_key(bar.exchange, bar.symbol), bar)
         if bars:
-            await self.producer.flush()  # bars are durable before the state that says they were emitted
+            await self.outputs.producer.flush()  # bars are durable before the state that says they were emitted
         for partition in changed:
             self.store.put(partition, engines[partition].snapshot())
         OPEN_WINDOWS.set(sum(e.open_windows() for e in self.engines.values()))
+
+    def _caught_up(self, partition: int, engine: PartitionAggregator) -> bool:
+        """Whether this worker has read every record the broker holds for the partition (both topics)."""
+        if self.highwater is None:
+            return True
+        for topic, last in ((self.trades_topic, engine.state.trade_offset), (self.bbo_topic, engine.state.bbo_offset)):
+            high = self.highwater(topic, partition)
+            if high is None or last + 1 < high:
+                return False
+        return True
 
     @staticmethod
     def _count(engine: PartitionAggregator) -> None:

@@ -69,6 +69,10 @@ def run(
         str, typer.Option(help="advance event time at wall speed after this long without input (0 disables)")
     ] = "30s",
     engine_id: Annotated[str, typer.Option(help="checkpoint identity of this engine")] = "alerting",
+    lag_group: Annotated[
+        list[str] | None, typer.Option(help="consumer group whose lag the probe publishes (repeatable)")
+    ] = None,
+    lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "15s",
 ) -> None:
     """Run the rule engine until SIGINT/SIGTERM (resumes from its checkpoint and ops.alerts.v1)."""
     from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
@@ -78,7 +82,17 @@ def run(
     ruleset = _rules(rules, no_core)
     if start_from not in ("latest", "earliest"):
         raise typer.BadParameter("--from must be latest or earliest")
-    options = RunnerOptions(engine_id=engine_id, start_from=start_from, idle_advance_us=parse_duration(idle_advance))
+    try:
+        idle_us, lag_us = parse_duration(idle_advance), parse_duration(lag_interval)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    options = RunnerOptions(
+        engine_id=engine_id,
+        start_from=start_from,
+        idle_advance_us=idle_us,
+        lag_groups=tuple(lag_group) if lag_group else None,
+        lag_interval_us=lag_us,
+    )
     serve_metrics(settings.metrics_port)
     console.print(f"rule engine: {len(ruleset.rules)} rules, {len(ruleset.inhibit_rules)} inhibit rules")
 

@@ -20,7 +20,7 @@ from pipeline.alerting.matchers import Matcher, parse_matcher, where_matchers
 from pipeline.alerting.sources import SOURCES
 
 _UNITS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 
 
 def parse_duration(value: Any) -> int:
@@ -32,7 +32,7 @@ def parse_duration(value: Any) -> int:
             raise ValueError("a duration cannot be negative")
         return int(value * 1_000_000)
     if isinstance(value, str) and (found := _DURATION.match(value.strip())):
-        return int(float(found.group(1)) * _UNITS[found.group(2)])
+        return int(float(found.group(1)) * _UNITS[found.group(2) or "s"])
     raise ValueError(f"expected a duration like 250ms, 30s, 5m, 1h, got {value!r}")
 
 

@@ -26,6 +26,7 @@ from pipeline.alerting import control
 from pipeline.alerting.clock import Clock, SystemClock
 from pipeline.alerting.engine import AlertEngine
 from pipeline.alerting.errors import BadInput
+from pipeline.alerting.lagprobe import default_groups, run_probe
 from pipeline.alerting.metrics import ACTIVE, BAD_INPUTS, CHECKPOINTS, EVENT_TIME, INPUTS, REPLAYED, TRANSITIONS
 from pipeline.alerting.rules import RuleSet
 from pipeline.alerting.sources import SOURCES, Source
@@ -46,6 +47,8 @@ class RunnerOptions:
     idle_advance_us: int = 30_000_000  # advance event time at wall speed after this long without input (0: never)
     checkpoint_interval_us: int = 1_000_000
     poll_ms: int = 200
+    lag_groups: tuple[str, ...] | None = None  # consumer groups the lag probe measures (None: MarketPrism's own)
+    lag_interval_us: int = 15_000_000  # 0 disables the lag probe
 
 
 class RuleEngineRunner:
@@ -79,8 +82,11 @@ class RuleEngineRunner:
             self.engine.restore(checkpoint.state)
             log.info("resumed from checkpoint at event time %d (%d alerts on the topic)", self.engine.now, len(alerts))
             return checkpoint.offsets
-        self.engine.seed(list(alerts.values()))
-        log.info("no checkpoint: resumed %d alerts from %s", len(alerts), control.ALERTS_TOPIC)
+        if self.options.start_from == "earliest":
+            log.info("no checkpoint: replaying inputs from the beginning (%d alerts already published)", len(alerts))
+        else:
+            self.engine.seed(list(alerts.values()))
+            log.info("no checkpoint: resumed %d alerts from %s", len(alerts), control.ALERTS_TOPIC)
         return {}
 
     def _input_topics(self) -> list[str]:
@@ -111,11 +117,18 @@ class RuleEngineRunner:
         dlq = DeadLetterPublisher(RecordProducer(producer, self.settings.topic_prefix), "alerting")
         consumer = make_consumer(self.settings.kafka, group_id=None)
         await consumer.start()
+        probe: asyncio.Task[None] | None = None
         try:
             offsets = await self._restore()
             await self._position_inputs(consumer, offsets)
             self._last_input_wall = self.clock.now_us()
+            if self.options.lag_interval_us:
+                groups = list(self.options.lag_groups or default_groups(self.settings))
+                probe = asyncio.create_task(
+                    run_probe(self.settings, producer, groups, self.options.lag_interval_us / 1e6, self.clock, stop)
+                )
             self.ready.set()
+            log.info("rule engine ready: %d input partitions, event time %d", len(self._positions), self.engine.now)
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=self.options.poll_ms, max_records=5000)
                 alerts: list[Alert] = []
@@ -132,6 +145,10 @@ class RuleEngineRunner:
                 await self._maybe_checkpoint(producer, force=bool(alerts))
             await self._maybe_checkpoint(producer, force=True)
         finally:
+            if probe is not None:
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
             with contextlib.suppress(Exception):
                 await consumer.stop()
             await producer.stop()
@@ -146,10 +163,12 @@ class RuleEngineRunner:
             if name == control.ACTIONS_TOPIC:
                 return self.engine.apply_action(_decode(AlertAction, message.value, name))
             source = self._sources[name]
-            sample = source.sample(message.value)
-            INPUTS.labels(source=source.name).inc()
-            self._partition_ts[tp] = max(self._partition_ts.get(tp, 0), sample.ts)
-            return self.engine.process(sample)
+            out: list[Alert] = []
+            for sample in source.samples(message.value):
+                INPUTS.labels(source=source.name).inc()
+                self._partition_ts[tp] = max(self._partition_ts.get(tp, 0), sample.ts)
+                out += self.engine.process(sample)
+            return out
         except BadInput as exc:
             BAD_INPUTS.labels(reason=exc.reason).inc()
             await dlq.publish(
@@ -199,6 +218,12 @@ class RuleEngineRunner:
         for alert in alerts:
             if alert.version <= self.published.get(alert.fingerprint, 0):
                 REPLAYED.inc()
+                log.info(
+                    "%s %s v%d regenerated after restart: already published",
+                    alert.rule,
+                    alert.fingerprint,
+                    alert.version,
+                )
                 continue
             pending.append(await producer.send(topic, encode(alert), key=alert.fingerprint.encode()))
             self.published[alert.fingerprint] = alert.version

@@ -16,7 +16,16 @@ import msgspec
 
 from pipeline.alerting.errors import BadInput
 from pipeline.contracts import decoder_for
-from pipeline.contracts.records import Anomaly, Bar, Bbo, DeadLetter, FeedMetrics, Record
+from pipeline.contracts.records import (
+    Anomaly,
+    Bar,
+    Bbo,
+    ConsumerLag,
+    DeadLetter,
+    FeedMetrics,
+    Record,
+    ReferencePrice,
+)
 
 BPS = Decimal(10_000)
 
@@ -118,6 +127,29 @@ def _dead_letter(r: DeadLetter) -> Sample:
     return Sample(source="dlq", ts=r.ts_recv, labels=labels, metrics={"count": 1.0})
 
 
+def _reference(r: ReferencePrice) -> list[Sample]:
+    """One sample per venue the aggregator compared with the cross-venue reference price."""
+    out = []
+    for venue, divergence in sorted(r.divergence_bps.items()):
+        exchange, _, symbol = venue.partition(":")
+        excluded = r.excluded.get(venue)
+        metrics = {
+            "divergence_bps": divergence,
+            "abs_divergence_bps": abs(divergence),
+            "diverging": 1.0 if excluded == "diverging" else 0.0,
+            "stale": 1.0 if excluded == "stale" else 0.0,
+            "venues": r.venues,
+        }
+        labels = {"asset": r.asset, "exchange": exchange, "symbol": symbol}
+        out.append(Sample(source="reference", ts=r.ts_event, labels=labels, metrics=metrics))
+    return out
+
+
+def _consumer_lag(r: ConsumerLag) -> Sample:
+    labels = {"group": r.group, "topic": r.topic}
+    return Sample(source="consumer_lag", ts=r.ts, labels=labels, metrics={"lag": r.lag, "committed": r.committed})
+
+
 @dataclass(frozen=True)
 class Source:
     """One input source: its topic, record type, label names, metric names and converter."""
@@ -127,18 +159,20 @@ class Source:
     record_type: type[Record]
     labels: tuple[str, ...]
     metrics: tuple[str, ...]
-    convert: Callable[[Record], Sample]
+    convert: Callable[[Record], Sample | list[Sample]]
     prices: tuple[str, ...] = ()
 
-    def sample(self, value: bytes) -> Sample:
+    def samples(self, value: bytes) -> list[Sample]:
+        """Decode one topic value (validating it) into its samples; raises :class:`BadInput`."""
         try:
             record = decoder_for(self.record_type).decode(value)
         except msgspec.DecodeError as exc:
             raise BadInput("decode_error", f"{self.topic}: {exc}") from exc
         try:
-            return self.convert(record)
+            converted = self.convert(record)
         except (InvalidOperation, ZeroDivisionError, ValueError) as exc:
             raise BadInput("bad_value", f"{self.topic}: {exc}") from exc
+        return converted if isinstance(converted, list) else [converted]
 
 
 _FEED_METRICS = (
@@ -168,5 +202,9 @@ SOURCES: dict[str, Source] = {
                ("score", "value", "time_to_threshold_s"), _anomaly),  # type: ignore[arg-type]
         Source("dlq", "ops.dlq.v1", DeadLetter, ("source", "reason", "topic", "exchange"), ("count",),
                _dead_letter),  # type: ignore[arg-type]
+        Source("reference", "md.reference.v1", ReferencePrice, ("asset", "exchange", "symbol"),
+               ("divergence_bps", "abs_divergence_bps", "diverging", "stale", "venues"), _reference),  # type: ignore[arg-type]
+        Source("consumer_lag", "ops.consumer_lag.v1", ConsumerLag, ("group", "topic"), ("lag", "committed"),
+               _consumer_lag),  # type: ignore[arg-type]
     )
 }  # fmt: skip

@@ -53,22 +53,36 @@ class Outputs:
     """The worker's aiokafka producer for anomalies and dead letters (started once, by the first agent)."""
 
     def __init__(self, settings: Settings):
-        self.producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
-        self.dlq = DeadLetterPublisher(self.producer, source="anomaly")
-        self._lock = asyncio.Lock()
-        self._started = False
+        self.settings = settings
+        self._producer: RecordProducer | None = None
+        self._dlq: DeadLetterPublisher | None = None
+        self._lock: asyncio.Lock | None = None
 
     async def start(self) -> None:
+        """Create and start the producer inside the worker's event loop (idempotent)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
         async with self._lock:
-            if not self._started:
-                await self.producer.start()
-                self._started = True
+            if self._producer is None:
+                producer = RecordProducer(make_producer(self.settings.kafka), self.settings.topic_prefix)
+                await producer.start()
+                self._producer = producer
+                self._dlq = DeadLetterPublisher(producer, source="anomaly")
 
     async def stop(self) -> None:
-        async with self._lock:
-            if self._started:
-                await self.producer.stop()
-                self._started = False
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def producer(self) -> RecordProducer:
+        assert self._producer is not None, "Outputs.start() runs before the first record"
+        return self._producer
+
+    @property
+    def dlq(self) -> DeadLetterPublisher:
+        assert self._dlq is not None, "Outputs.start() runs before the first record"
+        return self._dlq
 
     async def publish(self, anomalies: list[Anomaly]) -> None:
         for anomaly in anomalies:

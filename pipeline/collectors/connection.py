@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -82,6 +83,7 @@ class ConnectionSupervisor:
         self._ts_recv = ts_recv
         self.sessions = 0
         self.delays: list[float] = []  # the backoff delays taken (for logs and tests)
+        self.reasons: Counter[str] = Counter()  # disconnects by cause
         self.connection: ClientConnection | None = None
 
     async def run(self) -> None:
@@ -92,6 +94,7 @@ class ConnectionSupervisor:
             self.sink.disconnected(self.plan, reason)
             delay = 0.0 if planned else self.backoff.next_delay()
             self.delays.append(delay)
+            self.reasons[reason.split(":")[0]] += 1
             log.warning("%s: disconnected (%s); reconnecting in %.2fs", self.plan.name, reason, delay)
             await self._sleep(delay)
 
@@ -103,6 +106,7 @@ class ConnectionSupervisor:
                 self.plan.url,
                 proxy=self.proxy,
                 open_timeout=self.open_timeout_s,
+                close_timeout=2.0,  # a dead peer must not hold up the reconnect
                 ping_interval=None,  # the watchdog pings and enforces pongs itself
                 max_size=None,  # full-depth snapshots run to megabytes
                 max_queue=None,  # the reader hands frames on synchronously, so nothing piles up here

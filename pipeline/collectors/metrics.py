@@ -8,6 +8,7 @@ no data stream (acks, heartbeats, undecodable frames) count under the connection
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.collectors.base import ConnectionPlan, FrameResult
@@ -62,6 +63,7 @@ class FeedStats:
         self._carriers: dict[str, set[str]] = {}  # stream -> connection names carrying it
         self._up: dict[str, bool] = {}
         self.frames = 0
+        self.totals: Counter[str] = Counter()  # gaps, resyncs, checksum_failures, parse_errors since start
 
     def _window(self, stream: str) -> _Window:
         window = self._windows.get(stream)
@@ -96,6 +98,7 @@ class FeedStats:
         MESSAGES.labels(self.exchange, stream).inc()
         BYTES.labels(self.exchange, stream).inc(nbytes)
         if result is not None:
+            self.totals.update(gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures)
             if result.gaps:
                 window.gaps += result.gaps
                 GAPS.labels(self.exchange, stream).inc(result.gaps)
@@ -110,6 +113,7 @@ class FeedStats:
     def result(self, stream: str, result: FrameResult) -> None:
         """Gaps/resyncs reported outside a frame (a REST snapshot body)."""
         window = self._window(stream)
+        self.totals.update(gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures)
         window.gaps += result.gaps
         window.resyncs += result.resyncs
         window.checksum_failures += result.checksum_failures
@@ -118,6 +122,7 @@ class FeedStats:
 
     def parse_error(self, plan_name: str, reason: str) -> None:
         self._window(plan_name).parse_errors += 1
+        self.totals["parse_errors"] += 1
         PARSE_ERRORS.labels(self.exchange, reason).inc()
 
     def lag(self, stream: str, lag_us: int) -> None:

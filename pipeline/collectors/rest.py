@@ -72,9 +72,9 @@ class RestClient:
             self._waiting.add(request)
             self._queue.put_nowait(request)
 
-    @property
-    def idle(self) -> bool:
-        return not self._waiting
+    def waiting(self, kind: str | None = None) -> int:
+        """Requests queued or in flight (of one ``kind``, or all)."""
+        return sum(1 for r in self._waiting if kind is None or r.kind == kind)
 
     def _session(self) -> aiohttp.ClientSession:
         connector = None

@@ -9,6 +9,7 @@ from pipeline.contracts.records import (
     Bar,
     Bbo,
     BookUpdate,
+    ConsumerLag,
     DeadLetter,
     FeedMetrics,
     Funding,
@@ -202,6 +203,15 @@ EXAMPLES: dict[type[Record], Record] = {
         ts=T0,
         offsets={"ops.feed_metrics.v1:0": 1234},
         state='{"version":1}',
+    ),
+    ConsumerLag: ConsumerLag(
+        group="marketprism-sink",
+        topic="md.trades.v1",
+        ts=T0,
+        lag=1520,
+        partitions=6,
+        committed=98_480,
+        end=100_000,
     ),
     ReferencePrice: ReferencePrice(
         asset="BTC-USD",

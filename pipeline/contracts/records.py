@@ -310,6 +310,19 @@ class ReferencePrice(Record):
     excluded: dict[str, Literal["stale", "diverging"]] = {}
 
 
+
+class ConsumerLag(Record):
+    """Committed lag of one consumer group on one topic, measured from the broker (the rule engine's
+    lag probe): ``lag`` = sum over partitions of ``end`` - ``committed`` offsets."""
+
+    group: str
+    topic: str
+    ts: Micros
+    lag: Annotated[int, msgspec.Meta(ge=0)]
+    partitions: Annotated[int, msgspec.Meta(ge=0)]
+    committed: Annotated[int, msgspec.Meta(ge=0)] = 0
+    end: Annotated[int, msgspec.Meta(ge=0)] = 0
+
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.__name__: cls
     for cls in (
@@ -329,6 +342,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
         Silence,
         AlertAction,
         RuleEngineCheckpoint,
+        ConsumerLag,
     )
 }
 

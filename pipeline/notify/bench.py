@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,23 +98,44 @@ def _percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class BenchResult:
+    """Latencies (milliseconds) of one run: notifier path and baseline topic path."""
+
     sent: int
-    notified: list[float]  # milliseconds
-    topic: list[float]  # milliseconds
+    notified: list[float]
+    topic: list[float]
 
-    def row(self, values: list[float]) -> tuple[str, str, str]:
-        if not values:
-            return "0", "-", "-"
-        return str(len(values)), f"{_percentile(values, 0.5):.1f}", f"{_percentile(values, 0.99):.1f}"
+    def figures(self) -> tuple[float, float, float, float]:
+        """notifier p50, p99, baseline p50, p99 (NaN when nothing arrived)."""
+        nan = float("nan")
+        if not self.notified or not self.topic:
+            return nan, nan, nan, nan
+        return (
+            _percentile(self.notified, 0.5),
+            _percentile(self.notified, 0.99),
+            _percentile(self.topic, 0.5),
+            _percentile(self.topic, 0.99),
+        )
 
-    def table(self) -> Table:
-        table = Table("path", "received", "p50 ms", "p99 ms", title=f"notify latency, {self.sent} firing alerts")
-        table.add_row("alert record -> webhook (notifier)", *self.row(self.notified))
-        table.add_row("alert record -> plain consumer (baseline)", *self.row(self.topic))
-        if self.notified and self.topic:
-            ratio = _percentile(self.notified, 0.5) / max(_percentile(self.topic, 0.5), 1e-3)
-            table.caption = f"p50 ratio notifier/baseline: {ratio:.1f}x"
-        return table
+
+def table(results: list[BenchResult]) -> Table:
+    out = Table(
+        "run",
+        "received",
+        "notifier p50 ms",
+        "notifier p99 ms",
+        "baseline p50 ms",
+        "baseline p99 ms",
+        "p50 ratio",
+        title="Alert firing record on ops.alerts.v1 -> webhook (group_wait 0); baseline: -> plain consumer",
+    )
+    rows = [r.figures() for r in results]
+    for i, (result, row) in enumerate(zip(results, rows, strict=True), 1):
+        out.add_row(
+            str(i), f"{len(result.notified)}/{result.sent}", *(f"{v:.1f}" for v in row), f"{row[0] / row[2]:.2f}x"
+        )
+    medians = [statistics.median(column) for column in zip(*rows, strict=True)]
+    out.add_row("median", "", *(f"{v:.1f}" for v in medians), f"{medians[0] / medians[2]:.2f}x")
+    return out
 
 
 async def run_bench(base: Settings, alerts: int, rate: float, wait_s: float = 120.0) -> BenchResult:
@@ -153,7 +175,7 @@ async def _measure(settings: Settings, work: Path, alerts: int, rate: float, wai
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

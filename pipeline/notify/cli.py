@@ -105,10 +105,11 @@ def bench_notify(
     ctx: typer.Context,
     alerts: Annotated[int, typer.Option(help="firing alerts to send")] = 200,
     rate: Annotated[float, typer.Option(help="alerts per second")] = 20.0,
+    runs: Annotated[int, typer.Option(help="repetitions (the table ends with their medians)")] = 3,
 ) -> None:
     """Latency from an Alert firing record on ops.alerts.v1 to the webhook receiving it (group_wait 0)."""
-    from pipeline.notify.bench import run_bench
+    from pipeline.notify.bench import run_bench, table
 
     _quiet_http_logs()
-    result = asyncio.run(run_bench(ctx.obj, alerts, rate))
-    console.print(result.table())
+    results = [asyncio.run(run_bench(ctx.obj, alerts, rate)) for _ in range(runs)]
+    console.print(table(results))

@@ -60,6 +60,8 @@ class NotifierConfig(BaseModel):
     route: RouteConfig
     receivers: list[ReceiverConfig] = Field(min_length=1)
     retry: RetryConfig = RetryConfig()
+    # A replica that takes the sending lease waits this long before sending (see notify.lease).
+    takeover_grace: Seconds = 2.0
 
     @model_validator(mode="after")
     def _consistent(self) -> NotifierConfig:

@@ -61,41 +61,38 @@ class RetryStage:
             sleep=self._sleep,
             reraise=True,
         )
-        error = "no attempt made"
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    error_or_none, retryable = await self._attempt(batch, number)
-                    if error_or_none is None:
-                        return batch
-                    error = error_or_none
-                    if retryable and number < self._config.attempts:
-                        raise _Retry(error)
-        except _Retry:
-            pass  # reraise=True hands back the last attempt's failure; it is already recorded
-        log.warning("%s/%s: giving up on %s: %s", batch.receiver, batch.integration, batch.group_key, error)
-        await self._sink.dead_letter(batch, error)
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                error, retryable, elapsed = await self._attempt(batch)
+                if error is None:
+                    await self._record(batch, "sent", number, None, elapsed)
+                    return batch
+                if retryable and number < self._config.attempts:
+                    log.info(
+                        "%s/%s attempt %d failed, will retry: %s", batch.receiver, batch.integration, number, error
+                    )
+                    await self._record(batch, "retrying", number, error, elapsed)
+                    raise _Retry(error)
+                log.warning("%s/%s: giving up on %s: %s", batch.receiver, batch.integration, batch.group_key, error)
+                # The dead letter is queued before the settling receipt, whose flush makes both durable.
+                await self._sink.dead_letter(batch, error)
+                await self._record(batch, "dead_lettered", number, error, elapsed)
         return None
 
-    async def _attempt(self, batch: Batch, number: int) -> tuple[str | None, bool]:
+    async def _attempt(self, batch: Batch) -> tuple[str | None, bool, int]:
         started = self._clock.now()
         try:
             retryable, error = await self._channel.notify(batch)
         except ChannelError as exc:
             retryable, error = exc.retryable, str(exc)
-        elapsed = self._clock.now() - started
-        LATENCY.labels(channel=self._channel.kind).observe(max(elapsed, 0) / 1e6)
-        if error is None:
-            status = "sent"
-        elif retryable and number < self._config.attempts:
-            status = "retrying"
-            log.info("%s/%s attempt %d failed, will retry: %s", batch.receiver, batch.integration, number, error)
-        else:
-            status = "dead_lettered"
+        elapsed = max(self._clock.now() - started, 0)
+        LATENCY.labels(channel=self._channel.kind).observe(elapsed / 1e6)
+        return error, retryable, elapsed
+
+    async def _record(self, batch: Batch, status: str, number: int, error: str | None, elapsed: int) -> None:
         ATTEMPTS.labels(channel=self._channel.kind, status=status).inc()
         await self._sink.receipt(receipt(batch, status, number, self._clock.now(), error, elapsed))
-        return error, retryable
 
 
 def receipt(

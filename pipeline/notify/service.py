@@ -7,7 +7,8 @@ system clock, writes a receipt per attempt to ``ops.notifications.v1`` and dead 
 Start-up: both topics are read up to their end offsets first; only the latest record of each
 fingerprint then enters the dispatcher, and the rebuilt notification log keeps anything already
 settled from being sent again. No consumer-group offsets are needed: state comes from the topics.
-A record that does not decode becomes a dead letter and processing goes on.
+Only the replica holding the :class:`~pipeline.notify.lease.Lease` sends. A record that does not
+decode becomes a dead letter and processing goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, m
 from pipeline.kafka.admin import describe
 from pipeline.notify.base import Batch, Clock, NotifyError, SystemClock
 from pipeline.notify.config import NotifierConfig
+from pipeline.notify.durations import micros
 from pipeline.notify.group import episode_start
+from pipeline.notify.lease import Lease
 from pipeline.notify.nflog import SETTLED, NotificationLog
 from pipeline.notify.notifier import Notifier
 from pipeline.observability.metrics import counter, gauge
@@ -83,6 +86,35 @@ async def _partitions(settings: Settings, topics: list[str], wait_s: float = 60.
             await asyncio.sleep(1.0)
 
 
+class Backlog:
+    """Alert state folded from records not yet handed to the dispatcher: the latest record of each
+    fingerprint, and its last firing record (to announce an episode that ended unannounced)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Alert] = {}
+        self.last_firing: dict[str, Alert] = {}
+
+    def add(self, alert: Alert) -> None:
+        previous = self.latest.get(alert.fingerprint)
+        if previous is None or alert.version >= previous.version:
+            self.latest[alert.fingerprint] = alert
+            if alert.state == "firing":
+                self.last_firing[alert.fingerprint] = alert
+
+    async def hand_over(self, notifier: Notifier) -> None:
+        """Episodes that fired and ended while no notifier sent go through the groups first (firing,
+        flushed, already-announced ones deduplicated), then every fingerprint's latest state."""
+        ended = [a for fp, a in self.last_firing.items() if _ended(a, self.latest[fp])]
+        for alert in sorted(ended, key=lambda a: a.ts_event):
+            notifier.replay_firing(alert)
+        notifier.run_due()
+        await notifier.drain()
+        for alert in sorted(self.latest.values(), key=lambda a: a.ts_event):
+            notifier.on_alert(alert)
+        self.latest.clear()
+        self.last_firing.clear()
+
+
 class NotifyService:
     def __init__(self, settings: Settings, config: NotifierConfig, clock: Clock | None = None):
         self._settings = settings
@@ -100,6 +132,7 @@ class NotifyService:
         dlq = DeadLetterPublisher(producer, SOURCE)
         consumer = make_consumer(self._settings.kafka, group_id=None, fetch_max_wait_ms=100)
         await consumer.start()
+        lease = Lease(self._settings, self._notes_topic)
         notifier = Notifier(
             self._config, KafkaReceipts(producer, dlq, self.nflog, self._alerts_topic), self.nflog, self._clock
         )
@@ -107,63 +140,70 @@ class NotifyService:
             tps = await _partitions(self._settings, [self._alerts_topic, self._notes_topic])
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            latest, last_firing = await self._catch_up(consumer, tps, dlq)
-            log.info("notifier ready: %d alerts, %d settled notifications read back", len(latest), len(self.nflog))
-            await self._resume(notifier, latest, last_firing)
-            await self._loop(consumer, notifier, dlq, stop)
+            backlog = await self._catch_up(consumer, tps, dlq)
+            log.info("notifier caught up: %d alerts, %d settled notifications", len(backlog.latest), len(self.nflog))
+            await lease.start()
+            await self._loop(consumer, notifier, dlq, stop, lease, backlog)
         finally:
+            await lease.stop()
             await notifier.aclose()
             await consumer.stop()
             await producer.stop()
 
     async def _catch_up(
         self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], dlq: DeadLetterPublisher
-    ) -> tuple[dict[str, Alert], dict[str, Alert]]:
-        """The latest record of each fingerprint and, where it is no longer firing, its last firing one."""
+    ) -> Backlog:
+        """Read both topics to the end offsets they had at start."""
         ends = await consumer.end_offsets(tps)
-        latest: dict[str, Alert] = {}
-        last_firing: dict[str, Alert] = {}
+        backlog = Backlog()
         while True:
             behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
             if not behind:
-                return latest, {fp: a for fp, a in last_firing.items() if _ended(a, latest[fp])}
+                return backlog
             for messages in (await consumer.getmany(*behind, timeout_ms=500)).values():
                 for message in messages:
-                    alert = await self._decode(message, dlq)
-                    if alert is not None:
-                        previous = latest.get(alert.fingerprint)
-                        if previous is None or alert.version >= previous.version:
-                            latest[alert.fingerprint] = alert
-                            if alert.state == "firing":
-                                last_firing[alert.fingerprint] = alert
-
-    @staticmethod
-    async def _resume(notifier: Notifier, latest: dict[str, Alert], last_firing: dict[str, Alert]) -> None:
-        """Episodes that fired and ended while no notifier ran are announced before their end is: the
-        last firing record goes through the groups first (already-announced ones are deduplicated)."""
-        for alert in sorted(last_firing.values(), key=lambda a: a.ts_event):
-            notifier.replay_firing(alert)
-        notifier.run_due()
-        await notifier.drain()
-        for alert in sorted(latest.values(), key=lambda a: a.ts_event):
-            notifier.on_alert(alert)
+                    if (alert := await self._decode(message, dlq)) is not None:
+                        backlog.add(alert)
 
     async def _loop(
-        self, consumer: AIOKafkaConsumer, notifier: Notifier, dlq: DeadLetterPublisher, stop: asyncio.Event
+        self,
+        consumer: AIOKafkaConsumer,
+        notifier: Notifier,
+        dlq: DeadLetterPublisher,
+        stop: asyncio.Event,
+        lease: Lease,
+        backlog: Backlog,
     ) -> None:
+        """Consume; while this replica holds the lease, flush what is due. Until it first holds it,
+        alerts only fold into the backlog, handed to the dispatcher ``takeover_grace`` after the lease
+        came (time for the receipts of a previous holder's last messages to arrive)."""
+        active_at: int | None = None
         while not stop.is_set():
-            notifier.run_due()
-            GROUPS.set(len(notifier.dispatcher.groups))
-            deadline = notifier.next_deadline()
+            await lease.poll()
+            now = self._clock.now()
+            if not lease.held:
+                active_at = None
+            elif active_at is None:
+                active_at = now + micros(self._config.takeover_grace)
+            active = active_at is not None and now >= active_at
+            if active and (backlog.latest or backlog.last_firing):
+                await backlog.hand_over(notifier)
             wait_ms = MAX_POLL_MS
-            if deadline is not None:
-                wait_ms = max(0, min(MAX_POLL_MS, (deadline - self._clock.now()) // 1000))
+            if active:
+                notifier.run_due()
+                deadline = notifier.next_deadline()
+                if deadline is not None:
+                    wait_ms = max(0, min(MAX_POLL_MS, (deadline - self._clock.now()) // 1000))
+            GROUPS.set(len(notifier.dispatcher.groups))
             batch = await consumer.getmany(timeout_ms=wait_ms, max_records=1000)
             for messages in batch.values():
                 for message in messages:
-                    alert = await self._decode(message, dlq)
-                    if alert is not None:
+                    if (alert := await self._decode(message, dlq)) is None:
+                        continue
+                    if active:
                         notifier.on_alert(alert)
+                    else:
+                        backlog.add(alert)
 
     async def _decode(self, message: ConsumerRecord, dlq: DeadLetterPublisher) -> Alert | None:
         """An alert record to dispatch; notifications go to the log; bad records become dead letters."""

@@ -20,7 +20,9 @@ REST rule: ``GET /HOST/PATH?Q`` answers the body recorded for that endpoint (que
 set of parameters; the host may differ when the path and query match exactly one recording),
 else 404 listing what is recorded.
 
-Faults for tests: ``drop_after=N`` closes the first ``drops`` feeder sessions after N frames.
+Faults for tests: ``drop_after=N`` closes the first ``drops`` feeder sessions after N frames;
+:meth:`ReplayServer.freeze` leaves open connections up but silent (no pongs, no frames);
+``hold_at`` / :meth:`ReplayServer.release` pause and resume the feed at a frame number.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ class ReplayServer:
         self.rest_hits: list[str] = []
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._transports: dict[web.WebSocketResponse, asyncio.Transport | None] = {}
+        self.hold_at: int | None = None  # feeders pause before sending frame number hold_at + 1
+        self._released = asyncio.Event()
 
     @property
     def base(self) -> str:
@@ -122,25 +127,46 @@ class ReplayServer:
     async def start(self) -> int:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=2.0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("replay server on %s serving %s", self.base, ", ".join(f.path.name for f in self.files))
         return self.port
 
     async def stop(self) -> None:
-        for ws in list(self._sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY)
+        await self.drop_all()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def drop_all(self) -> None:
         """Close every open websocket (the clients should reconnect)."""
-        for ws in list(self._sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY)
+        sockets = list(self._sockets)
+        if sockets:
+            await asyncio.wait([asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY)) for ws in sockets],
+                               timeout=5)
+
+    def release(self, hold_at: int | None = None) -> None:
+        """Let paused feeders go on, up to ``hold_at`` frames per session (None: to the end)."""
+        self.hold_at = hold_at
+        self._released.set()
+
+    def freeze(self) -> int:
+        """Stop reading from (and so stop answering pings on) every open websocket, without closing it:
+        a connection that is up but dead. New connections are served normally. Returns how many froze."""
+        frozen = 0
+        for ws, transport in list(self._transports.items()):
+            if transport is not None:
+                transport.pause_reading()
+                frozen += 1
+            self._sockets.discard(ws)
+            for state in self.state.values():
+                if state.feeder is ws:
+                    state.feeder = None
+        self._transports.clear()
+        return frozen
 
     def _file_for(self, host: str) -> ReplayFile | None:
         for replay in self.files:
@@ -174,6 +200,7 @@ class ReplayServer:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         await ws.prepare(request)
         self._sockets.add(ws)
+        self._transports[ws] = request.transport  # type: ignore[assignment]
         state = self.state[replay.path]
         first_frame = asyncio.Event()
         reader = asyncio.create_task(self._read_client(ws, first_frame))
@@ -192,6 +219,7 @@ class ReplayServer:
         finally:
             reader.cancel()
             self._sockets.discard(ws)
+            self._transports.pop(ws, None)
             if state.feeder is ws:
                 state.feeder = None
         return ws
@@ -207,6 +235,9 @@ class ReplayServer:
         state.frames_sent = 0
         previous: int | None = None
         for line in replay.frames:
+            while self.hold_at is not None and state.frames_sent >= self.hold_at:
+                self._released.clear()
+                await self._released.wait()
             if self.speed > 0 and previous is not None and line.ts_recv_us > previous:
                 await asyncio.sleep((line.ts_recv_us - previous) / 1e6 / self.speed)
             previous = line.ts_recv_us

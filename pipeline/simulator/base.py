@@ -2,8 +2,8 @@
 of integer tick/lot counts and simulated microsecond times.
 
 Errors: :class:`SimulatorError` is the root; :class:`ScenarioError` (a scenario file that does not
-validate: the message names each field) and :class:`ClientError` (a client frame the simulated
-venue rejects) derive from it.
+validate: the message names each field) derives from it. Client frames a simulated venue rejects
+are answered on the wire with that venue's own error frame, never raised.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ class SimulatorError(Exception):
 
 class ScenarioError(SimulatorError, ValueError):
     """A scenario that does not load or validate."""
-
-
-class ClientError(SimulatorError):
-    """A client frame the simulated venue answers with an error."""
 
 
 @dataclass(slots=True)
@@ -60,6 +56,28 @@ def trimmed(count: int, decimals: int) -> str:
     if decimals:
         text = text.rstrip("0").rstrip(".")
     return text
+
+
+class Decimals:
+    """Memoised :func:`fixed` (or :func:`trimmed`) strings of counts at one precision, optionally
+    padded to ``wire`` decimals (Binance spot prints 8): level prices and sizes repeat a lot."""
+
+    __slots__ = ("cache", "decimals", "scale", "trim")
+
+    def __init__(self, decimals: int, trim: bool = False, wire: int | None = None):
+        self.decimals = decimals if wire is None else wire
+        self.scale = 1 if wire is None else 10 ** (wire - decimals)
+        self.trim = trim
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, count: int) -> str:
+        text = self.cache.get(count)
+        if text is None:
+            if len(self.cache) >= 100_000:
+                self.cache.clear()
+            format_ = trimmed if self.trim else fixed
+            text = self.cache[count] = format_(count * self.scale, self.decimals)
+        return text
 
 
 def iso_us(t_us: int) -> str:

@@ -1,6 +1,6 @@
 """``marketprism bench simulate``: frames per second of the simulator.
 
-Baseline: the pure engine encoding frames for every channel, no sockets. Measured: one simulator
+Baseline: the pure engine encoding the frames the clients subscribe to, no sockets. Measured: one simulator
 process (its own OS process, running as fast as it can) serving 4 venues x N symbols to one
 websocket client per venue subscribed to everything; frames counted by the clients. Median of runs.
 """
@@ -12,56 +12,104 @@ import multiprocessing
 import statistics
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 
 from pipeline.simulator.engine import Engine
-from pipeline.simulator.scenario import Scenario
+from pipeline.simulator.instruments import instrument
+from pipeline.simulator.protocols import Connection
+from pipeline.simulator.scenario import Scenario, scenario_from
 
 ASSETS = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "AVAX", "LINK", "DOT", "LTC", "BNB", "TRX", "ATOM", "NEAR")
 
 
 def bench_scenario(seconds: float, symbols: int) -> Scenario:
     assets = ASSETS[:symbols]
-    return Scenario(
-        name="bench",
-        duration_s=seconds,
-        symbols={
+    return scenario_from({
+        "name": "bench",
+        "duration_s": seconds,
+        "symbols": {
             "binance": [f"{a}-USDT" for a in assets],
             "okx": [f"{a}-USDT" for a in assets],
             "coinbase": [f"{a}-USD" for a in assets],
             "kraken": [f"{a}-USD" for a in assets],
         },
-    )
+    })  # fmt: skip
 
 
 def subscribe_frames(scenario: Scenario) -> dict[str, tuple[str, list[str]]]:
-    """Per venue: the websocket path and the frames that subscribe to every simulated channel."""
+    """Per venue of the scenario: a websocket path and the frames that subscribe to its main channels."""
     import orjson
 
-    s = scenario.symbols
-    bn = [raw.replace("-", "").lower() for raw in s["binance"]]
-    streams = [f"{r}@{c}" for r in bn for c in ("depth@100ms", "bookTicker", "trade")]
-    okx_args = [{"channel": c, "instId": sym} for sym in s["okx"] for c in ("books", "trades", "tickers")]
-    kraken = [sym.replace("-", "/") for sym in s["kraken"]]
-    return {
-        "binance": ("/stream?streams=" + "/".join(streams), []),
-        "okx": ("/ws/v5/public", [orjson.dumps({"op": "subscribe", "args": okx_args}).decode()]),
-        "coinbase": ("", [
-            orjson.dumps({"type": "subscribe", "product_ids": s["coinbase"], "channel": c}).decode()
-            for c in ("level2", "market_trades", "ticker", "heartbeats")
-        ]),
-        "kraken": ("/v2", [
-            orjson.dumps({"method": "subscribe", "params": {"channel": c, "symbol": kraken}}).decode()
-            for c in ("book", "trade", "ticker")
-        ]),
-    }  # fmt: skip
+    out: dict[str, tuple[str, list[str]]] = {}
+    for venue, symbols in scenario.symbols.items():
+        raws = [instrument(venue, symbol).raw for symbol in symbols]
+        if venue in ("binance", "binance_usdm"):
+            channels = ("depth@100ms", "bookTicker") + (("trade",) if venue == "binance" else ())
+            streams = [f"{raw.lower()}@{c}" for raw in raws for c in channels]
+            route = "/public" if venue == "binance_usdm" else ""
+            out[venue] = (f"{route}/stream?streams=" + "/".join(streams), [])
+        elif venue == "okx":
+            args = [{"channel": c, "instId": raw} for raw in raws for c in ("books", "trades", "tickers")]
+            out[venue] = ("/ws/v5/public", [orjson.dumps({"op": "subscribe", "args": args}).decode()])
+        elif venue == "coinbase":
+            out[venue] = ("", [
+                orjson.dumps({"type": "subscribe", "product_ids": raws, "channel": c}).decode()
+                for c in ("level2", "market_trades", "ticker", "heartbeats")
+            ])  # fmt: skip
+        else:
+            out[venue] = ("/v2", [
+                orjson.dumps({"method": "subscribe", "params": {"channel": c, "symbol": raws}}).decode()
+                for c in ("book", "trade", "ticker")
+            ])  # fmt: skip
+    return out
+
+
+async def collect(port: int, scenario: Scenario) -> tuple[dict[str, list[str]], float]:
+    """One client per venue subscribed to its main channels, then ``POST /sim/start``: every text each
+    received until the server closed it, and the ``perf_counter`` time of the start."""
+    received: dict[str, list[str]] = {}
+    async with aiohttp.ClientSession() as session:
+        sockets = {}
+        for venue, (path, frames) in subscribe_frames(scenario).items():
+            ws = await session.ws_connect(f"ws://127.0.0.1:{port}/{venue}{path}", max_msg_size=0)
+            for frame in frames:
+                await ws.send_str(frame)
+            sockets[venue] = ws
+        await asyncio.sleep(0.5)  # acks and snapshots before the clock starts
+        started = time.perf_counter()
+        await session.post(f"http://127.0.0.1:{port}/sim/start")
+
+        async def drain(venue: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+            received[venue] = [msg.data async for msg in ws if msg.type == aiohttp.WSMsgType.TEXT]
+
+        await asyncio.gather(*(drain(venue, ws) for venue, ws in sockets.items()))
+    return received, started
+
+
+def subscribed_keys(engine: Engine, scenario: Scenario) -> dict[str, set[str]]:
+    """The keys the bench clients subscribe to, per venue (as the server would record them)."""
+    keys: dict[str, set[str]] = {}
+    for venue, (path, frames) in subscribe_frames(scenario).items():
+        proto = engine.protocols[venue]
+        url = urlsplit(path)
+        conn = Connection(0, path=url.path)
+        proto.open(conn, dict(parse_qsl(url.query)), engine.now_us)
+        for frame in frames:
+            proto.message(conn, frame, engine.now_us)
+        keys[venue] = set(conn.keys)
+    return keys
 
 
 def encode_rate(scenario: Scenario) -> float:
+    """Baseline: the same frames the clients subscribe to, encoded by the engine with no sockets."""
     engine = Engine(scenario)
+    keys = subscribed_keys(engine, scenario)
+    for venue, proto in engine.protocols.items():
+        proto.want = lambda key, wanted=keys[venue]: key in wanted  # type: ignore[misc]
     started = time.perf_counter()
-    frames = sum(1 for _ in engine.run())
+    frames = sum(1 for frame in engine.run() if frame.key in keys[frame.venue])
     return frames / (time.perf_counter() - started)
 
 
@@ -79,26 +127,8 @@ def _serve(scenario_json: str, port_queue: multiprocessing.Queue) -> None:  # ty
 
 
 async def _clients(port: int, scenario: Scenario) -> tuple[int, float]:
-    counts = 0
-    async with aiohttp.ClientSession() as session:
-        sockets = []
-        for venue, (path, frames) in subscribe_frames(scenario).items():
-            ws = await session.ws_connect(f"ws://127.0.0.1:{port}/{venue}{path}", max_msg_size=0)
-            for frame in frames:
-                await ws.send_str(frame)
-            sockets.append(ws)
-        await asyncio.sleep(0.5)  # acks and snapshots
-        await session.post(f"http://127.0.0.1:{port}/sim/start")
-        started = time.perf_counter()
-
-        async def drain(ws: aiohttp.ClientWebSocketResponse) -> int:
-            n = 0
-            async for _ in ws:
-                n += 1
-            return n
-
-        counts = sum(await asyncio.gather(*(drain(ws) for ws in sockets)))
-        return counts, time.perf_counter() - started
+    received, started = await collect(port, scenario)
+    return sum(len(texts) for texts in received.values()), time.perf_counter() - started
 
 
 def serve_rate(scenario: Scenario) -> float:

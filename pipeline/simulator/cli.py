@@ -24,6 +24,7 @@ simulate_app = typer.Typer(
 
 @simulate_app.callback()
 def simulate(
+    ctx: typer.Context,
     scenario: Annotated[Path | None, typer.Option(help=f"scenario YAML (default: {DEFAULT_SCENARIO.name})")] = None,
     seed: Annotated[int | None, typer.Option(help="override the scenario's seed")] = None,
     duration: Annotated[float | None, typer.Option(help="override the scenario's simulated seconds")] = None,
@@ -33,11 +34,17 @@ def simulate(
     labels: Annotated[Path, typer.Option(help="labels JSONL, one line per incident")] = Path("simulator-labels.jsonl"),
     start_now: Annotated[bool, typer.Option("--start-now", help="simulated time starts at the wall clock")] = False,
     hold: Annotated[bool, typer.Option(help="wait for POST /sim/start before starting the clock")] = False,
+    settings_symbols: Annotated[
+        bool, typer.Option("--settings-symbols", help="simulate the enabled venues' symbols from the settings")
+    ] = False,
 ) -> None:
     """Serve Binance spot/USD-M, OKX, Coinbase and Kraken v2 on one loopback port until the scenario ends."""
     from pipeline.simulator.server import SimulatorServer
 
     overrides: dict[str, object] = {"seed": seed, "duration_s": duration}
+    if settings_symbols:
+        venues = ctx.obj.venues if ctx.obj is not None else {}
+        overrides["symbols"] = {name: conf.symbols for name, conf in venues.items() if conf.enabled}
     if start_now:
         import time
 
@@ -52,10 +59,8 @@ def simulate(
     async def serve() -> None:
         async with SimulatorServer(scn, host, port, speed, hold, on_label=writer) as server:
             console.print(f"scenario {scn.name!r} seed {scn.seed}: {scn.duration_s:g} simulated s at speed {speed:g}")
-            console.print("endpoint overrides for the collectors' settings (venues.<venue>.ws_url / rest_url):")
-            paths = {"okx": "/ws/v5/public", "kraken": "/v2"}
-            for venue, (ws, rest) in server.urls().items():
-                console.print(f"  {venue}: ws_url {ws}{paths.get(venue, '')}  rest_url {rest}")
+            console.print("endpoint overrides for the collectors' settings (YAML):")
+            console.print(settings_snippet(server.urls()), markup=False, highlight=False)
             console.print(f"labels -> {labels}")
             await server.run()
             console.print(f"done: {server.frames_sent} frames, {len(server.engine.labels)} incidents")
@@ -66,6 +71,17 @@ def simulate(
         console.print("stopped")
     finally:
         writer.close()
+
+
+WS_PATHS = {"okx": "/ws/v5/public", "kraken": "/v2"}  # the path part of those venues' default ws_url
+
+
+def settings_snippet(urls: dict[str, tuple[str, str]]) -> str:
+    """The ``venues:`` block that points the collectors at the simulator."""
+    lines = ["venues:"]
+    for venue, (ws, rest) in urls.items():
+        lines += [f"  {venue}:", f"    ws_url: {ws}{WS_PATHS.get(venue, '')}", f"    rest_url: {rest}"]
+    return "\n".join(lines)
 
 
 def bench_simulate(

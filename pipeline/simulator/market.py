@@ -177,25 +177,18 @@ class SymbolMarket:
         best_ask = best_bid + spread
         if e.cross_ticks:
             best_bid = best_ask + e.cross_ticks
-        g = self.grid
-        bids = [best_bid]
-        level = (best_bid // g) * g
-        if level == best_bid:
-            level -= g
-        while len(bids) < self.depth:
-            bids.append(level)
-            level -= g
-        asks = [best_ask]
-        level = -(-best_ask // g) * g
-        if level == best_ask:
-            level += g
-        while len(asks) < self.depth:
-            asks.append(level)
-            level += g
+        g, n = self.grid, self.depth - 1
+        top = (best_bid // g) * g
+        if top == best_bid:
+            top -= g
+        bids = [best_bid, *range(top, top - g * n, -g)]
+        top = -(-best_ask // g) * g
+        if top == best_ask:
+            top += g
+        asks = [best_ask, *range(top, top + g * n, g)]
         changes: list[Change] = []
         for is_bid, side, wanted in ((True, book.bids, bids), (False, book.asks, asks)):
-            keep = set(wanted)
-            for price in [p for p in side if p not in keep]:
+            for price in side.keys() - set(wanted):
                 del side[price]
                 changes.append((is_bid, price, 0))
             for price in wanted:

@@ -42,17 +42,17 @@ class _Strict(BaseModel):
 
 
 class MarketModel(_Strict):
-    vol_calm: float = Field(0.8, gt=0, le=50)
-    vol_volatile: float = Field(3.0, gt=0, le=100)
-    regime_mean_s: float = Field(60.0, gt=0)
-    trade_rate: float = Field(4.0, gt=0, le=10_000, description="trades/s per venue symbol")
-    book_rate: float = Field(10.0, gt=0, le=10_000, description="book updates/s (Binance: every 100 ms)")
-    depth: int = Field(20, ge=5, le=400)
-    trade_notional: float = Field(800.0, gt=0)
-    level_notional: float = Field(20_000.0, gt=0)
-    basis_bps: float = Field(3.0, ge=0, le=1000)
-    noise_bps: float = Field(1.0, ge=0, le=1000)
-    liquidation_rate: float = Field(0.05, ge=0, le=1000)
+    vol_calm: float = Field(default=0.8, gt=0, le=50)
+    vol_volatile: float = Field(default=3.0, gt=0, le=100)
+    regime_mean_s: float = Field(default=60.0, gt=0)
+    trade_rate: float = Field(default=4.0, gt=0, le=10_000, description="trades/s per venue symbol")
+    book_rate: float = Field(default=10.0, gt=0, le=10_000, description="book updates/s (Binance: every 100 ms)")
+    depth: int = Field(default=20, ge=5, le=400)
+    trade_notional: float = Field(default=800.0, gt=0)
+    level_notional: float = Field(default=20_000.0, gt=0)
+    basis_bps: float = Field(default=3.0, ge=0, le=1000)
+    noise_bps: float = Field(default=1.0, ge=0, le=1000)
+    liquidation_rate: float = Field(default=0.05, ge=0, le=1000)
 
 
 class Incident(_Strict):
@@ -61,15 +61,15 @@ class Incident(_Strict):
     id: str | None = None
     kind: Literal[KINDS]  # type: ignore[valid-type]
     venue: Literal[VENUES]  # type: ignore[valid-type]
-    symbol: str | None = Field(None, description="normalised symbol; omitted = every symbol (venue-wide kinds)")
+    symbol: str | None = Field(default=None, description="normalised symbol; omitted = every symbol (venue-wide kinds)")
     at_s: float = Field(ge=0)
-    duration_s: float = Field(0.0, ge=0)
-    magnitude_pct: float = Field(5.0, gt=0, le=90, description="price_spike, flash_crash, venue_divergence")
-    multiplier: float = Field(10.0, ge=1, le=1000, description="volume_burst (rate and size), spread_blowout")
-    cross_ticks: int = Field(3, ge=1, description="crossed_book: best bid this many ticks above best ask")
-    lag_ms: int = Field(2000, ge=1, description="latency_increase: venue timestamps lag simulated time by this")
-    interval_s: float = Field(2.0, gt=0, description="disconnect_storm: seconds between disconnects")
-    rate_per_s: float = Field(2.0, gt=0, le=1000, description="malformed_frames: malformed frames per second")
+    duration_s: float = Field(default=0.0, ge=0)
+    magnitude_pct: float = Field(default=5.0, gt=0, le=90, description="price_spike, flash_crash, venue_divergence")
+    multiplier: float = Field(default=10.0, ge=1, le=1000, description="volume_burst (rate and size), spread_blowout")
+    cross_ticks: int = Field(default=3, ge=1, description="crossed_book: best bid this many ticks above best ask")
+    lag_ms: int = Field(default=2000, ge=1, description="latency_increase: venue timestamps lag simulated time by this")
+    interval_s: float = Field(default=2.0, gt=0, description="disconnect_storm: seconds between disconnects")
+    rate_per_s: float = Field(default=2.0, gt=0, le=1000, description="malformed_frames: malformed frames per second")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> Incident:
@@ -91,9 +91,9 @@ class Incident(_Strict):
 class Scenario(_Strict):
     name: str = "scenario"
     seed: int = 7
-    start: str = Field("2026-01-01T00:00:00Z", description="simulated start time, RFC 3339 UTC")
-    duration_s: float = Field(300.0, gt=0, description="simulated seconds to run")
-    market: MarketModel = Field(default_factory=MarketModel)
+    start: str = Field(default="2026-01-01T00:00:00Z", description="simulated start time, RFC 3339 UTC")
+    duration_s: float = Field(default=300.0, gt=0, description="simulated seconds to run")
+    market: MarketModel = Field(default_factory=lambda: MarketModel())
     symbols: dict[Literal[VENUES], list[str]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_SYMBOLS.items()}
     )

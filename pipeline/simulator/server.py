@@ -11,8 +11,9 @@ URLs (``<venue>`` is ``binance``, ``binance_usdm``, ``okx``, ``coinbase`` or ``k
 Simulated time advances at ``speed`` times wall time from the moment the clock starts (``speed``
 0: as fast as possible). Engine steps and fan-out run without awaiting, and each connection has
 its own outbound queue, so a snapshot sent on subscribe is always consistent with the deltas that
-follow it. When the scenario ends every connection is closed and :meth:`SimulatorServer.run`
-returns.
+follow it. When the scenario ends every connection is closed (unless ``close_at_end`` is off) and
+:meth:`SimulatorServer.run` returns. ``trades`` holds the id of every trade delivered to at least
+one connection, per venue: what a collector must publish exactly once.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ class SimulatorServer:
         speed: float = 1.0,
         hold: bool = False,
         on_label: Callable[[Label], None] | None = None,
+        close_at_end: bool = True,
     ):
         self.engine = Engine(scenario, on_label=on_label)
         self.host, self.port, self.speed = host, port, speed
+        self.close_at_end = close_at_end
         self.clients: dict[str, set[Client]] = {venue: set() for venue in self.engine.protocols}
         self.counts: dict[str, Counter[str]] = {venue: Counter() for venue in self.engine.protocols}
         self.trades: dict[str, set[str]] = {venue: set() for venue in self.engine.protocols}
@@ -92,11 +95,8 @@ class SimulatorServer:
     async def __aenter__(self) -> SimulatorServer:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]
         log.info("simulator on http://%s:%d (speed %s)", self.host, self.port, self.speed or "max")
         return self
 
@@ -116,7 +116,8 @@ class SimulatorServer:
         self._started.set()
 
     async def run(self) -> None:
-        """Play the scenario to its end against the wall clock, then close every connection."""
+        """Play the scenario to its end against the wall clock, then close every connection (or, with
+        ``close_at_end=False``, leave them open and silent until the server exits)."""
         await self._started.wait()
         loop = asyncio.get_running_loop()
         engine = self.engine
@@ -135,6 +136,9 @@ class SimulatorServer:
                 await asyncio.sleep(0)
                 steps = 0
         log.info("scenario over at %d; %d frames sent", engine.now_us, self.frames_sent)
+        if not self.close_at_end:
+            self.finished.set()
+            return
         for clients in self.clients.values():
             for client in clients:
                 client.close()
@@ -197,7 +201,7 @@ class SimulatorServer:
         if proto is None:
             raise web.HTTPNotFound(text=f"no simulated venue {venue!r}; known: {sorted(self.engine.protocols)}")
         tail = request.match_info["tail"]
-        ws = web.WebSocketResponse(autoping=True, heartbeat=20.0, max_msg_size=1 << 22)
+        ws = web.WebSocketResponse(autoping=True, heartbeat=20.0, max_msg_size=1 << 22, compress=False)
         if not ws.can_prepare(request).ok:
             status, body = proto.rest(tail, request.query, self.engine.now_us)
             return web.Response(status=status, text=body, content_type="application/json")

@@ -102,6 +102,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     AddColumns(2, "ops.notifications.v1", ("firing", "resolved")),
     CreateTopicTables(3, ("ops.silences.v1", "ops.alert_actions.v1", "ops.alerting_checkpoints.v1")),
     CreateTopicTables(4, ("md.reference.v1",)),
+    CreateTopicTables(5, ("ops.consumer_lag.v1",)),
 )
 
 

@@ -77,6 +77,7 @@ TABLE_SPECS: dict[str, TableSpec] = {
     "ops.alert_actions.v1": TableSpec(order_by=("fingerprint", "ts")),
     "ops.alerting_checkpoints.v1": TableSpec(order_by=("engine_id", "ts"), ttl_days=30),
     "md.reference.v1": TableSpec(order_by=("asset", "ts_event"), ttl_days=180),
+    "ops.consumer_lag.v1": TableSpec(order_by=("group", "topic", "ts"), ttl_days=90),
 }
 
 
@@ -186,8 +187,8 @@ class Table:
             f"CREATE TABLE IF NOT EXISTS {qualified(database, self.name)} (\n  {cols},\n"
             f"  `_ingested_at` DateTime64(6, 'UTC') DEFAULT now64(6),\n"
             f"  INDEX idx_offset _offset TYPE minmax GRANULARITY 1\n)\n"
-            f"ENGINE = MergeTree\nPARTITION BY toDate({self.time_column})\n"
-            f"ORDER BY ({', '.join(self.order_by)}){ttl}\n"
+            f"ENGINE = MergeTree\nPARTITION BY toDate(`{self.time_column}`)\n"
+            f"ORDER BY ({', '.join(f'`{c}`' for c in self.order_by)}){ttl}\n"
             f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
         )
 

@@ -72,13 +72,13 @@ async def produce(settings: Settings, topic: str, records: list[Record], key_of=
         await producer.stop()
 
 
-async def read_topic(settings: Settings, topic: str, until, timeout: float = 120.0) -> list:  # type: ignore[no-untyped-def]
+async def read_topic(settings: Settings, topic: str, until, wait_s: float = 60.0) -> list:  # type: ignore[no-untyped-def]
     """Consume ``topic`` from the start until ``until(messages)`` holds (raw aiokafka messages)."""
     consumer = make_consumer(settings.kafka, settings.topic(topic), group_id=None)
     await consumer.start()
     messages: list = []  # type: ignore[type-arg]
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait_s):
             while not until(messages):
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     messages += batch

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,19 @@ from pipeline.alerting.engine import AlertEngine
 from pipeline.alerting.rules import RuleSet, load_rules, parse_rule_file
 from pipeline.alerting.sources import SOURCES
 from pipeline.contracts import encode
-from pipeline.contracts.records import Alert, AlertAction, Anomaly, Bar, Bbo, DeadLetter, FeedMetrics, Record, Silence
+from pipeline.contracts.records import (
+    Alert,
+    AlertAction,
+    Anomaly,
+    Bar,
+    Bbo,
+    ConsumerLag,
+    DeadLetter,
+    FeedMetrics,
+    Record,
+    ReferencePrice,
+    Silence,
+)
 from pipeline.settings import Settings
 
 T0 = 1_700_000_000_000_000
@@ -115,7 +128,31 @@ def bbo(t: float, bid: str, ask: str, exchange: str = "binance", symbol: str = "
     )
 
 
-_BY_TYPE = {FeedMetrics: "feed_metrics", Anomaly: "anomalies", DeadLetter: "dlq", Bbo: "bbo"}
+def reference(t: float, mids: dict[str, str], price: str = "36500.00", diverging: float = 100.0) -> ReferencePrice:
+    """The aggregator's cross-venue reference of BTC-USD: each venue's mid and its divergence in bps."""
+    from decimal import Decimal
+
+    ref = Decimal(price)
+    divergence = {v: float((Decimal(m) - ref) * 10_000 / ref) for v, m in mids.items()}
+    excluded = {v: "diverging" for v, d in divergence.items() if abs(d) > diverging}
+    return ReferencePrice(
+        asset="BTC-USD",
+        ts_event=us(t),
+        price=price,
+        venues=len(mids) - len(excluded),
+        mids=mids,  # type: ignore[arg-type]
+        divergence_bps=divergence,
+        excluded=excluded,
+    )
+
+
+_BY_TYPE = {
+    FeedMetrics: "feed_metrics",
+    Anomaly: "anomalies",
+    DeadLetter: "dlq",
+    Bbo: "bbo",
+    ReferencePrice: "reference",
+}
 
 
 def source_of(record: Record) -> str:
@@ -138,8 +175,8 @@ class Scenario:
     def push(self, *records: Record) -> None:
         """Records go through their topic's real decoder, as the runner feeds them."""
         for record in records:
-            sample = SOURCES[source_of(record)].sample(encode(record))
-            self.alerts += self.engine.process(sample)
+            for sample in SOURCES[source_of(record)].samples(encode(record)):
+                self.alerts += self.engine.process(sample)
 
     def at(self, t: float, *records: Record) -> None:
         """Records at time ``t`` (each keeps its own event time), then event time moves to ``t``."""
@@ -198,7 +235,9 @@ class Scenario:
 @pytest.fixture
 def rec() -> SimpleNamespace:
     """The record builders (test modules cannot import conftest under --import-mode=importlib)."""
-    return SimpleNamespace(fm=fm, bar=bar, anomaly=anomaly, dead_letter=dead_letter, bbo=bbo, us=us, T0=T0)
+    return SimpleNamespace(
+        fm=fm, bar=bar, anomaly=anomaly, dead_letter=dead_letter, bbo=bbo, reference=reference, lag=lag, us=us, T0=T0
+    )
 
 
 @pytest.fixture
@@ -231,14 +270,6 @@ def _feed(rec: SimpleNamespace, t: float, **bad: object) -> list[Record]:
     return [rec.fm(t, **bad), rec.fm(t, exchange="okx")]
 
 
-def _bars_1m(rec: SimpleNamespace, t: float, okx_close: str) -> list[Record]:
-    return [
-        rec.bar(t, exchange="binance", interval="1m", close="36500.00"),
-        rec.bar(t, exchange="okx", interval="1m", close=okx_close),
-        rec.bar(t, exchange="kraken", interval="1m", close="36510.0"),
-    ]
-
-
 SCENARIOS = [
     CoreScenario("VenueDisconnected", {"exchange": "binance", "stream": "book"}, 120, 1,
                  lambda r, t: _feed(r, t, connected=not 10 <= t < 40)),
@@ -262,8 +293,13 @@ SCENARIOS = [
     CoreScenario("SpreadBlowout", {"exchange": "kraken", "symbol": "BTC-USD"}, 120, 1,
                  lambda r, t: [r.bar(t, exchange="kraken", symbol="BTC-USD",
                                      spread_max_bps=85.0 if 10 <= t < 60 else 3.0)]),
-    CoreScenario("VenueDivergence", {"exchange": "okx", "symbol": "BTC-USDT"}, 900, 60,
-                 lambda r, t: _bars_1m(r, t, "37100.00" if 120 <= t < 480 else "36505.50")),
+    CoreScenario("VenueDivergence", {"exchange": "okx", "symbol": "BTC-USDT"}, 600, 5,
+                 lambda r, t: [r.reference(t, {"binance:BTC-USDT": "36500.10", "kraken:BTC-USD": "36499.9",
+                                               "okx:BTC-USDT": "37000.00" if 100 <= t < 300 else "36501.00"})]),
+    CoreScenario("VenueCloseDivergence", {"exchange": "okx", "symbol": "BTC-USDT"}, 900, 60,
+                 lambda r, t: [r.bar(t, exchange=ex, interval="1m", close=close) for ex, close in
+                               (("binance", "36500.00"), ("kraken", "36510.0"),
+                                ("okx", "37500.00" if 120 <= t < 480 else "36505.50"))]),
     CoreScenario("CrossedBook", {"exchange": "coinbase", "symbol": "BTC-USD"}, 120, 1,
                  lambda r, t: [r.bar(t, exchange="coinbase", symbol="BTC-USD",
                                      crossed_us=400_000 if 10 <= t < 15 else 0)]),
@@ -274,6 +310,11 @@ SCENARIOS = [
                  lambda r, t: [r.fm(t)] + ([] if 20 < t < 90 else [r.bar(t)])),
     CoreScenario("SinkFailing", {"source": "sink.clickhouse"}, 500, 5,
                  lambda r, t: [r.fm(t)] + ([r.dead_letter(t)] if 30 <= t < 60 else [])),
+    CoreScenario("SinkStalled", {"group": "marketprism-sink", "topic": "md.trades.v1"}, 900, 15,
+                 lambda r, t: [r.fm(t), r.lag(t, int(500 + 400 * (t - 100)) if 100 <= t < 400 else 200)]),
+    CoreScenario("ConsumerLagGrowing", {"group": "aggregator", "topic": "md.trades.v1"}, 1500, 15,
+                 lambda r, t: [r.fm(t), r.lag(t, int(20_000 + 200 * (t - 100)) if 100 <= t < 900 else 50,
+                                             group="aggregator")]),
     CoreScenario("DeadLetterRate", {"source": "collector.okx"}, 500, 5,
                  lambda r, t: [r.fm(t)] + ([r.dead_letter(t, source="collector.okx", reason="parse_error")] * 3
                                            if 20 <= t < 40 else [])),
@@ -312,6 +353,10 @@ def topic_and_key(record: Record) -> tuple[str, bytes]:
         return "ops.anomalies.v1", record.series_id.encode()
     if isinstance(record, DeadLetter):
         return "ops.dlq.v1", record.source.encode()
+    if isinstance(record, ConsumerLag):
+        return "ops.consumer_lag.v1", f"{record.group}:{record.topic}".encode()
+    if isinstance(record, ReferencePrice):
+        return "md.reference.v1", record.asset.encode()
     raise TypeError(type(record))
 
 
@@ -365,6 +410,11 @@ def engine_process(tmp_path: Path):  # type: ignore[no-untyped-def]
             [MARKETPRISM, "alerts", "run", *args], env=engine_env(settings), stdout=log, stderr=subprocess.STDOUT
         )
         started.append(proc)
+        deadline = time.monotonic() + 120
+        while b"rule engine ready" not in (tmp_path / f"engine-{len(started) - 1}.log").read_bytes():
+            assert proc.poll() is None, (tmp_path / f"engine-{len(started) - 1}.log").read_text()
+            assert time.monotonic() < deadline, "engine did not get ready"
+            time.sleep(0.2)
         return proc
 
     yield start
@@ -381,9 +431,15 @@ def engine_process(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def run_cli(settings: Settings, *args: str) -> str:
-    done = subprocess.run([MARKETPRISM, *args], env=engine_env(settings), capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
-    return done.stdout.decode()
+    """Run a ``marketprism`` command in-process (the root callback reads the settings from the environment)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    env = {k: v for k, v in engine_env(settings).items() if k.startswith("MARKETPRISM_")}
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result.stdout
 
 
 @pytest.fixture

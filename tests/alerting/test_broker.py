@@ -9,13 +9,15 @@ import time
 
 import pytest
 
-from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
 from pipeline.alerting.rules import load_rules
+from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
 from pipeline.contracts.records import Alert
 from pipeline.settings import Settings
 
-REPRESENTATIVE = ["VenueDisconnected", "SpreadBlowout", "VenueDivergence", "PriceSpikeAnomaly", "SinkFailing",
-                  "BarsStalled"]  # fmt: skip
+REPRESENTATIVE = [
+    "VenueDisconnected", "FeedLatencyHigh", "SpreadBlowout", "VenueDivergence", "VenueCloseDivergence",
+    "PriceSpikeAnomaly", "SinkFailing", "BarsStalled", "PipelineStalled", "CapacityBreachPredicted",
+]  # fmt: skip
 
 
 def _pick(scenarios, rule):  # type: ignore[no-untyped-def]
@@ -102,8 +104,7 @@ async def test_operator_commands_against_the_running_engine(  # type: ignore[no-
 
     rules = tmp_path / "lag.yaml"
     rules.write_text(RULE_FILE)
-    engine_process(topics, "--no-core", "--rules", str(rules), "--idle-advance", "0")
-    await asyncio.sleep(3)  # starts at the end of the inputs: give it time to position
+    await asyncio.to_thread(engine_process, topics, "--no-core", "--rules", str(rules), "--idle-advance", "0")
 
     def now_fm(exchange: str, lag_ms: int) -> FeedMetrics:
         return (
@@ -174,3 +175,32 @@ def _at_now(record):  # type: ignore[no-untyped-def]
     import msgspec
 
     return msgspec.structs.replace(record, ts_event=time.time_ns() // 1000)
+
+
+async def test_bad_input_is_dead_lettered_and_evaluation_goes_on(topics: Settings, rec, kafka_io) -> None:  # type: ignore[no-untyped-def]
+    from aiokafka import AIOKafkaProducer
+
+    from pipeline.alerting import control
+    from pipeline.contracts.records import DeadLetter
+    from pipeline.kafka import make_producer
+
+    producer: AIOKafkaProducer = make_producer(topics.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.topic("ops.feed_metrics.v1"), b'{"exchange": "nowhere"}', key=b"x:y")
+        await producer.send_and_wait(topics.topic("ops.silences.v1"), b'{"silence_id": "s"}', key=b"s")
+    finally:
+        await producer.stop()
+    await kafka_io.produce(topics, [rec.fm(t, connected=not 10 <= t < 40) for t in range(80)])
+    stop = asyncio.Event()
+    runner = RuleEngineRunner(topics, load_rules(), RunnerOptions(start_from="earliest", idle_advance_us=0))
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        alerts = await kafka_io.wait_for(topics, lambda got: any(a.state == "resolved" for a in got))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert [a.state for a in alerts] == ["pending", "firing", "resolved"]
+    letters = [d for d in await control.read_all(topics, "ops.dlq.v1", DeadLetter) if d.source == "alerting"]
+    assert sorted(d.reason for d in letters) == ["decode_error", "decode_error"]
+    assert {d.topic for d in letters} == {topics.topic("ops.feed_metrics.v1"), topics.topic("ops.silences.v1")}

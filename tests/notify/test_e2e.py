@@ -5,6 +5,7 @@ ops.notifications.v1 and dead letters on ops.dlq.v1."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -118,8 +119,10 @@ async def test_notifier_process_survives_sigkill_without_double_sends(
         expected = {(f"a{i:02d}", "firing") for i in range(30)} | {(f"a{i:02d}", "resolved") for i in range(25)}
         await eventually(
             lambda: expected <= set(transitions(http, "hook")),
-            lambda: f"transitions after the restart; missing {sorted(expected - set(transitions(http, 'hook')))}; "
-            f"log: {(tmp_path / 'notifier-2.log').read_text()[-3000:]}",
+            lambda: (
+                f"transitions after the restart; missing {sorted(expected - set(transitions(http, 'hook')))}; "
+                f"log: {(tmp_path / 'notifier-2.log').read_text()[-3000:]}"
+            ),
         )
         await asyncio.sleep(3)  # several group_interval ticks: room for any second message to show up
         assert second.stop() == 0, (tmp_path / "notifier-2.log").read_text()[-3000:]
@@ -146,3 +149,60 @@ async def test_notifier_process_survives_sigkill_without_double_sends(
     dead: list[DeadLetter] = await read_topic(topics, "ops.dlq.v1", DeadLetter)
     reasons = {d.reason for d in dead if d.source == "notify"}
     assert {"schema", "delivery_failed"} <= reasons, dead
+
+
+def lease_state(log_file: Path) -> str | None:
+    """The replica's last reported lease state (ACTIVE/standby), None before it joined."""
+    states = re.findall(r"lease: (ACTIVE|standby)", log_file.read_text() if log_file.exists() else "")
+    return states[-1] if states else None
+
+
+async def test_two_replicas_send_each_transition_once(topics: Settings, http: HttpReceivers, tmp_path: Path) -> None:
+    routes = write_routes(tmp_path / "notify.yaml", http)
+    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix)
+    await producer.start()
+    logs = [tmp_path / "replica-a.log", tmp_path / "replica-b.log"]
+    replicas = [NotifierProcess(topics, routes, log) for log in logs]
+
+    async def send(fp: str, state: str, at: float) -> None:
+        record = alert(fp, state, at, fired=0, version=2 if state == "resolved" else 1)
+        await producer.send("ops.alerts.v1", fp.encode(), record)
+        await producer.flush()
+
+    try:
+        replicas[0].start()
+        await send("warmup", "firing", 0)
+        await eventually(lambda: ("warmup", "firing") in transitions(http, "hook"), "the first replica to send")
+        replicas[1].start()
+        await eventually(lambda: lease_state(logs[1]) is not None, "the second replica to join the group")
+        await eventually(lambda: {lease_state(log) for log in logs} == {"ACTIVE", "standby"}, "one active replica")
+
+        for i in range(15):
+            await send(f"b{i:02d}", "firing", 0)
+        await eventually(lambda: len(transitions(http, "hook")) >= 16, "15 firing notifications")
+        for i in range(15):
+            await send(f"b{i:02d}", "resolved", 10)
+        phase1 = {(f"b{i:02d}", s) for i in range(15) for s in ("firing", "resolved")}
+        await eventually(lambda: phase1 <= set(transitions(http, "hook")), "15 resolved notifications")
+        await asyncio.sleep(3)  # room for a second replica's message to show up
+        seen = transitions(http, "hook")
+        assert all(len(seen[t]) == 1 for t in phase1), {t: seen[t] for t in phase1 if len(seen[t]) != 1}
+
+        active = next(i for i, log in enumerate(logs) if lease_state(log) == "ACTIVE")
+        replicas[active].kill()
+        for i in range(15, 25):
+            await send(f"b{i:02d}", "firing", 20)
+        phase2 = {(f"b{i:02d}", "firing") for i in range(15, 25)}
+        await eventually(lambda: phase2 <= set(transitions(http, "hook")), "the standby to take over")
+        await asyncio.sleep(3)
+        survivor = replicas[1 - active]
+        assert survivor.stop() == 0, logs[1 - active].read_text()[-3000:]
+    finally:
+        for replica in replicas:
+            replica.kill()
+        await producer.stop()
+
+    seen = transitions(http, "hook")
+    assert set(seen) == phase1 | phase2 | {("warmup", "firing")}
+    assert all(len(set(keys)) == 1 and len(keys) == 1 for keys in seen.values()), seen
+    assert http.violations == []

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.simulator.base import SEQ
+from pipeline.simulator.base import SEQ, Decimals
 from pipeline.simulator.market import Change, SymbolMarket, TradePrint
 
 Out = list[tuple[str, str]]
@@ -28,6 +28,7 @@ class Connection:
     id: int
     path: str = ""
     keys: dict[str, str] = field(default_factory=dict)  # subscribed key -> the client's name for it
+    names: list[str] = field(default_factory=list)  # every stream name the client subscribed, in order
     seq: int = 0  # next per-connection sequence number (Coinbase)
     combined: bool = False  # Binance combined-stream envelope
     route: str = ""  # Binance USD-M routed path: "public", "market" or "" (legacy)
@@ -39,10 +40,22 @@ class Protocol(ABC):
 
     venue: ClassVar[str]
     book_depth: ClassVar[int | None] = None  # levels per side this venue keeps (None: the scenario's)
+    trim: ClassVar[bool] = False  # numbers without trailing fractional zeros (OKX, Coinbase)
+    wire_dec: ClassVar[int | None] = None  # every number padded to this many decimals (Binance spot)
 
     def __init__(self, markets: Sequence[SymbolMarket]):
         self.markets: dict[str, SymbolMarket] = {m.inst.raw: m for m in markets}
         self.want: Callable[[str], bool] = lambda key: True  # skip encoding frames nobody subscribed to
+        self._px = {m.inst.raw: Decimals(m.inst.price_dec, self.trim, self.wire_dec) for m in markets}
+        self._qty = {m.inst.raw: Decimals(m.inst.size_dec, self.trim, self.wire_dec) for m in markets}
+
+    def px(self, m: SymbolMarket, ticks: int) -> str:
+        """A price (ticks) as this venue writes it."""
+        return self._px[m.inst.raw](ticks)
+
+    def qty(self, m: SymbolMarket, lots: int) -> str:
+        """A size (lots) as this venue writes it."""
+        return self._qty[m.inst.raw](lots)
 
     # -- engine side -------------------------------------------------------------------------------
     @abstractmethod
@@ -50,16 +63,12 @@ class Protocol(ABC):
         """The key of the symbol's book channel."""
 
     @abstractmethod
-    def trade_key(self, raw: str) -> str:
-        """The key trades of the symbol are counted on."""
-
-    @abstractmethod
     def book(self, m: SymbolMarket, changes: list[Change], ts_us: int, corrupt: bool) -> Out:
         """Frames for one book change set (``corrupt``: send a wrong checksum)."""
 
     @abstractmethod
     def trade(self, m: SymbolMarket, trade: TradePrint, ts_us: int) -> Out:
-        """Frames for one trade; the first frame is on :meth:`trade_key`."""
+        """Frames for one trade; the first is on the symbol's trade channel."""
 
     def periodic(self, m: SymbolMarket, ts_us: int, second: int) -> Out:
         """Frames due every simulated second (tickers, funding, open interest)."""

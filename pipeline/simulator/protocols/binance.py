@@ -15,7 +15,6 @@ from typing import ClassVar
 
 import orjson
 
-from pipeline.simulator.base import fixed
 from pipeline.simulator.market import Change, SymbolMarket, TradePrint
 from pipeline.simulator.protocols.base import Connection, Out, Protocol
 
@@ -36,16 +35,6 @@ class BinanceSpot(Protocol):
         self.last_u = {raw: 10_000_000 + m.rng.randrange(1_000_000) for raw, m in self.markets.items()}
 
     # -- formatting ----------------------------------------------------------------------------------
-    def px(self, m: SymbolMarket, ticks: int) -> str:
-        if self.wire_dec is None:
-            return fixed(ticks, m.inst.price_dec)
-        return fixed(ticks * 10 ** (self.wire_dec - m.inst.price_dec), self.wire_dec)
-
-    def qty(self, m: SymbolMarket, lots: int) -> str:
-        if self.wire_dec is None:
-            return fixed(lots, m.inst.size_dec)
-        return fixed(lots * 10 ** (self.wire_dec - m.inst.size_dec), self.wire_dec)
-
     def price_text(self, m: SymbolMarket, ticks: int) -> str:
         return f'"{self.px(m, ticks)}"'
 
@@ -54,9 +43,6 @@ class BinanceSpot(Protocol):
 
     def book_key(self, raw: str) -> str:
         return f"depth|{raw}"
-
-    def trade_key(self, raw: str) -> str:
-        return f"trade|{raw}"
 
     # -- engine side ---------------------------------------------------------------------------------
     def _diff_text(self, m: SymbolMarket, first: int, last: int, prev: int, bids: str, asks: str, ms: int) -> str:
@@ -119,7 +105,7 @@ class BinanceSpot(Protocol):
             key = self._key(conn, name)
             if key is not None:
                 conn.keys.setdefault(key, name)
-            conn.state.setdefault("names", []).append(name)  # type: ignore[union-attr]
+            conn.names.append(name)
 
     def open(self, conn: Connection, query: Mapping[str, str], now_us: int) -> list[str]:
         parts = [p for p in conn.path.split("/") if p]
@@ -150,7 +136,7 @@ class BinanceSpot(Protocol):
                     del conn.keys[key]
             return [f'{{"result":null,"id":{reply_id}}}']
         if method == "LIST_SUBSCRIPTIONS":
-            names = orjson.dumps(conn.state.get("names", [])).decode()
+            names = orjson.dumps(conn.names).decode()
             return [f'{{"result":{names},"id":{reply_id}}}']
         return [f'{{"error":{{"code":2,"msg":"Invalid request: unknown method {method!s}"}},"id":{reply_id}}}']
 

@@ -25,21 +25,13 @@ START_UPTIME_S = 40_000  # the heartbeat counter's value at the simulated start
 
 class Coinbase(Protocol):
     venue: ClassVar[str] = "coinbase"
-
-    def px(self, m: SymbolMarket, ticks: int) -> str:
-        return trimmed(ticks, m.inst.price_dec)
-
-    def qty(self, m: SymbolMarket, lots: int) -> str:
-        return trimmed(lots, m.inst.size_dec)
+    trim: ClassVar[bool] = True
 
     def price_text(self, m: SymbolMarket, ticks: int) -> str:
         return f'"{self.px(m, ticks)}"'
 
     def book_key(self, raw: str) -> str:
         return f"level2|{raw}"
-
-    def trade_key(self, raw: str) -> str:
-        return f"market_trades|{raw}"
 
     @staticmethod
     def _envelope(channel: str, ts_us: int, events: str) -> str:

@@ -45,27 +45,19 @@ class Kraken(Protocol):
         super().__init__(markets)
         self.conn_ids = 0
 
-    def px(self, m: SymbolMarket, ticks: int) -> str:
-        return fixed(ticks, m.inst.price_dec)
-
-    def qty(self, m: SymbolMarket, lots: int) -> str:
-        return fixed(lots, m.inst.size_dec)
-
     def price_text(self, m: SymbolMarket, ticks: int) -> str:
         return self.px(m, ticks)
 
     def book_key(self, raw: str) -> str:
         return f"book|{raw}"
 
-    def trade_key(self, raw: str) -> str:
-        return f"trade|{raw}"
-
     def _rows(self, m: SymbolMarket, rows: list[tuple[int, int]]) -> str:
         return ",".join(f'{{"price":{self.px(m, p)},"qty":{self.qty(m, q)}}}' for p, q in rows)
 
     def _checksum(self, m: SymbolMarket) -> int:
-        asks = [(self.px(m, p), self.qty(m, q)) for p, q in m.book.top_asks(10)]
-        bids = [(self.px(m, p), self.qty(m, q)) for p, q in m.book.top_bids(10)]
+        px, qty = self._px[m.inst.raw], self._qty[m.inst.raw]
+        asks = [(px(p), qty(q)) for p, q in m.book.top_asks(10)]
+        bids = [(px(p), qty(q)) for p, q in m.book.top_bids(10)]
         return checksum(asks, bids)
 
     def book(self, m: SymbolMarket, changes: list[Change], ts_us: int, corrupt: bool) -> Out:

@@ -39,17 +39,12 @@ def checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
 
 class Okx(Protocol):
     venue: ClassVar[str] = "okx"
+    trim: ClassVar[bool] = True
 
     def __init__(self, markets: list[SymbolMarket]):
         super().__init__(markets)
         self.seq = {raw: 1_000_000 + m.rng.randrange(1_000_000) for raw, m in self.markets.items()}
         self.conn_ids = 0
-
-    def px(self, m: SymbolMarket, ticks: int) -> str:
-        return trimmed(ticks, m.inst.price_dec)
-
-    def qty(self, m: SymbolMarket, lots: int) -> str:
-        return trimmed(lots, m.inst.size_dec)
 
     def price_text(self, m: SymbolMarket, ticks: int) -> str:
         return f'"{self.px(m, ticks)}"'
@@ -57,16 +52,14 @@ class Okx(Protocol):
     def book_key(self, raw: str) -> str:
         return f"books|{raw}"
 
-    def trade_key(self, raw: str) -> str:
-        return f"trades|{raw}"
-
     @staticmethod
     def _arg(channel: str, raw: str) -> str:
         return f'{{"channel":"{channel}","instId":"{raw}"}}'
 
     def _top(self, m: SymbolMarket) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-        bids = [(self.px(m, p), self.qty(m, q)) for p, q in m.book.top_bids(25)]
-        asks = [(self.px(m, p), self.qty(m, q)) for p, q in m.book.top_asks(25)]
+        px, qty = self._px[m.inst.raw], self._qty[m.inst.raw]
+        bids = [(px(p), qty(q)) for p, q in m.book.top_bids(25)]
+        asks = [(px(p), qty(q)) for p, q in m.book.top_asks(25)]
         return bids, asks
 
     @staticmethod

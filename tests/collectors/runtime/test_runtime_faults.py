@@ -75,28 +75,27 @@ async def test_malformed_frames_go_to_the_dlq_and_the_feed_goes_on(topics: Setti
     assert any(m.connected for m in trades_metrics)
 
 
-async def test_silent_server_trips_the_watchdog_and_reconnects(topics: Settings, tmp_path: Path,
-                                                               run_collector, toy) -> None:
-    """The replay server answers protocol pings, so stall it: a venue whose pong timeout is shorter
-    than the gap before the next frame would see a live connection; a stopped server must be seen
-    as dead and reconnected to once it is back."""
+async def test_silent_connection_trips_the_watchdog_and_reconnects(topics: Settings, tmp_path: Path,
+                                                                   run_collector, toy) -> None:
+    """A connection that stays open but answers nothing (no pong, no frame) is declared dead by the
+    watchdog and replaced; the replayed trades of the new session are not published again."""
     capture = toy.write_capture(tmp_path / "toy.txt", [toy.trade_frame(n) for n in range(5)])
     server = ReplayServer([capture])
-    port = await server.start()
+    await server.start()
 
     class FastPing(toy.ToyVenue):
-        keepalive = KeepAlive(ping_frame=None, interval_s=0.2, pong_timeout_s=0.5)
+        keepalive = KeepAlive(ping_frame='{"op":"ping"}', interval_s=0.2, pong_timeout_s=0.5)
 
     venue = FastPing(["BTC-USD"], ws_url=server.url_for(toy.TOY_WS))
-    async with run_collector(topics, [venue]) as running:
-        supervisor = running.collector.runtimes[0].connections[0]
-        await toy.wait_for(lambda: running.collector.frames >= 6)
+    try:
+        async with run_collector(topics, [venue]) as running:
+            supervisor = running.collector.runtimes[0].connections[0]
+            await toy.wait_for(lambda: running.collector.frames >= 6 and '{"op":"ping"}' in server.received)
+            assert server.freeze() == 1
+            await toy.wait_for(lambda: supervisor.sessions >= 2 and running.collector.frames >= 12)
+    finally:
         await server.stop()
-        await toy.wait_for(lambda: len(supervisor.delays) >= 1)
-        server = ReplayServer([capture], port=port)
-        await server.start()
-        await toy.wait_for(lambda: supervisor.sessions >= 2)
-        await server.stop()
+    assert supervisor.reasons["WatchdogTimeout"] >= 1
     assert venue.connects >= 2
     trades = [record for _, record in await toy.read_topic(topics, "md.trades.v1", Trade)]
     assert sorted(int(t.trade_id) for t in trades) == list(range(5))

@@ -1,0 +1,92 @@
+"""Child processes of the demo: started in their own process groups, stopped by PID, none left behind."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: tuple[str, ...]
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class ChildGroup:
+    """Starts ``marketprism <command>`` children and stops every one of them (and their descendants)."""
+
+    log_dir: Path
+    env: Mapping[str, str]
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, args: Sequence[str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = (sys.executable, "-m", "pipeline", *args)
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as out:
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env}, start_new_session=True,
+            )
+        child = Child(name, argv, log_path, process)
+        self.children.append(child)
+        log.info("started %s (pid %s): %s", name, process.pid, " ".join(args))
+        return child
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children if not c.alive]
+
+    def stop(self, timeout: float = 20.0) -> list[str]:
+        """SIGTERM every child's process group, then SIGKILL what is left; returns names that needed KILL."""
+        descendants: list[psutil.Process] = []
+        for child in self.children:
+            try:
+                descendants += psutil.Process(child.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+            if child.alive:
+                try:
+                    os.killpg(child.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        killed = []
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                killed.append(child.name)
+                try:
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.process.wait(5)
+        for proc in descendants:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return killed
+
+    def leftovers(self) -> list[int]:
+        """PIDs of our children still running (should be empty after :meth:`stop`)."""
+        return [c.process.pid for c in self.children if c.alive]

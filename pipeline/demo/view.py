@@ -1,0 +1,86 @@
+"""The demo's live terminal view: what flows through the topics, read by a consumer of its own."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+
+from pipeline.contracts import Alert, Anomaly, Bar, FeedMetrics, Notification, decode
+
+WATCHED = {
+    "md.trades.v1": None,
+    "md.bars.1s.v1": Bar,
+    "ops.feed_metrics.v1": FeedMetrics,
+    "ops.anomalies.v1": Anomaly,
+    "ops.alerts.v1": Alert,
+    "ops.notifications.v1": Notification,
+    "ops.dlq.v1": None,
+}
+
+
+@dataclass
+class DemoStats:
+    """Counts and latest state per topic, updated from consumed records."""
+
+    started: float = field(default_factory=time.monotonic)
+    records: Counter[str] = field(default_factory=Counter)
+    health: dict[tuple[str, str], FeedMetrics] = field(default_factory=dict)
+    last_bar: dict[tuple[str, str], Bar] = field(default_factory=dict)
+    anomalies: deque[Anomaly] = field(default_factory=lambda: deque(maxlen=6))
+    alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=8))
+    alert_states: dict[str, Alert] = field(default_factory=dict)
+    notifications: Counter[str] = field(default_factory=Counter)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, topic: str, value: bytes) -> None:
+        self.records[topic] += 1
+        record_type = WATCHED.get(topic)
+        if record_type is None:
+            return
+        record = decode(record_type, value)
+        if isinstance(record, FeedMetrics):
+            if record.source == "aggregator" or (record.exchange, record.stream) not in self.health:
+                self.health[(record.exchange, record.stream)] = record
+        elif isinstance(record, Bar):
+            self.last_bar[(record.exchange, record.symbol)] = record
+        elif isinstance(record, Anomaly):
+            self.anomalies.append(record)
+        elif isinstance(record, Alert):
+            self.alerts.append(record)
+            self.alert_states[record.fingerprint] = record
+        elif isinstance(record, Notification):
+            self.notifications[record.status] += 1
+
+    def render(self, title: str) -> Panel:
+        venues = Table("venue", "stream", "rate/s", "lag p99 ms", "gaps", "health", title="feeds", expand=True)
+        for (exchange, stream), m in sorted(self.health.items())[:14]:
+            venues.add_row(
+                exchange, stream, f"{m.rate or 0:.0f}",
+                "-" if m.lag_p99_us is None else f"{m.lag_p99_us / 1000:.0f}",
+                str(m.gaps), "-" if m.health_score is None else f"{m.health_score:.0f}",
+            )
+        bars = Table("venue", "symbol", "close", "volume", "trades", title="latest 1s bars", expand=True)
+        for (exchange, symbol), bar in sorted(self.last_bar.items())[:10]:
+            bars.add_row(exchange, symbol, bar.close, bar.volume, str(bar.trade_count))
+        alerts = Table("state", "sev", "rule", "labels", title="alert changes", expand=True)
+        for alert in reversed(self.alerts):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+            alerts.add_row(alert.state, alert.severity, alert.rule, labels[:60])
+        anomalies = Table("series", "score", "detector", title="anomalies", expand=True)
+        for anomaly in reversed(self.anomalies):
+            anomalies.add_row(anomaly.series_id, f"{anomaly.score:.2f}", anomaly.detector)
+        flows = Table("topic", "records", title="records seen", expand=True)
+        for topic in WATCHED:
+            flows.add_row(topic, str(self.records[topic]))
+        for table, count in sorted(self.rows.items()):
+            flows.add_row(f"clickhouse {table}", str(count))
+        elapsed = time.monotonic() - self.started
+        return Panel(
+            Group(venues, bars, anomalies, alerts, flows),
+            title=f"{title} · {elapsed:.0f}s · Ctrl-C to stop",
+        )

@@ -1,0 +1,121 @@
+"""Feed health (score formula, merging partials from several workers, silent streams) and the
+cross-venue reference (median, stale and diverging venues), unit and end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from aggregation_harness import WorkerProcess, produce, read_topic
+
+from pipeline.aggregation.health import FeedHealthTracker, FeedStatsCollector, health_score
+from pipeline.aggregation.reference import ReferenceTracker, asset_of
+from pipeline.aggregation.summaries import MidPartial, decode_summary, encode_summary
+from pipeline.contracts import Bbo, FeedMetrics, Trade, decode
+from pipeline.contracts.records import ReferencePrice
+from pipeline.settings import Settings
+
+S = 1_000_000
+T = 1_700_000_000 * S
+
+
+def test_health_score_formula() -> None:
+    assert health_score(500_000, 100_000, 0, 0, 0, 0, True) == 100.0
+    assert health_score(10 * S, 100_000, 0, 0, 0, 0, True) == 60.0  # stale: freshness gone
+    assert health_score(5_500_000, 100_000, 0, 0, 0, 0, True) == 80.0  # half stale
+    assert health_score(500_000, 5 * S, 0, 0, 0, 0, True) == 80.0  # slow
+    assert health_score(500_000, None, 1, 1, 0, 0, True) == 80.0  # a gap and a resync
+    assert health_score(500_000, None, 0, 0, 1, 0, True) == 92.5  # a reconnect
+    assert health_score(500_000, None, 0, 0, 0, 0, False) == 85.0  # disconnected
+    assert health_score(20 * S, 9 * S, 5, 0, 3, 10, False) == 0.0
+
+
+def test_partials_from_two_workers_merge_and_silent_streams_are_reported() -> None:
+    first, second = FeedStatsCollector(), FeedStatsCollector()
+    for i in range(100):  # lags 1..100 ms split over two workers
+        (first if i % 2 else second).observe("binance", "trades", T + i * 5000 - (i + 1) * 1000, T + i * 5000)
+    tracker = FeedHealthTracker(settle_us=2 * S)
+    for partial in first.drain() + second.drain():
+        tracker.add_partial(decode_summary(encode_summary(partial)))  # as shipped over the topic
+    tracker.add_collector(FeedMetrics(exchange="binance", stream="trades", source="collector", ts_event=T + S,
+                                      interval_us=S, gaps=1, reconnects=0, connected=True))  # fmt: skip
+    assert tracker.due(T + 2 * S) == []  # not settled yet
+    (metrics,) = tracker.due(T + 3 * S)
+    assert (metrics.source, metrics.messages, metrics.rate, metrics.gaps) == ("aggregator", 100, 100.0, 1)
+    assert (metrics.lag_p50_us, metrics.lag_p99_us) == (50_000, 99_000)
+    assert metrics.staleness_us == T + S - (T + 99 * 5000)
+    assert metrics.health_score == health_score(metrics.staleness_us, 99_000, 1, 0, 0, 0, True)
+    later = tracker.due(T + 8 * S)  # nothing arrived: one record per silent second, staleness grows
+    assert [m.messages for m in later] == [0] * 5
+    assert [m.staleness_us for m in later] == [metrics.staleness_us + k * S for k in range(1, 6)]
+    assert later[-1].health_score < metrics.health_score
+
+
+def mid(exchange: str, symbol: str, value: str, age_s: float) -> MidPartial:
+    return MidPartial(exchange, symbol, value, T - int(age_s * S), T - int(age_s * S))
+
+
+def test_reference_is_the_median_without_stale_or_diverging_venues() -> None:
+    assert (asset_of("BTC-USDT"), asset_of("BTC-USD"), asset_of("BTC-USDT-PERP"), asset_of("ETH-BTC")) == (
+        "BTC-USD", "BTC-USD", None, "ETH-BTC")  # fmt: skip
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50)
+    for partial in (
+        mid("binance", "BTC-USDT", "36500.5", 0.1),
+        mid("coinbase", "BTC-USD", "36501.5", 0.2),
+        mid("okx", "BTC-USDT", "36502.0", 0.3),
+        mid("kraken", "BTC-USD", "37000", 0.1),  # 136 bps away: diverging
+        mid("binance_usdm", "BTC-USDT-PERP", "36600", 0.1),  # perpetual: not a reference input
+        mid("okx", "BTC-USDC", "36400", 30),  # stale
+    ):
+        tracker.observe(partial)
+    (price,) = tracker.compute(T)
+    assert (price.asset, price.price, price.venues) == ("BTC-USD", "36501.5", 3)
+    assert price.excluded == {"kraken:BTC-USD": "diverging", "okx:BTC-USDC": "stale"}
+    assert price.divergence_bps["kraken:BTC-USD"] == pytest.approx(
+        float((Decimal(37000) - Decimal("36501.5")) / Decimal("36501.5")) * 1e4, abs=1e-4)  # fmt: skip
+    tracker.observe(mid("binance", "BTC-USDT", "36500.5", 10))  # an older quote never replaces a newer one
+    assert tracker.compute(T)[0].price == "36501.5"
+    assert tracker.compute(T + 100 * S) == []  # every venue stale: no reference
+
+
+async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_path: Path) -> None:
+    worker = await WorkerProcess(topics, tmp_path / "worker.log").start()
+    try:
+        collector = FeedMetrics(exchange="binance", stream="trades", source="collector", ts_event=0, interval_us=S)
+        for round_ in range(8):
+            now = time.time_ns() // 1000
+            trades = [Trade(exchange="binance", symbol="BTC-USDT", raw_symbol="BTCUSDT", trade_id=f"{round_}-{i}",
+                            price="36500.5", size="0.1", side="buy", ts_event=now - 20_000, ts_recv=now)
+                      for i in range(20)]  # fmt: skip
+            quotes = [Bbo(exchange=ex, symbol=sym, raw_symbol=sym, bid_price=bid, bid_size="1", ask_price=ask,
+                          ask_size="1", ts_event=now - 5000, ts_recv=now)
+                      for ex, sym, bid, ask in (("binance", "BTC-USDT", "36500", "36501"),
+                                                ("coinbase", "BTC-USD", "36501", "36502"),
+                                                ("okx", "BTC-USDT", "36502", "36502.5"),
+                                                ("kraken", "BTC-USD", "36999", "37001"))]  # fmt: skip
+            await produce(topics, "md.trades.v1", trades)
+            await produce(topics, "md.bbo.v1", quotes)
+            gaps = collector.__replace__(ts_event=now, gaps=2)
+            await produce(topics, "ops.feed_metrics.v1", [gaps], key_of=lambda m: b"binance:trades")
+            await asyncio.sleep(0.5)
+
+        def health_seen(messages: list) -> bool:  # type: ignore[type-arg]
+            records = [decode(FeedMetrics, m.value) for m in messages]
+            return any(r.source == "aggregator" and r.messages > 0 and r.gaps > 0 for r in records)
+
+        records = [decode(FeedMetrics, m.value) for m in await read_topic(topics, "ops.feed_metrics.v1", health_seen)]
+        health = [r for r in records if r.source == "aggregator" and r.exchange == "binance" and r.stream == "trades"]
+        assert any(r.lag_p50_us == 20_000 and r.gaps == 2 and r.health_score == 80.0 for r in health)
+        assert any(r.stream == "bbo" and r.source == "aggregator" for r in records)
+
+        def reference_seen(messages: list) -> bool:  # type: ignore[type-arg]
+            return any(decode(ReferencePrice, m.value).venues == 3 for m in messages)
+
+        refs = [decode(ReferencePrice, m.value) for m in await read_topic(topics, "md.reference.v1", reference_seen)]
+        ref = next(r for r in refs if r.venues == 3)
+        assert (ref.asset, ref.price, ref.excluded) == ("BTC-USD", "36501.5", {"kraken:BTC-USD": "diverging"})
+    finally:
+        await worker.stop()
