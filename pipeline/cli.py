@@ -207,6 +207,20 @@ def topics_check() -> None:
     console.print("broker matches the registry")
 
 
+@topics_app.command("selfcheck")
+def topics_selfcheck() -> None:
+    """Produce one example record to every topic and read each back through a consumer group."""
+    from pipeline.selfcheck import run_selfcheck
+
+    results = asyncio.run(run_selfcheck(settings()))
+    table = Table("topic", "produced", "read back", "valid")
+    for row in results:
+        table.add_row(row.topic, str(row.produced), str(row.consumed), "yes" if row.valid else "NO")
+    console.print(table)
+    if not all(r.valid and r.consumed == r.produced for r in results):
+        raise typer.Exit(1)
+
+
 @topics_app.command("schemas")
 def topics_schemas(
     write: Annotated[bool, typer.Option(help="rewrite schemas/*.json from the records")] = False,
@@ -233,21 +247,30 @@ def topics_schemas(
 
 
 @app.command("demo")
-def demo() -> None:
-    """Run the pipeline on the embedded defaults (today: broker, topics and a round-trip self-check)."""
-    from pipeline.selfcheck import run_selfcheck
+def demo(
+    duration: Annotated[float | None, typer.Option(help="stop after this many wall seconds")] = None,
+    speed: Annotated[float, typer.Option(help="simulated seconds per wall second")] = 1.0,
+    sim_duration: Annotated[float | None, typer.Option(help="simulated seconds of the scenario")] = None,
+    seed: Annotated[int | None, typer.Option(help="simulator seed (default: the scenario's)")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="simulator scenario YAML (default: the shipped one)")] = None,
+    view: Annotated[bool, typer.Option(help="live terminal view")] = True,
+) -> None:
+    """Run everything on the embedded defaults: broker, chdb, simulator with incidents, collectors, workers,
+    sink, notifier; a live view until Ctrl-C or --duration, then a summary."""
+    from pipeline.demo.runner import DemoOptions, run_demo
 
-    s = settings()
-    infra_up(clickhouse=False)
-    topics_apply()
-    results = asyncio.run(run_selfcheck(s))
-    table = Table("topic", "produced", "read back", "valid")
-    for row in results:
-        table.add_row(row.topic, str(row.produced), str(row.consumed), "yes" if row.valid else "NO")
-    console.print(table)
-    if not all(r.valid and r.consumed == r.produced for r in results):
+    options = DemoOptions(
+        duration_s=duration, speed=speed, sim_duration_s=sim_duration, seed=seed, scenario=scenario, view=view
+    )
+    try:
+        summary = asyncio.run(run_demo(settings(), options, console))
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        raise typer.Exit(130) from None
+    summary.print(console)
+    if summary.leftover_pids:
+        console.print(f"[red]processes left behind: {summary.leftover_pids}[/red]")
         raise typer.Exit(1)
-    console.print("[green]self-check passed[/green]: every topic round-trips through the broker")
 
 
 def main() -> None:

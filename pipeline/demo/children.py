@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -37,14 +38,14 @@ class ChildGroup:
     env: Mapping[str, str]
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, args: Sequence[str]) -> Child:
+    def start(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = (sys.executable, "-m", "pipeline", *args)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as out:
             process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, start_new_session=True,
+                env={**os.environ, **self.env, **(env or {})}, start_new_session=True,
             )
         child = Child(name, argv, log_path, process)
         self.children.append(child)
@@ -58,15 +59,11 @@ class ChildGroup:
         """SIGTERM every child's process group, then SIGKILL what is left; returns names that needed KILL."""
         descendants: list[psutil.Process] = []
         for child in self.children:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 descendants += psutil.Process(child.process.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
             if child.alive:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         killed = []
         deadline = time.monotonic() + timeout
         for child in reversed(self.children):
@@ -75,16 +72,12 @@ class ChildGroup:
                 child.process.wait(remaining)
             except subprocess.TimeoutExpired:
                 killed.append(child.name)
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 child.process.wait(5)
         for proc in descendants:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         return killed
 
     def leftovers(self) -> list[int]:

@@ -34,6 +34,7 @@ class DemoStats:
     anomalies: deque[Anomaly] = field(default_factory=lambda: deque(maxlen=6))
     alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=8))
     alert_states: dict[str, Alert] = field(default_factory=dict)
+    alerts_fired: list[Alert] = field(default_factory=list)
     notifications: Counter[str] = field(default_factory=Counter)
     rows: dict[str, int] = field(default_factory=dict)
 
@@ -53,6 +54,8 @@ class DemoStats:
         elif isinstance(record, Alert):
             self.alerts.append(record)
             self.alert_states[record.fingerprint] = record
+            if record.state == "firing":
+                self.alerts_fired.append(record)
         elif isinstance(record, Notification):
             self.notifications[record.status] += 1
 

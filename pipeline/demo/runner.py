@@ -1,0 +1,291 @@
+"""Runs the whole pipeline on the embedded defaults: broker, embedded ClickHouse, simulator with the
+default incident scenario, collectors, aggregation, anomaly and rule workers, sink and notifier (log +
+a local webhook), each a ``marketprism`` child process; shows a live view and ends with a summary.
+
+Each run gets its own topic prefix (``demo<run id>.``) on the broker and a fresh embedded database, so
+the counts of one run are never mixed with another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.live import Live
+
+from pipeline.contracts import load_registry
+from pipeline.demo.children import ChildGroup
+from pipeline.demo.receiver import WebhookReceiver
+from pipeline.demo.summary import DemoSummary, build_summary
+from pipeline.demo.view import WATCHED, DemoStats
+from pipeline.infra import broker_service, free_port
+from pipeline.infra.services import port_open
+from pipeline.kafka.admin import apply
+from pipeline.kafka.clients import make_consumer
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SINK_GROUP = "demo-sink"
+# Venue paths the simulator serves below its per-venue base URL (docs/simulator.md).
+SIM_WS_PATHS = {"okx": "/ws/v5/public", "kraken": "/v2"}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float | None = None  # wall seconds; None: until the scenario ends (or Ctrl-C)
+    speed: float = 1.0  # simulated seconds per wall second
+    sim_duration_s: float | None = None  # simulated seconds of the scenario (default: the scenario's)
+    seed: int | None = None
+    scenario: Path | None = None
+    view: bool = True
+    drain_s: float = 20.0  # after the scenario: time for alerts to resolve and the sink to catch up
+
+
+@dataclass
+class DemoRun:
+    settings: Settings
+    options: DemoOptions
+    console: Console
+    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
+
+    @property
+    def home(self) -> Path:
+        return (self.settings.state_dir / "demo").resolve()
+
+    @property
+    def prefix(self) -> str:
+        return f"demo{self.run_id}."
+
+    def _step(self, text: str) -> None:
+        self.console.print(f"[bold cyan]»[/bold cyan] {text}")
+
+
+def _scenario_symbols(scenario: Path | None) -> dict[str, list[str]]:
+    from importlib.resources import files
+
+    default = files("pipeline.simulator") / "scenarios" / "default.yaml"
+    text = scenario.read_text() if scenario else default.read_text()
+    symbols = yaml.safe_load(text)["symbols"]
+    return {venue: list(items) for venue, items in symbols.items()}
+
+
+def _wait_port(port: int, timeout: float, child_alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open("127.0.0.1", port):
+            return
+        if not child_alive():
+            raise RuntimeError(f"a child exited before opening port {port}")
+        time.sleep(0.1)
+    raise RuntimeError(f"port {port} did not open within {timeout:.0f}s")
+
+
+async def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
+    consumer = make_consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    try:
+        out: dict[str, int] = {}
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()  # topics created moments ago
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            out[topic] = sum(ends.values())
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _committed(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
+    consumer = make_consumer(settings.kafka, group_id=group)
+    await consumer.start()
+    try:
+        out: dict[str, int] = {}
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic) or set()
+            total = 0
+            for p in parts:
+                total += await consumer.committed(TopicPartition(topic, p)) or 0
+            out[topic] = total
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _wait_sink_caught_up(settings: Settings, topics: list[str], wait_s: float) -> dict[str, int]:
+    """Wait until the sink group's committed offsets reach every topic's end; returns the end offsets."""
+    deadline = time.monotonic() + wait_s
+    ends = await _end_offsets(settings, topics)
+    while time.monotonic() < deadline:
+        committed = await _committed(settings, SINK_GROUP, topics)
+        if all(committed.get(t, 0) >= ends[t] for t in topics):
+            return ends
+        await asyncio.sleep(1.0)
+        ends = await _end_offsets(settings, topics)
+    log.warning("sink did not catch up within %.0fs", wait_s)
+    return ends
+
+
+async def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
+    run = DemoRun(settings, options, console)
+    home = run.home
+    if home.exists():
+        shutil.rmtree(home)
+    (home / "logs").mkdir(parents=True)
+    chdb_path = home / "chdb"
+    demo_settings = settings.model_copy(
+        update={"topic_prefix": run.prefix, "clickhouse_url": f"chdb://{chdb_path}", "state_dir": home}
+    )
+
+    run._step(f"broker on {settings.infra.broker_host}:{settings.infra.broker_port}")
+    broker = broker_service(settings.state_dir / "infra", settings.infra.broker_host, settings.infra.broker_port)
+    we_started_broker = broker.status().pid is None
+    broker.start()
+
+    children = ChildGroup(home / "logs", env={"MARKETPRISM_CONFIG": str(home / "config.yaml")})
+    receiver = WebhookReceiver()
+    stats = DemoStats()
+    labels_path = home / "labels.jsonl"
+    try:
+        run._step(f"topics (prefix {run.prefix})")
+        await apply(demo_settings.kafka, load_registry(), run.prefix)
+
+        sim_port = free_port()
+        symbols = _scenario_symbols(options.scenario)
+        base = f"127.0.0.1:{sim_port}"
+        config = {
+            "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers},
+            "topic_prefix": run.prefix,
+            "clickhouse_url": f"chdb://{chdb_path}",
+            "state_dir": str(home),
+            "venues": {
+                venue: {
+                    "symbols": items,
+                    "ws_url": f"ws://{base}/{venue}{SIM_WS_PATHS.get(venue, '')}",
+                    "rest_url": f"http://{base}/{venue}",
+                }
+                for venue, items in symbols.items()
+            },
+            "log_level": "INFO",
+        }
+        (home / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+        run._step("embedded ClickHouse (chdb): migrations")
+        migrate = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "pipeline", "db", "migrate"],
+            env={**os.environ, "MARKETPRISM_CONFIG": str(home / "config.yaml")},
+            capture_output=True, text=True, check=False,
+        )
+        if migrate.returncode != 0:
+            raise RuntimeError(f"db migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
+
+        await receiver.start()
+        (home / "notify.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "route": {"receiver": "demo", "group_by": ["rule", "exchange", "symbol"], "group_wait": "0s",
+                              "group_interval": "5s", "repeat_interval": "1h"},
+                    "receivers": [
+                        {"name": "demo", "channels": [{"type": "log", "level": "WARNING"},
+                                                      {"type": "webhook", "url": receiver.url}]},
+                    ],
+                },
+                sort_keys=False,
+            )
+        )
+
+        run._step("components: sink, aggregation, anomaly, rules, notifier")
+        def metrics_env() -> dict[str, str]:
+            return {"MARKETPRISM_METRICS_PORT": str(free_port())}
+
+        children.start("sink", ["sink", "--group", SINK_GROUP], metrics_env())
+        children.start("worker", ["worker"], metrics_env())
+        children.start("anomaly", ["anomaly"], metrics_env())
+        children.start("alerts", ["alerts", "run"], metrics_env())
+        children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
+
+        run._step(f"simulator (default incident scenario, speed {options.speed:g}) and collectors")
+        sim_args = ["simulate", "--port", str(sim_port), "--speed", str(options.speed), "--labels",
+                    str(labels_path), "--start-now"]
+        if options.seed is not None:
+            sim_args += ["--seed", str(options.seed)]
+        if options.sim_duration_s is not None:
+            sim_args += ["--duration", str(options.sim_duration_s)]
+        if options.scenario is not None:
+            sim_args += ["--scenario", str(options.scenario)]
+        simulator = children.start("simulator", sim_args, metrics_env())
+        await asyncio.to_thread(_wait_port, sim_port, 60, lambda: simulator.alive)
+        children.start("collect", ["collect"], metrics_env())
+
+        await _watch(run, demo_settings, stats, children, simulator)
+    finally:
+        run._step("stopping components (collectors first, then the rest once the sink has caught up)")
+        ends: dict[str, int] = {}
+        try:
+            for child in children.children:
+                if child.name in ("collect", "simulator") and child.alive:
+                    child.process.terminate()
+            for child in children.children:
+                if child.name in ("collect", "simulator"):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        await asyncio.to_thread(child.process.wait, 20)
+            topics = [demo_settings.topic(t.name) for t in load_registry()]
+            ends = await _wait_sink_caught_up(demo_settings, topics, wait_s=90)
+        finally:
+            killed = children.stop()
+            await receiver.stop()
+            if we_started_broker:
+                broker.stop()
+        if killed:
+            log.warning("had to SIGKILL: %s", ", ".join(killed))
+    summary = build_summary(demo_settings, home, labels_path, ends, receiver, stats)
+    summary.leftover_pids = children.leftovers()
+    return summary
+
+
+async def _watch(run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator) -> None:  # type: ignore[no-untyped-def]
+    """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C."""
+    topics = [settings.topic(t) for t in WATCHED]
+    consumer = make_consumer(settings.kafka, *topics, group_id=f"{settings.topic_prefix}view")
+    await consumer.start()
+    started = time.monotonic()
+    ended_at: float | None = None
+    try:
+        with Live(stats.render("MarketPrism demo"), console=run.console, refresh_per_second=2,
+                  transient=not run.options.view) as live:
+            while True:
+                batch = await consumer.getmany(timeout_ms=250, max_records=5000)
+                for tp, messages in batch.items():
+                    name = tp.topic.removeprefix(settings.topic_prefix)
+                    for message in messages:
+                        stats.add(name, message.value)
+                if run.options.view:
+                    live.update(stats.render("MarketPrism demo"))
+                now = time.monotonic()
+                if run.options.duration_s is not None and now - started >= run.options.duration_s:
+                    return
+                if ended_at is None and not simulator.alive:
+                    ended_at = now
+                if ended_at is not None and now - ended_at >= run.options.drain_s:
+                    return
+                crashed = [c.name for c in children.dead() if c.name != "simulator"]
+                if crashed:
+                    raise RuntimeError(f"component(s) exited: {', '.join(crashed)} (logs in {run.home / 'logs'})")
+    finally:
+        await consumer.stop()
