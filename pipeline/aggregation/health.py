@@ -103,9 +103,11 @@ class _Stream:
 class FeedHealthTracker:
     """Merges partials and collector metrics; emits settled seconds as ``FeedMetrics``."""
 
-    def __init__(self, settle_us: int = 2 * SECOND_US):
+    def __init__(self, settle_us: int = 2 * SECOND_US, max_wait_us: int = 10 * SECOND_US):
         self.settle_us = settle_us
+        self.max_wait_us = max_wait_us
         self._streams: dict[tuple[str, str], _Stream] = {}
+        self._partials_through = -1  # end of the latest second any worker shipped a partial for
         self.dropped_late = 0
 
     def _bucket(self, exchange: str, stream: str, bucket: int) -> _Bucket | None:
@@ -121,6 +123,7 @@ class FeedHealthTracker:
         bucket = self._bucket(partial.exchange, partial.stream, partial.bucket)
         if bucket is None:
             return
+        self._partials_through = max(self._partials_through, partial.bucket + SECOND_US)
         bucket.messages += partial.messages
         bucket.lags += partial.lags
         bucket.last_recv = max(bucket.last_recv or 0, partial.last_recv)
@@ -137,9 +140,14 @@ class FeedHealthTracker:
             bucket.connected = metrics.connected
 
     def due(self, now_us: int) -> list[FeedMetrics]:
-        """``FeedMetrics`` for every known stream and every second that ended before ``now - settle``."""
+        """``FeedMetrics`` for every known stream and every settled second.
+
+        A second is settled once it ended ``settle`` ago and the workers' partials have reached it
+        (a worker working through a backlog ships old seconds late); after ``max_wait`` it is
+        settled regardless, so a feed that stopped (no partials at all) is still reported.
+        """
         out: list[FeedMetrics] = []
-        horizon = now_us - self.settle_us
+        horizon = max(min(now_us - self.settle_us, self._partials_through), now_us - self.max_wait_us)
         for (exchange, stream), state in sorted(self._streams.items()):
             if horizon - state.next_bucket > MAX_CATCHUP_US:
                 state.next_bucket = window_start(horizon - MAX_CATCHUP_US, SECOND_US)

@@ -9,6 +9,7 @@ records back from the topic like any input, so replays stay deterministic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 
@@ -17,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from pipeline.alerting.clock import Clock
-from pipeline.contracts import encode
+from pipeline.contracts import encode, load_registry
 from pipeline.contracts.records import ConsumerLag
 from pipeline.kafka import make_consumer
 from pipeline.kafka.clients import client_options
@@ -35,8 +36,10 @@ def default_groups(settings: Settings) -> list[str]:
 
 async def measure(settings: Settings, admin: AIOKafkaAdminClient, consumer, group: str, at: int) -> list[ConsumerLag]:  # type: ignore[no-untyped-def]
     """One record per topic the group has committed offsets on (none when the group never committed)."""
-    committed = {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
-                 if meta.offset >= 0}  # fmt: skip
+    # Ask for the registry's partitions by name: brokers differ in answering "all partitions" (Tansu fails it).
+    wanted = [TopicPartition(settings.topic(t.name), p) for t in load_registry() for p in range(t.partitions)]
+    answer = await admin.list_consumer_group_offsets(group, partitions=wanted)
+    committed = {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
     if not committed:
         return []
     ends = await consumer.end_offsets(list(committed))
@@ -87,10 +90,8 @@ async def run_probe(
                         settings.topic(LAG_TOPIC), encode(record), key=f"{record.group}:{record.topic}".encode()
                     )
             await producer.flush()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
-            except TimeoutError:
-                pass
     finally:
         await consumer.stop()
         await admin.close()

@@ -122,7 +122,7 @@ class RuleEngineRunner:
             offsets = await self._restore()
             await self._position_inputs(consumer, offsets)
             self._last_input_wall = self.clock.now_us()
-            if self.options.lag_interval_us:
+            if self.options.lag_interval_us and "consumer_lag" in self.engine.evaluator.sources():
                 groups = list(self.options.lag_groups or default_groups(self.settings))
                 probe = asyncio.create_task(
                     run_probe(self.settings, producer, groups, self.options.lag_interval_us / 1e6, self.clock, stop)
@@ -183,7 +183,10 @@ class RuleEngineRunner:
 
     def _watermark(self) -> int | None:
         """Event time every data partition has reached: a partition still behind its end holds it back."""
-        data = [tp for tp in self._positions if tp.topic.removeprefix(self.settings.topic_prefix) in self._sources]
+        sources = {tp: self._sources.get(tp.topic.removeprefix(self.settings.topic_prefix)) for tp in self._positions}
+        data = [tp for tp, source in sources.items() if source is not None and source.event_time]
+        if not data:  # only wall-clock sources: their time is all there is
+            data = [tp for tp, source in sources.items() if source is not None]
         behind = [tp for tp in data if self._positions[tp] < self._ends.get(tp, 0)]
         if behind:
             held = [self._partition_ts.get(tp) for tp in behind]

@@ -161,6 +161,9 @@ class Source:
     metrics: tuple[str, ...]
     convert: Callable[[Record], Sample | list[Sample]]
     prices: tuple[str, ...] = ()
+    # False: stamped with the wall clock of whoever wrote it (DLQ, lag probe); such records never move
+    # the watermark, so a replay of old data is not thrown forward by a live dead letter.
+    event_time: bool = True
 
     def samples(self, value: bytes) -> list[Sample]:
         """Decode one topic value (validating it) into its samples; raises :class:`BadInput`."""
@@ -201,10 +204,10 @@ SOURCES: dict[str, Source] = {
                ("series_id", "metric", "detector", "kind", "exchange", "symbol", "stream"),
                ("score", "value", "time_to_threshold_s"), _anomaly),  # type: ignore[arg-type]
         Source("dlq", "ops.dlq.v1", DeadLetter, ("source", "reason", "topic", "exchange"), ("count",),
-               _dead_letter),  # type: ignore[arg-type]
+               _dead_letter, event_time=False),  # type: ignore[arg-type]
         Source("reference", "md.reference.v1", ReferencePrice, ("asset", "exchange", "symbol"),
                ("divergence_bps", "abs_divergence_bps", "diverging", "stale", "venues"), _reference),  # type: ignore[arg-type]
         Source("consumer_lag", "ops.consumer_lag.v1", ConsumerLag, ("group", "topic"), ("lag", "committed"),
-               _consumer_lag),  # type: ignore[arg-type]
+               _consumer_lag, event_time=False),  # type: ignore[arg-type]
     )
 }  # fmt: skip

@@ -97,15 +97,15 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     bars_topic = app.topic(settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"))
     feed_topic = app.topic(settings.topic("ops.feed_metrics.v1"))
     dlq_topic = app.topic(settings.topic("ops.dlq.v1"))
-    bar_table = app.Table("bar-models", partitions=6)
-    feed_table = app.Table("feed-models", partitions=3)
+    bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes)
+    feed_table = app.Table("feed-models", partitions=3, key_type=bytes, value_type=bytes)
     bar_ckpt = Checkpointer(bar_table, options.checkpoint_every, options.checkpoint_interval_s)
     feed_ckpt = Checkpointer(feed_table, options.checkpoint_every, options.checkpoint_interval_s)
     bar_registry = SeriesRegistry(options.config, options.report_floor, loader=bar_ckpt.load)
     feed_registry = SeriesRegistry(options.config, options.report_floor, loader=feed_ckpt.load)
     health = HealthMonitor(settings, options.thresholds)
-    decode_bar = decoder_for(Bar)
-    decode_feed = decoder_for(FeedMetrics)
+    decode_bar = decoder_for(Bar).decode
+    decode_feed = decoder_for(FeedMetrics).decode
 
     async def dead_letter(event: faust.EventT, exc: Exception) -> None:
         message = event.message
@@ -119,7 +119,7 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
         await outputs.start()
         async for event in stream.events():
             try:
-                bar = decode_bar(event.value)
+                bar = decode_bar(event.value or b"")
             except DecodeError as exc:
                 await dead_letter(event, exc)
                 continue
@@ -135,7 +135,7 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
         await outputs.start()
         async for event in stream.events():
             try:
-                metrics = decode_feed(event.value)
+                metrics = decode_feed(event.value or b"")
             except DecodeError as exc:
                 await dead_letter(event, exc)
                 continue

@@ -3,12 +3,14 @@
 * OKX: the top 25 levels interleaved ``bid:size:ask:size`` (a missing side is skipped), joined by
   ``:``, as a signed 32-bit integer.
 * Kraken (v1 and v2): for the top 10 asks ascending then the top 10 bids descending, price and size
-  with ``.`` removed and leading zeros stripped, concatenated; unsigned 32-bit.
+  with ``.`` removed and leading zeros stripped, concatenated; unsigned 32-bit (the formatted
+  level is cached: most levels of the top 10 are unchanged between updates).
 """
 
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 
 Level = tuple[str, str]
 
@@ -25,12 +27,13 @@ def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
     return crc - (1 << 32) if crc >= (1 << 31) else crc
 
 
-def _kraken_part(level: Level) -> str:
-    price, size = level
+@lru_cache(maxsize=1 << 16)
+def _kraken_part(price: str, size: str) -> str:
     return price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
 
 
 def kraken_checksum(bids: list[Level], asks: list[Level]) -> int:
     """Kraken v1/v2 ``book`` checksum of the top 10 levels (unsigned int32)."""
-    text = "".join(_kraken_part(level) for level in asks[:10]) + "".join(_kraken_part(level) for level in bids[:10])
-    return zlib.crc32(text.encode())
+    parts = [_kraken_part(price, size) for price, size in asks[:10]]
+    parts.extend(_kraken_part(price, size) for price, size in bids[:10])
+    return zlib.crc32("".join(parts).encode())

@@ -61,6 +61,7 @@ class RestClient:
         self._waiting: set[RestRequest] = set()
         self.completed = 0
         self.failed = 0
+        self._finished = asyncio.Event()  # set whenever a request finishes
 
     def submit(self, requests: list[RestRequest]) -> None:
         for request in requests:
@@ -75,6 +76,12 @@ class RestClient:
     def waiting(self, kind: str | None = None) -> int:
         """Requests queued or in flight (of one ``kind``, or all)."""
         return sum(1 for r in self._waiting if kind is None or r.kind == kind)
+
+    async def settle(self, kind: str | None = None) -> None:
+        """Wait until no request (of ``kind``) is queued or in flight."""
+        while self.waiting(kind):
+            self._finished.clear()
+            await self._finished.wait()
 
     def _session(self) -> aiohttp.ClientSession:
         connector = None
@@ -101,6 +108,7 @@ class RestClient:
                 await self._fetch(session, request)
             finally:
                 self._waiting.discard(request)
+                self._finished.set()
 
     async def _fetch(self, session: aiohttp.ClientSession, request: RestRequest) -> None:
         backoff = self._backoff()

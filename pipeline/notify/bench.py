@@ -46,8 +46,12 @@ class NotifierProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        kafka = self._settings.kafka
         env = os.environ | {
-            "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": self._settings.kafka.bootstrap_servers,
+            "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "MARKETPRISM_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
+            "MARKETPRISM_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
+            "MARKETPRISM_KAFKA__REBALANCE_TIMEOUT_MS": str(kafka.rebalance_timeout_ms),
             "MARKETPRISM_TOPIC_PREFIX": self._settings.topic_prefix,
             "MARKETPRISM_METRICS_PORT": "0",
             "MARKETPRISM_STATE_DIR": str(self._settings.state_dir),

@@ -65,7 +65,8 @@ class DedupStage:
         send, repeat = needs_update(entry, batch, self._clock.now())
         if not send:
             return None
-        keyed = msgspec.structs.replace(batch, idempotency_key=idempotency_key(batch, entry.key if repeat else None))
+        previous = entry.key if repeat and entry is not None else None
+        keyed = msgspec.structs.replace(batch, idempotency_key=idempotency_key(batch, previous))
         if self._nflog.settled(keyed.idempotency_key):
             DUPLICATES.labels(channel=batch.integration).inc()
             log.info("%s/%s: %s already settled, skipping", batch.receiver, batch.integration, keyed.idempotency_key)

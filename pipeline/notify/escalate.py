@@ -31,8 +31,11 @@ class Escalator:
         if item is None:
             return
         if item.status != "firing":
-            for key in [k for k in self._pending if k[0].startswith(f"{item.fingerprint}@")]:
+            mine = f"{item.fingerprint}@"
+            for key in [k for k in self._pending if k[0].startswith(mine)]:
                 del self._pending[key]
+            if item.status == "resolved":  # the episode is over: forget which of its steps ran
+                self._done = {k for k in self._done if not k[0].startswith(mine)}
             return
         start = episode_start(item.alert)
         for route in routes:

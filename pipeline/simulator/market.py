@@ -132,7 +132,7 @@ class SymbolMarket:
         self.effects = Effects()
         self.book = Book()
         self.tick = inst.tick
-        self.grid = max(1, round(inst.reference * 1e-5 / self.tick))
+        self.grid = max(1, round(inst.reference * 5e-5 / self.tick))
         self.spread = max(1, round(inst.reference * 2e-6 / self.tick))
         self.next_trade_id = 1_000_000 + rng.randrange(1_000_000)
         self.trades: list[TradePrint] = []  # recent trades (for snapshot replies)

@@ -14,12 +14,15 @@ Exceptions::
 A :class:`BatchingSink` keeps one :class:`Batch` per topic-partition; ``flush`` hands every batch to
 ``write`` and returns the offsets that are now safe to commit. Records the sink already stored (found
 by ``recover`` after a restart or an ambiguous failure) are skipped, but their offsets still advance.
+``checkpoint`` detaches the buffers so the consumer loop can read the next batch while this one is
+written (chdb and clickhouse-driver release the GIL while they work).
 """
 
 from __future__ import annotations
 
 import abc
 import bisect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,15 @@ class Batch:
         return Batch(self.topic, self.partition, [self.offsets[i] for i in keep], [self.rows[i] for i in keep])
 
 
+@dataclass
+class Checkpoint:
+    """What one flush writes: the batches, the next offset per partition, and the dead letters."""
+
+    batches: list[Batch]
+    offsets: dict[TopicPartition, int]
+    dead: list[DeadRecord]
+
+
 class OffsetRanges:
     """A sorted set of offsets held as closed ranges (stored-offset sets are contiguous in practice)."""
 
@@ -136,12 +148,15 @@ class BatchingSink(abc.ABC):
         """Connect and make sure the destination can take writes (tables exist)."""
 
     @abc.abstractmethod
-    def convert(self, topic: str, partition: int, offset: int, value: bytes) -> Any:
-        """One Kafka value to one destination row; raises :class:`ConversionError`."""
+    def converter(self, topic: str, partition: int) -> Callable[[int, bytes], Any]:
+        """A function turning ``(offset, value)`` of this partition into one destination row; it raises
+        :class:`ConversionError` for a record that cannot be stored."""
 
     @abc.abstractmethod
-    async def write(self, batches: list[Batch]) -> None:
-        """Write the batches durably (idempotently); raises :class:`SinkBackpressureError`."""
+    async def write(self, batches: list[Batch]) -> list[DeadRecord]:
+        """Write the batches durably (idempotently); returns rows the destination refused.
+
+        Raises :class:`SinkBackpressureError` when the destination stays unavailable."""
 
     @abc.abstractmethod
     async def stored_offsets(self, topic: str, partition: int, from_offset: int) -> list[int]:
@@ -152,30 +167,43 @@ class BatchingSink(abc.ABC):
         """Release connections."""
 
     def add(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
+        self.add_many(topic, partition, ((offset, value),))
+
+    def add_many(self, topic: str, partition: int, records: Iterable[tuple[int, bytes | None]]) -> None:
+        """Buffer ``(offset, value)`` records of one partition, in offset order (the hot path)."""
         tp = TopicPartition(topic, partition)
-        self._next_offsets[tp] = offset + 1
-        stored = self._stored.get(tp)
-        if stored is not None:
-            if offset in stored:
-                self.skipped += 1
-                return
-            if offset > stored.last:
-                del self._stored[tp]
-        if value is None:  # a tombstone of a compacted topic: nothing to store
-            self.skipped += 1
-            return
-        try:
-            row = self.convert(topic, partition, offset, value)
-        except ConversionError as exc:
-            self._dead.append(DeadRecord(topic, partition, offset, value, exc.reason, exc.detail))
-            return
         batch = self._batches.get(tp)
         if batch is None:
             batch = self._batches[tp] = Batch(topic, partition)
-        batch.offsets.append(offset)
-        batch.rows.append(row)
-        self.buffered_rows += 1
-        self.buffered_bytes += len(value)
+        stored = self._stored.get(tp)
+        convert = self.converter(topic, partition)
+        add_offset, add_row = batch.offsets.append, batch.rows.append
+        last, rows, size = -1, 0, 0
+        for offset, value in records:
+            last = offset
+            if stored is not None:
+                if offset in stored:
+                    self.skipped += 1
+                    continue
+                if offset > stored.last:
+                    del self._stored[tp]
+                    stored = None
+            if value is None:  # a tombstone of a compacted topic: nothing to store
+                self.skipped += 1
+                continue
+            try:
+                row = convert(offset, value)
+            except ConversionError as exc:
+                self._dead.append(DeadRecord(topic, partition, offset, value, exc.reason, exc.detail))
+                continue
+            add_offset(offset)
+            add_row(row)
+            rows += 1
+            size += len(value)
+        if last >= 0:
+            self._next_offsets[tp] = last + 1
+        self.buffered_rows += rows
+        self.buffered_bytes += size
 
     async def recover(self, tp: TopicPartition, committed: int) -> int:
         """Learn which offsets from ``committed`` on are already stored; returns how many."""
@@ -195,14 +223,22 @@ class BatchingSink(abc.ABC):
         """Whether anything (rows, dead letters, skipped offsets) waits for a flush and commit."""
         return bool(self._next_offsets)
 
-    async def flush(self) -> dict[TopicPartition, int]:
-        """Write every buffered batch; returns the next offset per partition, safe to commit after it."""
-        batches = [b for b in self._batches.values() if len(b)]
-        if batches:
-            await self.write(batches)
-        offsets = dict(self._next_offsets)
+    def checkpoint(self) -> Checkpoint:
+        """Detach everything buffered so far (the buffers start empty again) for :meth:`write_checkpoint`."""
+        cp = Checkpoint([b for b in self._batches.values() if len(b)], dict(self._next_offsets), self.take_dead())
         self._reset()
-        return offsets
+        return cp
+
+    async def write_checkpoint(self, cp: Checkpoint) -> Checkpoint:
+        """Write a detached checkpoint; refused rows join its dead letters. Its offsets are then safe to
+        commit once the dead letters are published."""
+        if cp.batches:
+            cp.dead += await self.write(cp.batches)
+        return cp
+
+    async def flush(self) -> Checkpoint:
+        """Write everything buffered; returns the checkpoint (offsets to commit, dead letters to publish)."""
+        return await self.write_checkpoint(self.checkpoint())
 
     def on_paused(self) -> None:
         """Consumption paused (backpressure or revocation): drop the buffers; they are read again."""

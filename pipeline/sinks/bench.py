@@ -72,17 +72,23 @@ def trade_values(n: int) -> list[bytes]:
 
 
 async def _sink_rate(sink: ClickHouseSink, topic: str, values: list[bytes]) -> float:
+    """The sink's own loop without Kafka: convert a batch while the previous one is written."""
     started = time.perf_counter()
+    inflight: asyncio.Task[object] | None = None
     for start in range(0, len(values), BATCH_ROWS):
-        for offset in range(start, min(start + BATCH_ROWS, len(values))):
-            sink.add(topic, 0, offset, values[offset])
-        await sink.flush()
+        sink.add_many(topic, 0, ((o, values[o]) for o in range(start, min(start + BATCH_ROWS, len(values)))))
+        if inflight is not None:
+            await inflight
+        inflight = asyncio.create_task(sink.write_checkpoint(sink.checkpoint()))
+    if inflight is not None:
+        await inflight
     return len(values) / (time.perf_counter() - started)
 
 
 async def _raw_rate(sink: ChdbSink, topic: str, values: list[bytes]) -> float:
     table = sink.tables[topic]
-    lines = [sink.make_row(table, None, v, topic, 0, i) for i, v in enumerate(values)]  # type: ignore[arg-type]
+    make_row = sink.row_maker(table, topic, 0)
+    lines = [make_row(None, i, v) for i, v in enumerate(values)]  # type: ignore[arg-type]
     payloads = [b"\n".join(lines[s : s + BATCH_ROWS]) + b"\n" for s in range(0, len(lines), BATCH_ROWS)]
     started = time.perf_counter()
     for i, payload in enumerate(payloads):
@@ -111,10 +117,12 @@ async def _kafka_rate(settings: Settings, db_path: str, values: list[bytes]) -> 
     sink = ChdbSink(db_path, load_registry(), prefix)
     runner = SinkRunner(run_settings, sink, [f"{prefix}{TOPIC}"], RunnerOptions(group_id=f"{prefix}sink"))
     stop = asyncio.Event()
-    started = time.perf_counter()
     task = asyncio.create_task(runner.run(stop))
+    while not (runner.consumer and runner.consumer.assignment()) and not task.done():  # setup and group join
+        await asyncio.wait([task], timeout=0.01)
+    started = time.perf_counter()
     while sink.rows_written < len(values) and not task.done():
-        await asyncio.wait([task], timeout=0.05)
+        await asyncio.wait([task], timeout=0.01)
     elapsed = time.perf_counter() - started
     stop.set()
     await task

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,16 @@ class ChdbSink(ClickHouseSink):
         text: Any = await self._call(self._conn.query, sql, "TabSeparated")
         return [tuple(line.split("\t")) for line in str(text).splitlines() if line]
 
-    def make_row(self, table: Table, record: Record, value: bytes, topic: str, partition: int, offset: int) -> Any:
-        body = value.lstrip()
-        return b'{"_topic":"%s","_partition":%d,"_offset":%d,%s' % (topic.encode(), partition, offset, body[1:])
+    def row_maker(self, table: Table, topic: str, partition: int) -> Callable[[Record, int, bytes], bytes]:
+        """The value's JSON object with the Kafka coordinates spliced in as its first keys."""
+        prefix = b'{"_topic":"%s","_partition":%d,"_offset":' % (topic.encode(), partition)
+
+        def make_row(record: Record, offset: int, value: bytes) -> bytes:
+            if value[0] != 0x7B:  # '{'
+                value = value.lstrip()
+            return prefix + b"%d," % offset + value[1:]
+
+        return make_row
 
     def _insert_sync(self, table: Table, payload: bytes, token: str) -> None:
         sql = (

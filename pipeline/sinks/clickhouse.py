@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -34,7 +35,15 @@ from pipeline.sinks.base import (
     UnavailableError,
 )
 from pipeline.sinks.migrations import managed_topics, migrate
-from pipeline.sinks.schema import Table, decimal_fields, oversized_decimals, qualified, table_for
+from pipeline.sinks.schema import (
+    DECIMAL_INT_DIGITS,
+    Table,
+    decimal_fields,
+    decimal_fits,
+    oversized_decimals,
+    qualified,
+    table_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +84,8 @@ class ClickHouseSink(BatchingSink):
         """Run one query and return its rows."""
 
     @abc.abstractmethod
-    def make_row(self, table: Table, record: Record, value: bytes, topic: str, partition: int, offset: int) -> Any:
-        """The backend's row for one validated record."""
+    def row_maker(self, table: Table, topic: str, partition: int) -> Callable[[Record, int, bytes], Any]:
+        """The backend's ``(record, offset, value) -> row`` for one partition of one table."""
 
     @abc.abstractmethod
     async def insert(self, table: Table, rows: list[Any], token: str) -> None:
@@ -89,17 +98,30 @@ class ClickHouseSink(BatchingSink):
             for line in await migrate(self, self._registry):
                 log.info("migrated: %s", line)
 
-    def convert(self, topic: str, partition: int, offset: int, value: bytes) -> Any:
+    def converter(self, topic: str, partition: int) -> Callable[[int, bytes], Any]:
         table = self.tables.get(topic)
         if table is None:
-            raise ConversionError("no_table", f"topic {topic} has no ClickHouse table")
-        try:
-            record = self._decoders[topic].decode(value)
-        except msgspec.DecodeError as exc:
-            raise ConversionError("invalid_record", str(exc)) from exc
-        if bad := oversized_decimals(record, self._decimals[topic]):
-            raise ConversionError("decimal_out_of_range", f"Decimal(38, 18) cannot hold {bad[:3]} exactly")
-        return self.make_row(table, record, value, topic, partition, offset)
+            return _no_table(topic)
+        decode = self._decoders[topic].decode
+        fields = self._decimals[topic]
+        plain = tuple(name for name, shape in fields if shape == "value")
+        nested = tuple((name, shape) for name, shape in fields if shape != "value")
+        make_row = self.row_maker(table, topic, partition)
+
+        def convert(offset: int, value: bytes) -> Any:
+            try:
+                record = decode(value)
+            except msgspec.DecodeError as exc:
+                raise ConversionError("invalid_record", str(exc)) from exc
+            for name in plain:  # the common case, inline: only long strings can be out of range
+                text = getattr(record, name)
+                if len(text) > DECIMAL_INT_DIGITS and not decimal_fits(text):
+                    raise ConversionError("decimal_out_of_range", f"Decimal(38, 18) cannot hold {name}={text} exactly")
+            if nested and (bad := oversized_decimals(record, nested)):
+                raise ConversionError("decimal_out_of_range", f"Decimal(38, 18) cannot hold {bad[:3]} exactly")
+            return make_row(record, offset, value)
+
+        return convert
 
     async def stored_offsets(self, topic: str, partition: int, from_offset: int) -> list[int]:
         table = self.tables[topic]
@@ -112,12 +134,14 @@ class ClickHouseSink(BatchingSink):
         )
         return [int(r[0]) for r in rows]
 
-    async def write(self, batches: list[Batch]) -> None:
+    async def write(self, batches: list[Batch]) -> list[DeadRecord]:
         by_table: dict[str, list[Batch]] = defaultdict(list)
         for batch in batches:
             by_table[batch.topic].append(batch)
+        refused: list[DeadRecord] = []
         for topic, group in by_table.items():
-            await self._write_table(self.tables[topic], group)
+            await self._write_table(self.tables[topic], group, refused)
+        return refused
 
     # ---- internals
 
@@ -140,14 +164,14 @@ class ClickHouseSink(BatchingSink):
         metrics.RETRIES.labels(table=table.name).inc()
         log.warning("ClickHouse write to %s failed (%s); retrying", table.name, state.outcome.exception())
 
-    async def _write_table(self, table: Table, batches: list[Batch]) -> None:
+    async def _write_table(self, table: Table, batches: list[Batch], refused: list[DeadRecord]) -> None:
         first_try = True
 
         async def attempt() -> None:
             nonlocal first_try
             pending = batches if first_try else await self._unstored(batches)
             first_try = False
-            await self._insert_or_split(table, pending)
+            await self._insert_or_split(table, pending, refused)
 
         await self._with_retry(table, attempt)
 
@@ -171,7 +195,7 @@ class ClickHouseSink(BatchingSink):
                 result.append(rest)
         return result
 
-    async def _insert_or_split(self, table: Table, batches: list[Batch]) -> None:
+    async def _insert_or_split(self, table: Table, batches: list[Batch], refused: list[DeadRecord]) -> None:
         rows = [row for b in batches for row in b.rows]
         if not rows:
             return
@@ -183,13 +207,12 @@ class ClickHouseSink(BatchingSink):
             metrics.INSERTS.labels(table=table.name, outcome="rejected").inc()
             if len(rows) == 1:
                 b = batches[0]
-                metrics.DEAD.labels(topic=b.topic, reason="insert_rejected").inc()
-                self._dead.append(
+                refused.append(
                     DeadRecord(b.topic, b.partition, b.first, _payload(b.rows[0]), "insert_rejected", str(exc))
                 )
                 return
             for half in _halves(batches):
-                await self._insert_or_split(table, half)
+                await self._insert_or_split(table, half, refused)
             return
         except UnavailableError:
             metrics.INSERTS.labels(table=table.name, outcome="unavailable").inc()
@@ -198,6 +221,13 @@ class ClickHouseSink(BatchingSink):
         metrics.INSERTS.labels(table=table.name, outcome="ok").inc()
         metrics.ROWS_WRITTEN.labels(table=table.name).inc(len(rows))
         self.rows_written += len(rows)
+
+
+def _no_table(topic: str) -> Callable[[int, bytes], Any]:
+    def convert(offset: int, value: bytes) -> Any:
+        raise ConversionError("no_table", f"topic {topic} has no ClickHouse table")
+
+    return convert
 
 
 def _payload(row: Any) -> bytes:

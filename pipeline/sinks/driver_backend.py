@@ -110,9 +110,7 @@ class ServerSink(ClickHouseSink):
         self._token_supported = (major, minor) >= (22, 2)
         log.info("ClickHouse server %s (deduplication tokens %s)", version[0][0], self._token_supported)
         await super().setup()
-        rows = await self.fetch(
-            f"SELECT table, name, type FROM system.columns WHERE database = '{self.database}'"
-        )
+        rows = await self.fetch(f"SELECT table, name, type FROM system.columns WHERE database = '{self.database}'")
         described: dict[str, list[tuple[str, str]]] = {}
         for table, name, type_ in rows:
             described.setdefault(str(table), []).append((str(name), str(type_)))
@@ -150,16 +148,22 @@ class ServerSink(ClickHouseSink):
     async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return list(await self._call(self._client.execute, sql))
 
-    def make_row(self, table: Table, record: Record, value: bytes, topic: str, partition: int, offset: int) -> Any:
+    def row_maker(self, table: Table, topic: str, partition: int) -> Callable[[Record, int, bytes], tuple[Any, ...]]:
+        """A tuple in the server table's column order, each value converted for its column type."""
         columns = self._columns.get(table.name)
-        if columns is None:
-            raise ConversionError("no_table", f"{self.database}.{table.name} does not exist")
-        data = msgspec.to_builtins(record)
-        data.update(_topic=topic, _partition=partition, _offset=offset)
-        try:
-            return tuple(conv(data.get(name)) for name, conv in columns)
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            raise ConversionError("unconvertible", f"{type(exc).__name__}: {exc}") from exc
+        database = self.database
+
+        def make_row(record: Record, offset: int, value: bytes) -> tuple[Any, ...]:
+            if columns is None:
+                raise ConversionError("no_table", f"{database}.{table.name} does not exist")
+            data = msgspec.to_builtins(record)
+            data.update(_topic=topic, _partition=partition, _offset=offset)
+            try:
+                return tuple(conv(data.get(name)) for name, conv in columns)
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                raise ConversionError("unconvertible", f"{type(exc).__name__}: {exc}") from exc
+
+        return make_row
 
     async def insert(self, table: Table, rows: list[Any], token: str) -> None:
         names = ", ".join(f"`{n}`" for n, _ in self._columns[table.name])

@@ -4,9 +4,9 @@ a sink, commits offsets only after the write (and any dead letters) are durable.
 - Backpressure (the sink raised :class:`SinkBackpressureError`): pause every assigned partition, drop
   the buffers (memory stays bounded), seek back to the committed offsets, wait ``retry_after`` while
   still polling (the group keeps us), then learn what the database already holds and resume.
-- Assignment (start, rebalance): before a partition is read, the sink learns which offsets from the
-  committed one on it already stored (a previous owner was killed between insert and commit) and
-  skips them; revocation flushes and commits first.
+- Assignment (start, rebalance): a new partition is paused until the sink has learned which offsets
+  from the committed one on it already stored (a previous owner was killed between insert and
+  commit), so it skips them; revocation flushes and commits first.
 - Records the sink cannot convert go to ``ops.dlq.v1`` (DeadLetterPublisher) and the batch goes on.
 """
 
@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
 from pipeline.settings import Settings
 from pipeline.sinks import metrics
-from pipeline.sinks.base import BatchingSink, SinkBackpressureError
+from pipeline.sinks.base import BatchingSink, Checkpoint, DeadRecord, SinkBackpressureError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class SinkRunner:
         self._resume_at: float | None = None
         self._backoff_failures = 0
         self._pending_since: float | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._to_recover: set[TopicPartition] = set()
         self.committed_batches = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -82,12 +84,15 @@ class SinkRunner:
                 if self._resume_at is not None:
                     await self._paused_poll()
                     continue
+                if self._to_recover:
+                    await self._recover_assigned()
+                    continue
                 data = await consumer.getmany(timeout_ms=self.options.poll_ms, max_records=self.options.batch_rows)
                 self._add(data)
                 if self._due():
                     await self.flush_and_commit()
             if self._resume_at is None:
-                await self.flush_and_commit()
+                await self.flush_and_commit(wait=True)
         finally:
             await consumer.stop()
             await self._producer.stop()
@@ -97,8 +102,7 @@ class SinkRunner:
         for tp, messages in data.items():
             metrics.CONSUMED.labels(topic=tp.topic).inc(len(messages))
             skipped = self.sink.skipped
-            for message in messages:
-                self.sink.add(tp.topic, tp.partition, message.offset, message.value)
+            self.sink.add_many(tp.topic, tp.partition, ((m.offset, m.value) for m in messages))
             if self.sink.skipped != skipped:
                 metrics.SKIPPED.labels(topic=tp.topic).inc(self.sink.skipped - skipped)
         if self._pending_since is None and self.sink.pending:
@@ -115,27 +119,38 @@ class SinkRunner:
             self._pending_since is not None and time.monotonic() - self._pending_since >= self.options.batch_interval_s
         )
 
-    async def flush_and_commit(self) -> None:
-        """Write, publish dead letters, then commit; backpressure pauses consumption instead."""
+    async def flush_and_commit(self, *, wait: bool = False) -> None:
+        """Detach the buffers and write them in the background while the next batch is read; the
+        previous write finishes (and commits) first, so commits stay in order and at most two batches
+        are held. ``wait`` also waits for this write. Backpressure pauses consumption instead."""
         async with self._lock:
-            if not self.sink.pending:
-                return
-            started = time.perf_counter()
-            try:
-                offsets = await self.sink.flush()
-            except SinkBackpressureError as exc:
-                await self._enter_backpressure(exc)
-                return
-            await self._publish_dead()
-            await self._commit(offsets)
-            self._pending_since = None
-            self._backoff_failures = 0
-            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
-            metrics.BUFFERED_ROWS.set(0)
-            await self._update_lag()
+            await self._drain()
+            if self._resume_at is None and self.sink.pending:
+                self._inflight = asyncio.create_task(self._write_and_commit(self.sink.checkpoint()))
+                self._pending_since = None
+                metrics.BUFFERED_ROWS.set(0)
+            if wait:
+                await self._drain()
 
-    async def _publish_dead(self) -> None:
-        dead = self.sink.take_dead()
+    async def _drain(self) -> None:
+        if self._inflight is None:
+            return
+        task, self._inflight = self._inflight, None
+        try:
+            await task
+        except SinkBackpressureError as exc:
+            await self._enter_backpressure(exc)
+
+    async def _write_and_commit(self, checkpoint: Checkpoint) -> None:
+        started = time.perf_counter()
+        await self.sink.write_checkpoint(checkpoint)
+        await self._publish_dead(checkpoint.dead)
+        await self._commit(checkpoint.offsets)
+        self._backoff_failures = 0
+        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        await self._update_lag()
+
+    async def _publish_dead(self, dead: list[DeadRecord]) -> None:
         for d in dead:
             metrics.DEAD.labels(topic=d.topic, reason=d.reason).inc()
             await self._dlq.publish(d.reason, d.error, d.value, topic=d.topic, partition=d.partition, offset=d.offset)
@@ -202,6 +217,7 @@ class SinkRunner:
         assigned = self.consumer.assignment()
         async with self._lock:
             self._resume_at = None
+            self._to_recover = set()
             try:
                 await self._recover(assigned)
             except SinkBackpressureError as exc:
@@ -227,14 +243,25 @@ class SinkRunner:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         if self._resume_at is None:
-            await self.flush_and_commit()
+            await self.flush_and_commit(wait=True)
         self.sink.forget(revoked)
+        self._to_recover -= revoked
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Pause new partitions at once; the loop recovers them (learns what is stored) before resuming,
+        so no record of theirs is buffered before the sink knows what to skip."""
+        assert self.consumer is not None
+        self.consumer.pause(*assigned)
+        self._to_recover |= assigned
+
+    async def _recover_assigned(self) -> None:
+        assert self.consumer is not None
+        partitions = self._to_recover & self.consumer.assignment()
+        self._to_recover = set()
         async with self._lock:
             try:
-                await self._recover(assigned)
+                await self._recover(partitions)
             except SinkBackpressureError as exc:
                 await self._enter_backpressure(exc)
-        if self._resume_at is not None and self.consumer is not None:
-            self.consumer.pause(*assigned)
+                return
+        self.consumer.resume(*partitions)

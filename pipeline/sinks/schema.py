@@ -11,7 +11,8 @@ Column rules (modern dialect, proven on chdb):
 Every table also has ``_topic``, ``_partition`` and ``_offset`` (with a minmax index on the offset) so
 that "no Kafka record twice" can be checked and the sink can find what it already stored, plus
 ``_ingested_at``. Tables are partitioned by day of their time column, ordered for the dashboards'
-queries, carry a TTL (days after ingestion, per table) and set ``non_replicated_deduplication_window`` for ``insert_deduplication_token``.
+queries, carry a TTL (days after ingestion, per table) and set ``non_replicated_deduplication_window``
+for ``insert_deduplication_token``.
 
 Adding a table for a new topic: give it a :class:`TableSpec` in :data:`TABLE_SPECS` (or rely on the
 defaults) and a migration in :mod:`pipeline.sinks.migrations`.

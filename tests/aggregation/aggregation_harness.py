@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,3 +126,12 @@ def bars_by_key(messages: list) -> dict[tuple[str, str, str, int], Bar]:  # type
         key = (bar.interval, bar.exchange, bar.symbol, bar.window_start)
         assert out.setdefault(key, bar) == bar, f"re-emitted bar differs: {key}"
     return out
+
+
+async def assigned_in(worker: WorkerProcess) -> None:
+    """Wait until the worker's log shows a non-empty assignment."""
+    for _ in range(180):
+        if re.search(r"aggregator assigned \S+ partitions \[[0-9]", worker.log_text()):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{worker.log_path.name}: no partitions assigned within 90 s")

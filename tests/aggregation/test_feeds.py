@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from aggregation_harness import WorkerProcess, produce, read_topic
+from aggregation_harness import WorkerProcess, assigned_in, produce, read_topic
 
 from pipeline.aggregation.health import FeedHealthTracker, FeedStatsCollector, health_score
 from pipeline.aggregation.reference import ReferenceTracker, asset_of
@@ -37,7 +37,7 @@ def test_partials_from_two_workers_merge_and_silent_streams_are_reported() -> No
     first, second = FeedStatsCollector(), FeedStatsCollector()
     for i in range(100):  # lags 1..100 ms split over two workers
         (first if i % 2 else second).observe("binance", "trades", T + i * 5000 - (i + 1) * 1000, T + i * 5000)
-    tracker = FeedHealthTracker(settle_us=2 * S)
+    tracker = FeedHealthTracker(settle_us=2 * S, max_wait_us=10 * S)
     for partial in first.drain() + second.drain():
         tracker.add_partial(decode_summary(encode_summary(partial)))  # as shipped over the topic
     tracker.add_collector(FeedMetrics(exchange="binance", stream="trades", source="collector", ts_event=T + S,
@@ -48,7 +48,8 @@ def test_partials_from_two_workers_merge_and_silent_streams_are_reported() -> No
     assert (metrics.lag_p50_us, metrics.lag_p99_us) == (50_000, 99_000)
     assert metrics.staleness_us == T + S - (T + 99 * 5000)
     assert metrics.health_score == health_score(metrics.staleness_us, 99_000, 1, 0, 0, 0, True)
-    later = tracker.due(T + 8 * S)  # nothing arrived: one record per silent second, staleness grows
+    assert tracker.due(T + 8 * S) == []  # no worker shipped a later second: wait for them (up to max_wait)
+    later = tracker.due(T + 16 * S)  # nothing arrived: one record per silent second, staleness grows
     assert [m.messages for m in later] == [0] * 5
     assert [m.staleness_us for m in later] == [metrics.staleness_us + k * S for k in range(1, 6)]
     assert later[-1].health_score < metrics.health_score
@@ -84,6 +85,7 @@ def test_reference_is_the_median_without_stale_or_diverging_venues() -> None:
 async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_path: Path) -> None:
     worker = await WorkerProcess(topics, tmp_path / "worker.log").start()
     try:
+        await assigned_in(worker)
         collector = FeedMetrics(exchange="binance", stream="trades", source="collector", ts_event=0, interval_us=S)
         for round_ in range(8):
             now = time.time_ns() // 1000

@@ -7,7 +7,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from aggregation_harness import WorkerProcess, accepted_trades, bars_by_key, read_topic, read_trades_log
+from aggregation_harness import WorkerProcess, accepted_trades, assigned_in, bars_by_key, read_topic, read_trades_log
 from aggregation_reference import bar_fields, expected_bars
 from test_worker_e2e import ARGS, make_trades
 
@@ -35,15 +35,6 @@ async def trickle(settings: Settings, trades: list, stop: asyncio.Event) -> int:
     finally:
         await producer.stop()
     return sent
-
-
-async def assigned_in(worker: WorkerProcess) -> None:
-    """Wait until the worker's log shows a non-empty assignment."""
-    for _ in range(180):
-        if re.search(r"aggregator assigned \S+ partitions \[[0-9]", worker.log_text()):
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"{worker.log_path.name}: no partitions assigned within 90 s")
 
 
 async def stop_after(stop: asyncio.Event, seconds: float) -> None:

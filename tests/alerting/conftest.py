@@ -146,7 +146,13 @@ def reference(t: float, mids: dict[str, str], price: str = "36500.00", diverging
     )
 
 
+def lag(t: float, lag: int, group: str = "marketprism-sink", topic: str = "md.trades.v1") -> ConsumerLag:
+    """The lag probe's measurement of one group on one topic."""
+    return ConsumerLag(group=group, topic=topic, ts=us(t), lag=lag, partitions=6, committed=10_000, end=10_000 + lag)
+
+
 _BY_TYPE = {
+    ConsumerLag: "consumer_lag",
     FeedMetrics: "feed_metrics",
     Anomaly: "anomalies",
     DeadLetter: "dlq",

@@ -8,10 +8,16 @@ import json
 import time
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
-from pipeline.alerting.rules import load_rules
+from pipeline.alerting import control
+from pipeline.alerting.rules import RuleSet, load_rules, parse_rule_file
 from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
-from pipeline.contracts.records import Alert
+from pipeline.contracts import encode
+from pipeline.contracts.examples import EXAMPLES
+from pipeline.contracts.records import Alert, ConsumerLag, DeadLetter, Trade
+from pipeline.kafka import make_consumer, make_producer
 from pipeline.settings import Settings
 
 REPRESENTATIVE = [
@@ -178,13 +184,7 @@ def _at_now(record):  # type: ignore[no-untyped-def]
 
 
 async def test_bad_input_is_dead_lettered_and_evaluation_goes_on(topics: Settings, rec, kafka_io) -> None:  # type: ignore[no-untyped-def]
-    from aiokafka import AIOKafkaProducer
-
-    from pipeline.alerting import control
-    from pipeline.contracts.records import DeadLetter
-    from pipeline.kafka import make_producer
-
-    producer: AIOKafkaProducer = make_producer(topics.kafka)
+    producer = make_producer(topics.kafka)
     await producer.start()
     try:
         await producer.send_and_wait(topics.topic("ops.feed_metrics.v1"), b'{"exchange": "nowhere"}', key=b"x:y")
@@ -204,3 +204,53 @@ async def test_bad_input_is_dead_lettered_and_evaluation_goes_on(topics: Setting
     letters = [d for d in await control.read_all(topics, "ops.dlq.v1", DeadLetter) if d.source == "alerting"]
     assert sorted(d.reason for d in letters) == ["decode_error", "decode_error"]
     assert {d.topic for d in letters} == {topics.topic("ops.feed_metrics.v1"), topics.topic("ops.silences.v1")}
+
+
+async def test_lag_probe_measures_a_stalled_consumer_group_and_the_rule_fires(  # type: ignore[no-untyped-def]
+    topics: Settings, kafka_io
+) -> None:
+    """A group that stops committing (a sink whose ClickHouse is unreachable) shows its lag on
+    ops.consumer_lag.v1, and a lag rule fires from it."""
+    group = f"{topics.topic_prefix}sink"
+    trades = topics.topic("md.trades.v1")
+    tps = [TopicPartition(trades, p) for p in range(6)]
+    consumer = make_consumer(topics.kafka, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in tps})
+    finally:
+        await consumer.stop()
+    producer = make_producer(topics.kafka)
+    await producer.start()
+    try:
+        for i in range(150):  # one batch each: Tansu's ListOffsets counts a batch's base offset, not its last
+            await producer.send_and_wait(trades, encode(EXAMPLES[Trade]), key=f"binance:BTC-USDT:{i % 7}".encode())
+    finally:
+        await producer.stop()
+
+    parsed = parse_rule_file(LAG_RULE, "lag.yaml")
+    ruleset = RuleSet(rules=tuple(parsed.rules), inhibit_rules=())
+    options = RunnerOptions(start_from="earliest", idle_advance_us=0, lag_groups=(group,), lag_interval_us=1_000_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(RuleEngineRunner(topics, ruleset, options).run(stop))
+    try:
+        alerts = await kafka_io.wait_for(topics, lambda got: any(a.state == "firing" for a in got))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert alerts[0].state == "firing"
+    assert alerts[0].annotations["summary"] == f"{group} md.trades.v1 150 behind"
+    lags = await control.read_all(topics, "ops.consumer_lag.v1", ConsumerLag)
+    assert lags
+    assert {(x.group, x.topic, x.lag, x.partitions, x.end) for x in lags} == {(group, "md.trades.v1", 150, 6, 150)}
+
+
+LAG_RULE = """
+rules:
+  - name: Behind
+    severity: P1
+    by: [group, topic]
+    condition: {type: threshold, source: consumer_lag, metric: lag, op: ">", value: 100}
+    annotations: {summary: "{group} {topic} {value:.0f} behind"}
+"""

@@ -79,7 +79,7 @@ def worker_process(settings: Settings, log_path: Path, *args: str) -> Iterator[s
 
 async def collect(consumer: AIOKafkaConsumer, until: object, timeout_s: float) -> list[Anomaly]:
     """Anomalies read until ``until(records)`` is true or the timeout passes."""
-    decode = decoder_for(Anomaly)
+    decode = decoder_for(Anomaly).decode
     seen: list[Anomaly] = []
     try:
         async with asyncio.timeout(timeout_s):

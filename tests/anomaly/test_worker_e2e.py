@@ -31,11 +31,16 @@ async def produce(settings: Settings, records: list[Bar]) -> None:
 async def checkpoint_seen(settings: Settings, series_id: str, at_least: int, timeout_s: float) -> int:
     """Points seen by the latest checkpoint of ``series_id`` in the changelog, once >= ``at_least``."""
     topic = settings.topic("anomaly-bar-models-changelog")
-    consumer = make_consumer(settings.kafka, topic, group_id=None)
+    consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
     seen = 0
     try:
         async with asyncio.timeout(timeout_s):
+            # Subscribe only once the worker created the changelog (subscribing first would auto-create it
+            # with the broker's default partition count, which the worker then rejects).
+            while topic not in await consumer.topics():
+                await asyncio.sleep(0.5)
+            consumer.subscribe([topic])
             while seen < at_least:
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     for m in messages:
@@ -71,7 +76,9 @@ async def test_spikes_produce_anomalies_on_the_right_series_and_quiet_data_none(
     assert found, log[-3000:]
     assert all(a.exchange == "okx" and a.symbol == "ETH-USDT" for a in found), found  # quiet series: none
     spike_times = {spiky[250].window_end, spiky[370].window_end}
-    assert {a.ts_event for a in found} == spike_times, found
+    # The price jumps on the spike bar and comes back on the next: both returns may be reported.
+    incident_times = spike_times | {spiky[251].window_end, spiky[371].window_end}
+    assert spike_times <= {a.ts_event for a in found} <= incident_times, found
     metrics = {a.metric for a in found}
     assert {"volume", "log_return"} <= metrics, metrics
     for a in found:

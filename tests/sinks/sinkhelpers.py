@@ -41,9 +41,7 @@ def variations(record_type: type[Record], n: int) -> list[Record]:
     shapes = dict(decimal_fields(record_type))
     out = []
     for i in range(n):
-        changes = {
-            f: _vary(getattr(example, f), i, f, shapes.get(f)) for f in record_type.__struct_fields__
-        }
+        changes = {f: _vary(getattr(example, f), i, f, shapes.get(f)) for f in record_type.__struct_fields__}
         out.append(msgspec.structs.replace(example, **changes))
     return out
 
@@ -53,7 +51,9 @@ def corpus(per_topic: int) -> dict[str, list[Record]]:
     return {t.name: variations(t.record_type, per_topic) for t in load_registry() if t.record_type in EXAMPLES}
 
 
-async def produce(settings: Settings, records: dict[str, list[Record]], extra: dict[str, list[bytes]] | None = None) -> None:
+async def produce(
+    settings: Settings, records: dict[str, list[Record]], extra: dict[str, list[bytes]] | None = None
+) -> None:
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
@@ -84,10 +84,10 @@ def rows(path: str, sql: str) -> list[list[str]]:
         return [line.split("\t") for line in str(conn.query(sql, "TabSeparated")).splitlines() if line]
 
 
-async def wait_for(predicate: Any, timeout: float = 120.0, interval: float = 0.5) -> bool:
-    """Poll ``predicate`` (a coroutine function) until true or ``timeout`` s pass."""
+async def wait_for(predicate: Any, limit_s: float = 120.0, interval: float = 0.5) -> bool:
+    """Poll ``predicate`` (a coroutine function) until true or ``limit_s`` seconds pass."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit_s
     while loop.time() < deadline:
         if await predicate():
             return True

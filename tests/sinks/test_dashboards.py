@@ -55,22 +55,25 @@ async def loaded(tmp_path: Path) -> str:
         for topic, items in records.items():
             for offset, record in enumerate(items):
                 sink.add(topic, 0, offset, encode(record))
-        await sink.flush()
-        assert not sink.take_dead()
+        assert not (await sink.flush()).dead
     finally:
         await sink.close()
     return path
 
 
 def test_macros_follow_the_plugin() -> None:
-    r = TimeRange(dt.datetime(2024, 1, 2, tzinfo=dt.UTC), dt.datetime(2024, 1, 3, tzinfo=dt.UTC), dt.timedelta(seconds=90))
+    r = TimeRange(
+        dt.datetime(2024, 1, 2, tzinfo=dt.UTC), dt.datetime(2024, 1, 3, tzinfo=dt.UTC), dt.timedelta(seconds=90)
+    )
     assert expand("$__timeFilter(ts)", r) == "ts >= toDateTime(1704153600) AND ts <= toDateTime(1704240000)"
     assert expand("$__timeInterval(ts)", r) == "toStartOfInterval(toDateTime(ts), INTERVAL 90 second)"
     assert expand("$__timeInterval_ms(ts)", r) == "toStartOfInterval(toDateTime64(ts, 3), INTERVAL 90000 millisecond)"
     assert expand("$__dateFilter(d)", r) == "d >= toDate('2024-01-02') AND d <= toDate('2024-01-03')"
     assert expand("$__fromTime_ms,$__toTime", r) == "fromUnixTimestamp64Milli(1704153600000),toDateTime(1704240000)"
     assert expand("x IN (${v:singlequote}) AND $__interval_s", r, {"v": ["a", "b"]}) == "x IN ('a','b') AND 90"
-    assert expand("$__dt(d, toDateTime(t))", r).endswith("(toDateTime(t) >= toDateTime(1704153600) AND toDateTime(t) <= toDateTime(1704240000))")
+    assert expand("$__dt(d, toDateTime(t))", r).endswith(
+        "(toDateTime(t) >= toDateTime(1704153600) AND toDateTime(t) <= toDateTime(1704240000))"
+    )
     with pytest.raises(MacroError):
         expand("$__timeFilter(a, b)", r)
     with pytest.raises(MacroError):

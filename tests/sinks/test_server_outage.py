@@ -20,7 +20,8 @@ from pipeline.sinks.runner import RunnerOptions, SinkRunner
 OUTAGE_S = 30
 OLD_TRADES = """CREATE TABLE {db}.trades (_topic String, _partition UInt32, _offset UInt64, exchange String,
     symbol String, raw_symbol String, trade_id String, price Decimal(38, 18), size Decimal(38, 18), side String,
-    ts_event DateTime, ts_recv UInt64) ENGINE = MergeTree PARTITION BY toDate(ts_event) ORDER BY (exchange, symbol, ts_event)"""
+    ts_event DateTime, ts_recv UInt64) ENGINE = MergeTree PARTITION BY toDate(ts_event)
+    ORDER BY (exchange, symbol, ts_event)"""
 
 
 @pytest.mark.clickhouse_server
@@ -32,7 +33,9 @@ async def test_server_down_30s_mid_stream(topics: Settings, clickhouse_server) -
     client.disconnect()
     trades = variations(Trade, 3000)
     url = f"clickhouse://default:@{clickhouse_server.host}:{clickhouse_server.tcp_port}/{db}"
-    sink = ServerSink(url, load_registry(), topics.topic_prefix, run_migrations=False, retry_window_s=3, max_backoff_s=2)
+    sink = ServerSink(
+        url, load_registry(), topics.topic_prefix, run_migrations=False, retry_window_s=3, max_backoff_s=2
+    )
     runner = SinkRunner(
         topics,
         sink,
@@ -43,7 +46,7 @@ async def test_server_down_30s_mid_stream(topics: Settings, clickhouse_server) -
     task = asyncio.create_task(runner.run(stop))
     try:
         await produce(topics, {"md.trades.v1": trades[:1000]})
-        assert await wait_for(lambda: _written(sink, 1000, task), timeout=120)
+        assert await wait_for(lambda: _written(sink, 1000, task), limit_s=120)
         clickhouse_server.service.stop()
         try:
             for i in range(1000, 3000, 100):  # the stream goes on while the server is down
@@ -51,7 +54,7 @@ async def test_server_down_30s_mid_stream(topics: Settings, clickhouse_server) -
                 await asyncio.sleep(OUTAGE_S / 20)
         finally:
             clickhouse_server.service.start(timeout=60)
-        assert await wait_for(lambda: _written(sink, 3000, task), timeout=180)
+        assert await wait_for(lambda: _written(sink, 3000, task), limit_s=180)
     finally:
         stop.set()
         await task

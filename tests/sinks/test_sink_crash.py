@@ -52,6 +52,7 @@ class SinkProcess:
             "MARKETPRISM_CLICKHOUSE_URL": url,
             "MARKETPRISM_METRICS_PORT": str(self.port),
             "MARKETPRISM_STATE_DIR": str(tmp / "state"),
+            "MARKETPRISM_KAFKA__SESSION_TIMEOUT_MS": "6000",
         }
         argv = [MARKETPRISM, "sink", "--group", GROUP, "--batch-rows", "700", "--batch-ms", "200", *extra]
         for topic in TOPICS:
@@ -66,7 +67,9 @@ class SinkProcess:
         except httpx.HTTPError:
             return 0.0
         return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("marketprism_sink_rows_written_total{")
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("marketprism_sink_rows_written_total{")
         )
 
     def kill(self) -> None:
@@ -111,7 +114,11 @@ async def _stream(settings: Settings, records: dict[str, list], stop: asyncio.Ev
 
 
 async def _kill_cycles(
-    settings: Settings, url: str, tmp: Path, records: dict[str, list], *extra: str  # type: ignore[type-arg]
+    settings: Settings,
+    url: str,
+    tmp: Path,
+    records: dict[str, list],
+    *extra: str,  # type: ignore[type-arg]
 ) -> dict[str, int]:
     """Kill the sink three times while it writes a live stream, then let a fourth run catch up and stop it."""
     rng = random.Random(7)
@@ -121,7 +128,7 @@ async def _kill_cycles(
         for _ in range(3):
             sink = SinkProcess(settings, url, tmp, *extra)
             try:
-                assert await wait_for(lambda s=sink: _wrote_some(s), timeout=120, interval=0.05), "sink wrote nothing"
+                assert await wait_for(lambda s=sink: _wrote_some(s), limit_s=120, interval=0.05), "sink wrote nothing"
                 await asyncio.sleep(rng.uniform(0.05, 0.6))
             finally:
                 sink.kill()
@@ -130,7 +137,7 @@ async def _kill_cycles(
         sent = await stream
     sink = SinkProcess(settings, url, tmp, *extra)
     try:
-        assert await wait_for(lambda: _all_committed(settings, sum(sent.values())), timeout=180), "no catch-up"
+        assert await wait_for(lambda: _all_committed(settings, sum(sent.values())), limit_s=180), "no catch-up"
     finally:
         assert sink.stop() == 0
     return sent

@@ -88,12 +88,24 @@ def dec(value: Any, what: str) -> str:
 
 
 def levels(rows: Any, what: str) -> list[Level]:
-    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs."""
+    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs (plain strings take a fast path)."""
     out: list[Level] = []
+    match = _PLAIN.fullmatch
     for row in list_of(rows, what):
-        if not isinstance(row, list) or len(row) < 2:
+        if type(row) is not list or len(row) < 2:
             raise FrameError("bad_type", f"{what}: a level must be [price, size, ...]")
-        out.append((dec(row[0], what), dec(row[1], what)))
+        price, size = row[0], row[1]
+        if (
+            type(price) is str
+            and type(size) is str
+            and len(price) <= MAX_CHARS
+            and len(size) <= MAX_CHARS
+            and match(price)
+            and match(size)
+        ):
+            out.append((price, size))
+        else:
+            out.append((dec(price, what), dec(size, what)))
     return out
 
 

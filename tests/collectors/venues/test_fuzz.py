@@ -37,7 +37,8 @@ Corpus = list[tuple[str, str, str, str]]  # (capture, kind, endpoint, payload)
 
 
 @pytest.fixture(scope="module")
-def corpus(replay_dir: Path) -> tuple[Corpus, dict[str, Venue]]:
+def corpus(replay_dir: Path) -> tuple[dict[str, Corpus], dict[str, Venue]]:
+    """Real frames bucketed by kind (see :func:`signature`), and venues warmed on their capture."""
     frames: Corpus = []
     venues: dict[str, Venue] = {}
     for name, (cls, symbols) in CAPTURES.items():
@@ -50,7 +51,10 @@ def corpus(replay_dir: Path) -> tuple[Corpus, dict[str, Venue]]:
             for line in lines
             if line.kind in ("ws_in", "rest") and len(line.payload) <= MAX_FRAME
         )
-    return frames, venues
+    buckets: dict[str, Corpus] = {}
+    for frame in frames:
+        buckets.setdefault(signature(frame[0], frame[1], frame[3]), []).append(frame)
+    return buckets, venues
 
 
 def run_one(venues: dict[str, Venue], name: str, kind: str, endpoint: str, payload: str | bytes) -> None:
@@ -149,11 +153,8 @@ def signature(name: str, kind: str, payload: str) -> str:
     return f"{name}:other"
 
 
-def pick(corpus: tuple[Corpus, dict[str, Venue]], data: st.DataObject) -> tuple[str, str, str, str]:
-    frames, _ = corpus
-    buckets: dict[str, list[tuple[str, str, str, str]]] = {}
-    for frame in frames:
-        buckets.setdefault(signature(frame[0], frame[1], frame[3]), []).append(frame)
+def pick(corpus: tuple[dict[str, Corpus], dict[str, Venue]], data: st.DataObject) -> tuple[str, str, str, str]:
+    buckets, _ = corpus
     bucket = data.draw(st.sampled_from(sorted(buckets)))
     return data.draw(st.sampled_from(buckets[bucket]))
 

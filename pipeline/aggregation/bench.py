@@ -1,0 +1,245 @@
+"""``marketprism bench aggregate``: trades/s per worker and bar latency, with baselines from the same run.
+
+Contenders, each on its own topic prefix with the same preloaded trades:
+- raw: an aiokafka ``getmany`` consumer decoding each Trade (the ceiling of any consumer here);
+- naive: a Faust agent with one event per trade updating a windowed table (``naive.py``);
+- worker: ``marketprism worker`` (batched ``take_events`` + the event-time engine).
+Throughput of the Faust contenders is read from their consumer group's committed offsets, from the
+first commit to the last, so process start and group join are not counted. Bar latency: trades at
+``rate``/s with ``ts_event = now``; a 1s window's watermark passes its end + grace when a trade
+stamped ``window_end + lateness + grace`` arrives, i.e. at that wall time; latency is the time the
+bar is read from its topic minus that instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline.aggregation.app import ensure_internal_topics
+from pipeline.contracts import Bar, Trade, decoder_for, encode, load_registry, market_key
+from pipeline.kafka.admin import apply
+from pipeline.kafka.clients import client_options, make_consumer, make_producer
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARTITIONS = 6
+LATENESS_US = 500_000
+GRACE_US = 500_000
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    trades: int
+    symbols: int
+    rate: int
+    seconds: int
+    repeats: int
+
+
+def _prefixed(settings: Settings) -> Settings:
+    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}bench{uuid.uuid4().hex[:8]}."})
+
+
+def _trades(count: int, symbols: int, start_us: int, step_us: int) -> list[Trade]:
+    return [
+        Trade(exchange="binance", symbol=f"S{i % symbols}-USDT", raw_symbol=f"S{i % symbols}USDT", trade_id=str(i),
+              price=f"{100 + i % 97}.{i % 100:02d}", size=f"0.{(i * 7919) % 10**6:06d}",
+              side="buy" if i % 3 else "sell", ts_event=start_us + i * step_us, ts_recv=start_us + i * step_us + 900)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+async def _preload(settings: Settings, trades: list[Trade]) -> None:
+    await apply(settings.kafka, load_registry(), settings.topic_prefix)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        topic = settings.topic("md.trades.v1")
+        for t in trades:
+            await producer.send(topic, encode(t), key=market_key(t.exchange, t.symbol))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(settings: Settings, count: int) -> float:
+    """Trades/s of a plain aiokafka consumer decoding every record."""
+    decoder = decoder_for(Trade)
+    consumer = make_consumer(settings.kafka, settings.topic("md.trades.v1"), group_id=None, max_poll_records=10_000)
+    await consumer.start()
+    try:
+        seen = 0
+        started = None
+        while seen < count:
+            for batch in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                started = started or time.perf_counter()
+                for message in batch:
+                    decoder.decode(message.value)
+                seen += len(batch)
+        return count / (time.perf_counter() - (started or time.perf_counter()))
+    finally:
+        await consumer.stop()
+
+
+def _env(settings: Settings, state: Path) -> dict[str, str]:
+    return os.environ | {
+        "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "MARKETPRISM_TOPIC_PREFIX": settings.topic_prefix,
+        "MARKETPRISM_STATE_DIR": str(state),
+        "MARKETPRISM_METRICS_PORT": "0",
+        "MARKETPRISM_LOG_LEVEL": "WARNING",
+    }
+
+
+async def _committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except Exception:
+        return 0
+    return sum(max(0, meta.offset) for tp, meta in offsets.items() if tp.topic == topic)
+
+
+async def faust_throughput(settings: Settings, command: list[str], group: str, count: int, state: Path) -> float:
+    """Trades/s of a Faust worker process, from its committed offsets (first commit to the last)."""
+    process = await asyncio.create_subprocess_exec(
+        *command, env=_env(settings, state), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    topic = settings.topic("md.trades.v1")
+    try:
+        first: tuple[float, int] | None = None
+        async with asyncio.timeout(600):
+            while True:
+                done = await _committed(admin, group, topic)
+                now = time.perf_counter()
+                if first is None and done > 0:
+                    first = (now, done)
+                if done >= count and first is not None:
+                    break
+                await asyncio.sleep(0.1)
+        if now - first[0] < 0.5:  # everything landed in one commit: no usable interval
+            return float("nan")
+        return (done - first[1]) / (now - first[0])
+    finally:
+        await admin.close()
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def bar_latency(settings: Settings, plan: BenchPlan, state: Path) -> list[float]:
+    """Bar latencies (ms) of 1s bars at ``plan.rate`` trades/s of live-stamped trades."""
+    await apply(settings.kafka, load_registry(), settings.topic_prefix)
+    await ensure_internal_topics(settings)
+    worker = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "marketprism"), "worker", env=_env(settings, state),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    producer = make_producer(settings.kafka)
+    consumer = make_consumer(settings.kafka, settings.topic("md.bars.1s.v1"), group_id=None)
+    await producer.start()
+    await consumer.start()
+    bar_decoder = decoder_for(Bar)
+    latencies: list[float] = []
+    try:
+        await asyncio.sleep(8)  # join the group before the measured stream starts
+        topic = settings.topic("md.trades.v1")
+        started = time.time()
+        i = 0
+        measure_from = int((started + 3) * 1e6)  # skip the first windows (group join, warm-up)
+
+        async def read() -> None:
+            while True:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    now_us = time.time_ns() // 1000
+                    for message in batch:
+                        bar = bar_decoder.decode(message.value)
+                        if bar.window_start >= measure_from:
+                            latencies.append((now_us - (bar.window_end + LATENESS_US + GRACE_US)) / 1000)
+
+        reader = asyncio.create_task(read())
+        while time.time() - started < plan.seconds:
+            target = int((time.time() - started) * plan.rate)
+            while i < target:
+                now_us = time.time_ns() // 1000
+                symbol = f"S{i % plan.symbols}-USDT"
+                t = Trade(exchange="binance", symbol=symbol, raw_symbol=symbol.replace("-", ""), trade_id=str(i),
+                          price="100.5", size="0.1", side="buy", ts_event=now_us, ts_recv=now_us)  # fmt: skip
+                await producer.send(topic, encode(t), key=market_key(t.exchange, t.symbol))
+                i += 1
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(3)
+        reader.cancel()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        worker.terminate()
+        try:
+            await asyncio.wait_for(worker.wait(), 30)
+        except TimeoutError:
+            worker.kill()
+            await worker.wait()
+    return latencies
+
+
+def _median(values: list[float]) -> float:
+    clean = [v for v in values if v == v]
+    return statistics.median(clean) if clean else float("nan")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] if ordered else float("nan")
+
+
+async def run_bench(settings: Settings, plan: BenchPlan) -> str:
+    base = int(time.time() * 1e6) - 3_600_000_000
+    step = max(1, 60_000_000 // max(1, plan.trades // 10))  # event time spans ~10 minutes
+    trades = _trades(plan.trades, plan.symbols, base, step)
+    marketprism = str(Path(sys.executable).parent / "marketprism")
+    results: dict[str, list[float]] = {"raw": [], "naive": [], "worker": []}
+    state = settings.state_dir / "bench-aggregate"
+    for _ in range(plan.repeats):
+        run = _prefixed(settings)
+        await _preload(run, trades)
+        results["raw"].append(await raw_consume(run, plan.trades))
+        await ensure_internal_topics(run)
+        results["worker"].append(
+            await faust_throughput(run, [marketprism, "worker"], f"{run.topic_prefix}aggregator", plan.trades, state)
+        )
+        naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warning"]
+        results["naive"].append(
+            await faust_throughput(run, naive, f"{run.topic_prefix}aggregator-naive", plan.trades, state)
+        )
+    latencies = await bar_latency(_prefixed(settings), plan, state)
+    raw, naive_rate, worker_rate = (_median(results[k]) for k in ("raw", "naive", "worker"))
+    lines = [
+        f"bench aggregate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+        f"{os.cpu_count()} cores, {plan.trades} trades over {plan.symbols} symbols, {plan.repeats} run(s)",
+        f"raw aiokafka getmany+decode : {raw:10.0f} trades/s  (runs: {', '.join(f'{v:.0f}' for v in results['raw'])})",
+        f"naive Faust per-event agent : {naive_rate:10.0f} trades/s  "
+        f"(runs: {', '.join(f'{v:.0f}' for v in results['naive'])})",
+        f"marketprism worker          : {worker_rate:10.0f} trades/s  "
+        f"(runs: {', '.join(f'{v:.0f}' for v in results['worker'])})",
+        f"worker / naive = {worker_rate / naive_rate:.1f}x, worker / raw = {worker_rate / raw:.2f}x",
+        f"bar latency at {plan.rate} trades/s ({len(latencies)} 1s bars): "
+        f"p50 {_percentile(latencies, 50):.0f} ms, p99 {_percentile(latencies, 99):.0f} ms",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""The naive baseline of ``marketprism bench aggregate``: one Faust event per trade, each updating a
+Faust windowed table (the design DESIGN.md measured at ~3k events/s). Run as a worker process:
+``python -m pipeline.aggregation.naive worker``."""
+
+from __future__ import annotations
+
+import faust
+
+from pipeline.contracts import Trade, decoder_for
+from pipeline.kafka.faust_app import create_app
+from pipeline.settings import Settings, load_settings
+
+NAIVE_APP_ID = "aggregator-naive"
+
+
+def build_naive_app(settings: Settings) -> faust.App:
+    app = create_app(settings, NAIVE_APP_ID, broker_commit_interval=0.5, topic_partitions=6)
+    volume = app.Table("naive-volume", default=float, partitions=6, key_type=bytes, value_type=float).tumbling(1.0)
+    decoder = decoder_for(Trade)
+
+    @app.agent(app.topic(settings.topic("md.trades.v1")), name="naive-bars")
+    async def per_event(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            trade = decoder.decode(event.message.value)
+            volume[event.message.key] += float(trade.size)
+
+    return app
+
+
+if __name__ == "__main__":
+    build_naive_app(load_settings()).main()
