@@ -48,6 +48,7 @@ from pipeline.alerting import cli as alerting_cli  # noqa: E402
 
 app.add_typer(alerting_cli.alerts_app, name="alerts")
 app.add_typer(alerting_cli.silence_app, name="silence")
+bench_app.command("alerting")(alerting_cli.bench_alerting)
 from pipeline.aggregation import cli as aggregation_cli  # noqa: E402
 
 app.command("worker")(aggregation_cli.worker_command)
@@ -56,6 +57,13 @@ from pipeline.simulator import cli as simulator_cli  # noqa: E402
 
 app.add_typer(simulator_cli.simulate_app, name="simulate")
 bench_app.command("simulate")(simulator_cli.bench_simulate)
+from pipeline.collectors import cli as collectors_cli  # noqa: E402
+from pipeline.replay import cli as replay_cli  # noqa: E402
+
+app.command("collect")(collectors_cli.collect_command)
+bench_app.command("collect")(collectors_cli.bench_collect)
+app.command("replay")(replay_cli.replay_command)
+app.command("record")(replay_cli.record_command)
 
 console = Console()
 log = logging.getLogger("marketprism")

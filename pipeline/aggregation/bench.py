@@ -4,8 +4,9 @@ Contenders, each on its own topic prefix with the same preloaded trades:
 - raw: an aiokafka ``getmany`` consumer decoding each Trade (the ceiling of any consumer here);
 - naive: a Faust agent with one event per trade updating a windowed table (``naive.py``);
 - worker: ``marketprism worker`` (batched ``take_events`` + the event-time engine).
-Throughput of the Faust contenders is read from their consumer group's committed offsets, from the
-first commit to the last, so process start and group join are not counted. Bar latency: trades at
+Throughput of the Faust contenders is read from their Prometheus counters of applied trades
+(polled every 100 ms), from the first non-zero reading to the last, so process start and group
+join are not counted (Tansu does not answer the admin OffsetFetch that committed offsets need). Bar latency: trades at
 ``rate``/s with ``ts_event = now``; a 1s window's watermark passes its end + grace when a trade
 stamped ``window_end + lateness + grace`` arrives, i.e. at that wall time; latency is the time the
 bar is read from its topic minus that instant.
@@ -25,17 +26,19 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
+import httpx
 
 from pipeline.aggregation.app import ensure_internal_topics
 from pipeline.contracts import Bar, Trade, decoder_for, encode, load_registry, market_key
+from pipeline.infra import free_port
 from pipeline.kafka.admin import apply
-from pipeline.kafka.clients import client_options, make_consumer, make_producer
+from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PARTITIONS = 6
+WORKER_METRIC = 'marketprism_aggregation_records_total{stream="trades",result="ok"}'
+NAIVE_METRIC = "marketprism_aggregation_naive_trades_total"
 LATENESS_US = 500_000
 GRACE_US = 500_000
 
@@ -94,48 +97,46 @@ async def raw_consume(settings: Settings, count: int) -> float:
         await consumer.stop()
 
 
-def _env(settings: Settings, state: Path) -> dict[str, str]:
+def _env(settings: Settings, state: Path, metrics_port: int = 0) -> dict[str, str]:
     return os.environ | {
         "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "MARKETPRISM_TOPIC_PREFIX": settings.topic_prefix,
         "MARKETPRISM_STATE_DIR": str(state),
-        "MARKETPRISM_METRICS_PORT": "0",
+        "MARKETPRISM_METRICS_PORT": str(metrics_port),
         "MARKETPRISM_LOG_LEVEL": "WARNING",
     }
 
 
-async def _committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
+async def _applied(client: httpx.AsyncClient, url: str, metric: str) -> float:
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except Exception:
-        return 0
-    return sum(max(0, meta.offset) for tp, meta in offsets.items() if tp.topic == topic)
+        text = (await client.get(url)).text
+    except httpx.HTTPError:
+        return 0.0  # not serving yet
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric))
 
 
-async def faust_throughput(settings: Settings, command: list[str], group: str, count: int, state: Path) -> float:
-    """Trades/s of a Faust worker process, from its committed offsets (first commit to the last)."""
+async def faust_throughput(settings: Settings, command: list[str], metric: str, count: int, state: Path) -> float:
+    """Trades/s of a Faust worker process, from its Prometheus counter (first non-zero reading to the last)."""
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
-        *command, env=_env(settings, state), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        *command, env=_env(settings, state, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await admin.start()
-    topic = settings.topic("md.trades.v1")
+    url = f"http://127.0.0.1:{port}/metrics"
     try:
-        first: tuple[float, int] | None = None
-        async with asyncio.timeout(600):
+        first: tuple[float, float] | None = None
+        async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(900):
             while True:
-                done = await _committed(admin, group, topic)
+                done = await _applied(client, url, metric)
                 now = time.perf_counter()
                 if first is None and done > 0:
                     first = (now, done)
                 if done >= count and first is not None:
                     break
                 await asyncio.sleep(0.1)
-        if now - first[0] < 0.5:  # everything landed in one commit: no usable interval
+        if now - first[0] < 0.5:  # everything landed between two readings: no usable interval
             return float("nan")
         return (done - first[1]) / (now - first[0])
     finally:
-        await admin.close()
         process.terminate()
         try:
             await asyncio.wait_for(process.wait(), 30)
@@ -221,13 +222,10 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
         await _preload(run, trades)
         results["raw"].append(await raw_consume(run, plan.trades))
         await ensure_internal_topics(run)
-        results["worker"].append(
-            await faust_throughput(run, [marketprism, "worker"], f"{run.topic_prefix}aggregator", plan.trades, state)
-        )
+        worker = [marketprism, "worker"]
+        results["worker"].append(await faust_throughput(run, worker, WORKER_METRIC, plan.trades, state))
         naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warning"]
-        results["naive"].append(
-            await faust_throughput(run, naive, f"{run.topic_prefix}aggregator-naive", plan.trades, state)
-        )
+        results["naive"].append(await faust_throughput(run, naive, NAIVE_METRIC, plan.trades, state))
     latencies = await bar_latency(_prefixed(settings), plan, state)
     raw, naive_rate, worker_rate = (_median(results[k]) for k in ("raw", "naive", "worker"))
     lines = [

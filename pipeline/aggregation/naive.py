@@ -8,9 +8,11 @@ import faust
 
 from pipeline.contracts import Trade, decoder_for
 from pipeline.kafka.faust_app import create_app
+from pipeline.observability.metrics import counter, serve_metrics
 from pipeline.settings import Settings, load_settings
 
 NAIVE_APP_ID = "aggregator-naive"
+NAIVE_TRADES = counter("aggregation_naive_trades_total", "Trades the naive per-event agent applied")
 
 
 def build_naive_app(settings: Settings) -> faust.App:
@@ -23,9 +25,12 @@ def build_naive_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             trade = decoder.decode(event.message.value)
             volume[event.message.key] += float(trade.size)
+            NAIVE_TRADES.inc()
 
     return app
 
 
 if __name__ == "__main__":
-    build_naive_app(load_settings()).main()
+    settings = load_settings()
+    serve_metrics(settings.metrics_port, addr="127.0.0.1")
+    build_naive_app(settings).main()

@@ -159,8 +159,8 @@ def next_change(leaf: Leaf, state: LeafState, after: int) -> int:
         candidates.append(state.last_ts + leaf.after)
     elif isinstance(leaf, AnomalyScore | Forecast) or (isinstance(leaf, Threshold) and leaf.hold is not None):
         candidates.append(state.last_ts + (leaf.hold or 0))
-    elif isinstance(leaf, Sum | Rate):
-        candidates.extend(ts + leaf.window for ts, _ in state.points)
+    elif isinstance(leaf, Sum | Rate):  # points are in time order: the first still inside the window leaves first
+        candidates.extend(next(([ts + leaf.window] for ts, _ in state.points if ts + leaf.window > after), []))
     later = [c for c in candidates if c > after]
     return min(later) if later else NEVER
 

@@ -59,6 +59,7 @@ class Evaluator:
             for index, leaf in enumerate(self._leaves[rule.name]):
                 self._routes.setdefault(leaf.source, []).append((rule, index, leaf))
         self.instances: dict[str, Instance] = {}
+        self._fingerprints: dict[tuple[str, tuple[str, ...]], str] = {}
         self.peers: dict[str, Peers] = {}
 
     def sources(self) -> set[str]:
@@ -70,8 +71,13 @@ class Evaluator:
         for rule, index, leaf in self._routes.get(sample.source, ()):
             if not accepts(leaf, sample):
                 continue
-            series = {b: sample.labels.get(b, "") for b in rule.by}
-            fp = fingerprint(rule.name, series)
+            values = tuple(sample.labels.get(b, "") for b in rule.by)
+            fp = self._fingerprints.get((rule.name, values))
+            if fp is None:
+                fp = self._fingerprints[(rule.name, values)] = fingerprint(
+                    rule.name, dict(zip(rule.by, values, strict=True))
+                )
+            series = dict(zip(rule.by, values, strict=True))
             if fp not in found:
                 instance = self.instances.get(fp)
                 if instance is None:

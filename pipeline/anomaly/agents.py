@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -41,12 +41,13 @@ PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records pub
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    config: DetectorConfig = DetectorConfig()
+    config: DetectorConfig = field(default_factory=DetectorConfig)
     report_floor: float = 0.5
     checkpoint_every: int = 60
     checkpoint_interval_s: float = 30.0
     health_interval_s: float = 10.0
-    thresholds: HealthThresholds = HealthThresholds()
+    thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+    watch_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # other groups' lag: group -> topics
 
 
 class Outputs:
@@ -94,7 +95,8 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     """The anomaly worker's Faust app with its agents, tables and health timer."""
     app = create_app(settings, APP_ID, **overrides)
     outputs = Outputs(settings)
-    bars_topic = app.topic(settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"))
+    bars_topic_names = (settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"))
+    bars_topic = app.topic(*bars_topic_names)
     feed_topic = app.topic(settings.topic("ops.feed_metrics.v1"))
     dlq_topic = app.topic(settings.topic("ops.dlq.v1"))
     bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes)
@@ -103,7 +105,8 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     feed_ckpt = Checkpointer(feed_table, options.checkpoint_every, options.checkpoint_interval_s)
     bar_registry = SeriesRegistry(options.config, options.report_floor, loader=bar_ckpt.load)
     feed_registry = SeriesRegistry(options.config, options.report_floor, loader=feed_ckpt.load)
-    health = HealthMonitor(settings, options.thresholds)
+    sources = [bars_topic_names[0], bars_topic_names[1], feed_topic.get_topic_name(), dlq_topic.get_topic_name()]
+    health = HealthMonitor(settings, options.thresholds, groups={app.conf.id: sources, **options.watch_groups})
     decode_bar = decoder_for(Bar).decode
     decode_feed = decoder_for(FeedMetrics).decode
 

@@ -44,7 +44,7 @@ class BenchResult:
 
     def rows(self) -> list[tuple[str, str, str]]:
         return [
-            ("series detector update (score+learn)", f"{self.update_us:.1f} µs", "mean per series update; target <= 50"),
+            ("series detector update", f"{self.update_us:.1f} µs", "mean score+learn per series update; target <= 50"),
             ("baseline HST(10 trees, h 8)", f"{self.hst_baseline_us:.1f} µs",
              f"ratio {self.update_us / self.hst_baseline_us:.2f}x"),
             ("baseline GaussianScorer", f"{self.gaussian_baseline_us:.1f} µs",

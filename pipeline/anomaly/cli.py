@@ -30,6 +30,9 @@ def worker(
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint a series after this many updates")] = 60,
     checkpoint_interval: Annotated[float, typer.Option(help="... or after this many seconds")] = 30.0,
     health_interval: Annotated[float, typer.Option(help="seconds between health samples")] = 10.0,
+    watch_group: Annotated[
+        list[str] | None, typer.Option(help="forecast this group's lag: GROUP=topic[,topic...] (repeatable)")
+    ] = None,
 ) -> None:
     """Run the anomaly worker until stopped (SIGTERM/SIGINT)."""
     import faust
@@ -45,10 +48,21 @@ def worker(
         checkpoint_every=checkpoint_every,
         checkpoint_interval_s=checkpoint_interval,
         health_interval_s=health_interval,
+        watch_groups=_watch_groups(settings, watch_group or []),
     )
     serve_metrics(settings.metrics_port)
     app = build_app(settings, options)
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+def _watch_groups(settings: Settings, specs: list[str]) -> dict[str, list[str]]:
+    groups = {}
+    for spec in specs:
+        group, sep, topics = spec.partition("=")
+        if not sep or not group or not topics:
+            raise typer.BadParameter(f"expected GROUP=topic[,topic...], got {spec!r}", param_hint="--watch-group")
+        groups[group] = [settings.topic(t.strip()) for t in topics.split(",") if t.strip()]
+    return groups
 
 
 def bench_nab(

@@ -20,6 +20,7 @@ from river import drift
 
 from pipeline.anomaly.detectors import HalfSpaceTrees, Predictive, RobustZScore, predictive
 
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything that shapes a series detector (docs/benchmarks.md lists the values NAB was run with)."""
@@ -44,6 +45,7 @@ class DetectorConfig:
     refractory_damp: float = 0.0
     detectors: tuple[str, ...] = ("robust", "predictive", "hst")
     weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    combine: str = "max"  # "max": the most confident detector; "top2": mean of the two most confident
 
 
 class TailCalibrator:
@@ -134,7 +136,12 @@ class SeriesDetector:
         for name, weight in self.weights.items():
             zs[name] *= weight
         detector = max(zs, key=zs.__getitem__)
-        score = z_to_score(zs[detector], c.z_half) if self.warm else 0.0
+        z = zs[detector]
+        if c.combine == "top2" and len(zs) > 1:
+            z = sum(sorted(zs.values())[-2:]) / 2.0
+        elif c.combine == "mean":
+            z = sum(zs.values()) / len(zs)
+        score = z_to_score(z, c.z_half) if self.warm else 0.0
         if self.cooldown > 0:
             self.cooldown -= 1
             score *= c.refractory_damp

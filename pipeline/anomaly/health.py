@@ -1,8 +1,8 @@
 """Pipeline health series and their time-to-threshold forecasts (failure prediction).
 
 Series: feed lag per stream and feed error rate per stream (from ``ops.feed_metrics.v1``), the DLQ
-rate (records on ``ops.dlq.v1`` per second), consumer-group lag (committed vs end offsets, from the
-broker), resident memory of our processes and disk use of the state directory (psutil). Each has a
+rate (records on ``ops.dlq.v1`` per second), consumer-group lag (committed vs end offsets of the watched groups,
+from the broker), resident memory of our processes and disk use of the state directory (psutil). Each has a
 :class:`~pipeline.anomaly.forecasting.ThresholdForecast`; when a crossing is predicted within the
 horizon, an ``Anomaly(kind="forecast", time_to_threshold_s=...)`` is published, its score the
 urgency ``1 - seconds / horizon`` so a rule can fire before the breach.
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from pipeline.anomaly.forecasting import ThresholdForecast
@@ -26,9 +25,6 @@ from pipeline.kafka import client_options
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MAX_GROUPS = 50
-
 
 @dataclass(frozen=True)
 class HealthThresholds:
@@ -68,15 +64,21 @@ def forecast_record(
 class HealthMonitor:
     """Keeps one forecaster per health series and turns predicted crossings into forecast records."""
 
-    def __init__(self, settings: Settings, thresholds: HealthThresholds, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        settings: Settings,
+        thresholds: HealthThresholds,
+        groups: Mapping[str, Sequence[str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.settings = settings
+        self.groups = dict(groups or {})
         self.thresholds = thresholds
         self.clock = clock
         self.forecasters: dict[str, ThresholdForecast] = {}
         self.dead_letters = 0
         self._last_sample: float | None = None
-        self._admin: AIOKafkaAdminClient | None = None
-        self._offsets: AIOKafkaConsumer | None = None
+        self._group_consumers: dict[str, AIOKafkaConsumer] = {}
 
     def _forecaster(self, series_id: str, threshold: float) -> ThresholdForecast:
         f = self.forecasters.get(series_id)
@@ -84,7 +86,9 @@ class HealthMonitor:
             f = self.forecasters[series_id] = ThresholdForecast(threshold, horizon_steps=self.thresholds.horizon_steps)
         return f
 
-    def _observe(self, series_id: str, metric: str, threshold: float, t_s: float, value: float, **meta: str | None) -> Anomaly | None:
+    def _observe(
+        self, series_id: str, metric: str, threshold: float, t_s: float, value: float, **meta: str | None
+    ) -> Anomaly | None:
         f = self._forecaster(series_id, threshold)
         f.learn_one(t_s, value)
         horizon_s = (f.step_s or 0.0) * self.thresholds.horizon_steps
@@ -123,33 +127,41 @@ class HealthMonitor:
         return [a for a in out if a is not None]
 
     async def consumer_lags(self) -> dict[str, int]:
-        """Total lag (end offset - committed offset) of each consumer group on the broker."""
-        try:
-            if self._admin is None:
-                self._admin = AIOKafkaAdminClient(**client_options(self.settings.kafka))
-                await self._admin.start()
-                self._offsets = AIOKafkaConsumer(**client_options(self.settings.kafka), group_id=None)
-                await self._offsets.start()
-            assert self._offsets is not None
-            groups = [g[0] for g in await self._admin.list_consumer_groups()][:MAX_GROUPS]
-            lags: dict[str, int] = {}
-            for group in groups:
-                committed = await self._admin.list_consumer_group_offsets(group)
-                tps = [TopicPartition(tp.topic, tp.partition) for tp in committed]
+        """Total lag (end offset - committed offset) of each watched group over its topics.
+
+        Uses a non-joining consumer per group (FindCoordinator + OffsetFetch, which every broker we
+        run on serves; Tansu cannot answer the admin API's ListGroups/OffsetFetch variants).
+        """
+        lags: dict[str, int] = {}
+        for group, topics in self.groups.items():
+            try:
+                consumer = self._group_consumers.get(group)
+                if consumer is None:
+                    consumer = AIOKafkaConsumer(
+                        **client_options(self.settings.kafka), group_id=group, enable_auto_commit=False
+                    )
+                    await consumer.start()
+                    self._group_consumers[group] = consumer
+                known = await consumer.topics()
+                tps = [
+                    TopicPartition(t, p) for t in topics if t in known for p in consumer.partitions_for_topic(t) or ()
+                ]
                 if not tps:
                     continue
-                ends = await self._offsets.end_offsets(tps)
-                lags[group] = sum(max(0, ends[tp] - committed[tp].offset) for tp in tps if committed[tp].offset >= 0)
-            return lags
-        except KafkaError as exc:
-            log.warning("consumer lag unavailable: %s", exc)
-            return {}
+                ends = await consumer.end_offsets(tps)
+                lag = 0
+                for tp in tps:
+                    committed = await consumer.committed(tp)
+                    lag += max(0, ends[tp] - (committed or 0))
+                lags[group] = lag
+            except KafkaError as exc:
+                log.warning("consumer lag of %s unavailable: %s", group, exc)
+        return lags
 
     async def stop(self) -> None:
-        if self._offsets is not None:
-            await self._offsets.stop()
-        if self._admin is not None:
-            await self._admin.close()
+        for consumer in self._group_consumers.values():
+            await consumer.stop()
+        self._group_consumers.clear()
 
 
 def process_memory() -> int:

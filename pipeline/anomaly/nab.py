@@ -17,7 +17,14 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
-from pipeline.anomaly.nab_scorer import FileRows, ProfileResult, parse_time, profiles_from_json, score_corpus, sweep_file
+from pipeline.anomaly.nab_scorer import (
+    FileRows,
+    ProfileResult,
+    parse_time,
+    profiles_from_json,
+    score_corpus,
+    sweep_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,10 @@ def run_detector(values: Sequence[float], config: DetectorConfig) -> list[float]
     return [detector.update(v).score for v in values]
 
 
-def _run_one(args: tuple[Path, str, DetectorConfig, Path | None, list[tuple[datetime, datetime]]]) -> tuple[str, list[float]]:
+Windows = list[tuple[datetime, datetime]]
+
+
+def _run_one(args: tuple[Path, str, DetectorConfig, Path | None, Windows]) -> tuple[str, list[float]]:
     nab_dir, relpath, config, results_dir, windows = args
     nab = read_file(nab_dir, relpath)
     scores = run_detector(nab.values, config)
@@ -69,7 +79,9 @@ def _run_one(args: tuple[Path, str, DetectorConfig, Path | None, list[tuple[date
     return relpath, scores
 
 
-def write_result(results_dir: Path, nab: NabFile, scores: Sequence[float], windows: Sequence[tuple[datetime, datetime]]) -> Path:
+def write_result(
+    results_dir: Path, nab: NabFile, scores: Sequence[float], windows: Sequence[tuple[datetime, datetime]]
+) -> Path:
     category, filename = nab.relpath.split("/", 1)
     out = results_dir / DETECTOR_NAME / category / f"{DETECTOR_NAME}_{filename}"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,9 @@ class FileRows:
     windows: list[int] = field(default_factory=list)
 
 
-def window_indices(timestamps: Sequence[datetime], windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[int, int]]:
+def window_indices(
+    timestamps: Sequence[datetime], windows: Iterable[tuple[datetime, datetime]]
+) -> list[tuple[int, int]]:
     """Row index ranges ``[first, last]`` of each labelled window (rows within its limits)."""
     out = []
     for start, end in windows:

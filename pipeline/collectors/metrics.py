@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.collectors.base import ConnectionPlan, FrameResult
 from pipeline.contracts import FeedMetrics
@@ -64,6 +65,17 @@ class FeedStats:
         self._up: dict[str, bool] = {}
         self.frames = 0
         self.totals: Counter[str] = Counter()  # gaps, resyncs, checksum_failures, parse_errors since start
+        self._children: dict[str, tuple[Any, Any, Any]] = {}  # stream -> Prometheus children (labels() is slow)
+
+    def _metrics(self, stream: str) -> tuple[Any, Any, Any]:
+        children = self._children.get(stream)
+        if children is None:
+            children = self._children[stream] = (
+                MESSAGES.labels(self.exchange, stream),
+                BYTES.labels(self.exchange, stream),
+                LATENCY.labels(self.exchange, stream),
+            )
+        return children
 
     def _window(self, stream: str) -> _Window:
         window = self._windows.get(stream)
@@ -95,10 +107,12 @@ class FeedStats:
         window.messages += 1
         window.bytes += nbytes
         self._last_us[stream] = ts_recv
-        MESSAGES.labels(self.exchange, stream).inc()
-        BYTES.labels(self.exchange, stream).inc(nbytes)
+        messages, size, _ = self._metrics(stream)
+        messages.inc()
+        size.inc(nbytes)
         if result is not None:
-            self.totals.update(gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures)
+            if result.gaps or result.resyncs or result.checksum_failures:
+                self.totals.update(gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures)
             if result.gaps:
                 window.gaps += result.gaps
                 GAPS.labels(self.exchange, stream).inc(result.gaps)
@@ -126,7 +140,7 @@ class FeedStats:
         PARSE_ERRORS.labels(self.exchange, reason).inc()
 
     def lag(self, stream: str, lag_us: int) -> None:
-        LATENCY.labels(self.exchange, stream).observe(lag_us / 1e6)
+        self._metrics(stream)[2].observe(lag_us / 1e6)
         lags = self._window(stream).lags
         if len(lags) < MAX_LAG_SAMPLES:
             lags.append(lag_us)

@@ -77,6 +77,10 @@ class RestClient:
         """Requests queued or in flight (of one ``kind``, or all)."""
         return sum(1 for r in self._waiting if kind is None or r.kind == kind)
 
+    def requested(self) -> list[RestRequest]:
+        """The requests queued or in flight."""
+        return list(self._waiting)
+
     async def settle(self, kind: str | None = None) -> None:
         """Wait until no request (of ``kind``) is queued or in flight."""
         while self.waiting(kind):

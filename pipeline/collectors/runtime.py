@@ -61,7 +61,7 @@ class VenueRuntime:
         self.stats = FeedStats(venue.exchange)
         self.dedup = TradeDedup(dedup_capacity)
         self.rest = RestClient(
-            venue.exchange, venue.rest_limit, self._on_rest, proxy=proxy, concurrency=rest_concurrency
+            venue.exchange, venue.rest_limit, self.rest_body, proxy=proxy, concurrency=rest_concurrency
         )
         self.plans = venue.plan()
         self.connections = [
@@ -102,18 +102,20 @@ class VenueRuntime:
 
     # ---- REST bodies
 
-    def _on_rest(self, request: RestRequest, body: bytes, ts_recv: int) -> None:
+    def rest_body(self, request: RestRequest, body: bytes, ts_recv: int) -> FrameResult | None:
+        """The body of a REST request the venue asked for (called by the REST client)."""
         try:
             result = self.venue.on_rest(request, body, ts_recv)
         except FrameError as exc:
             self._dead(f"rest:{request.kind}", exc.reason, str(exc), body)
-            return
+            return None
         except Exception as exc:  # same policy as frames
             log.exception("%s: venue module failed on a REST body", self.exchange)
             self._dead(f"rest:{request.kind}", "venue_error", f"{type(exc).__name__}: {exc}", body)
-            return
+            return None
         self.stats.result(result.stream or "book", result)
         self._publish(result)
+        return result
 
     def _dead(self, where: str, reason: str, error: str, payload: str | bytes) -> None:
         self.dead_letters += 1

@@ -31,7 +31,7 @@ def needs_update(entry: Entry | None, batch: Batch, now: int) -> tuple[bool, boo
     announce = {a.episode for a in batch.alerts if a.status in ("firing", "flapping")}
     if entry is None:
         return bool(announce), False
-    if announce - entry.firing:
+    if announce - entry.firing - entry.resolved:  # an episode told resolved is never news again
         return True, False
     resolved = {a.episode for a in batch.alerts if a.status == "resolved"} & entry.firing
     if resolved - entry.resolved:

@@ -74,11 +74,11 @@ class SimulatorServer:
         self.trades: dict[str, set[str]] = {venue: set() for venue in self.engine.protocols}
         self.frames_sent = 0
         self._ids = 0
-        self._started = asyncio.Event()
+        self.started = asyncio.Event()
         self.finished = asyncio.Event()
         self._gone = asyncio.Event()  # set when the last client left after the end
         if not hold:
-            self._started.set()
+            self.started.set()
         for venue, proto in self.engine.protocols.items():
             counts = self.counts[venue]
             proto.want = lambda key, counts=counts: counts[key] > 0  # type: ignore[misc]
@@ -113,12 +113,12 @@ class SimulatorServer:
         return {venue: (f"ws://{base}/{venue}", f"http://{base}/{venue}") for venue in self.engine.protocols}
 
     def start(self) -> None:
-        self._started.set()
+        self.started.set()
 
     async def run(self) -> None:
         """Play the scenario to its end against the wall clock, then close every connection (or, with
         ``close_at_end=False``, leave them open and silent until the server exits)."""
-        await self._started.wait()
+        await self.started.wait()
         loop = asyncio.get_running_loop()
         engine = self.engine
         wall0, sim0 = loop.time(), engine.start_us
@@ -181,7 +181,7 @@ class SimulatorServer:
     # -- endpoints ----------------------------------------------------------------------------------
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response({
-            "started": self._started.is_set(),
+            "started": self.started.is_set(),
             "finished": self.finished.is_set(),
             "now_us": self.engine.now_us,
             "end_us": self.engine.end_us,

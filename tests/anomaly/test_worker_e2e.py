@@ -38,7 +38,7 @@ async def checkpoint_seen(settings: Settings, series_id: str, at_least: int, tim
         async with asyncio.timeout(timeout_s):
             # Subscribe only once the worker created the changelog (subscribing first would auto-create it
             # with the broker's default partition count, which the worker then rejects).
-            while topic not in await consumer.topics():
+            while topic not in await consumer.topics():  # noqa: ASYNC110 (polling the broker, not local state)
                 await asyncio.sleep(0.5)
             consumer.subscribe([topic])
             while seen < at_least:
@@ -57,7 +57,9 @@ async def anomaly_consumer(settings: Settings) -> AIOKafkaConsumer:
     return consumer
 
 
-async def test_spikes_produce_anomalies_on_the_right_series_and_quiet_data_none(topics: Settings, tmp_path: Path) -> None:
+async def test_spikes_produce_anomalies_on_the_right_series_and_quiet_data_none(
+    topics: Settings, tmp_path: Path
+) -> None:
     quiet = bars("binance", "BTC-USDT", 400, seed=2)
     spiky = bars("okx", "ETH-USDT", 400, seed=3, spikes=frozenset({250, 370}))
     consumer = await anomaly_consumer(topics)

@@ -151,6 +151,8 @@ def test_needs_update_follows_alertmanager() -> None:
     assert needs_update(entry, _batch(("a", "resolved")), T0) == (True, False)
     assert needs_update(entry, _batch(("a", "firing")), T0 + 3600 * S) == (True, True)
     assert needs_update(entry, _batch(("a", "muted")), T0 + 3600 * S) == (False, False), "acked: no repeat"
+    told_resolved = Entry(frozenset(), frozenset({"a@0"}), T0, "k2")
+    assert needs_update(told_resolved, _batch(("a", "firing")), T0) == (False, False), "a replayed old episode"
 
 
 def test_idempotency_key_is_deterministic_per_state_change() -> None:

@@ -117,15 +117,16 @@ async def _kill_cycles(
     settings: Settings,
     url: str,
     tmp: Path,
-    records: dict[str, list],
-    *extra: str,  # type: ignore[type-arg]
+    records: dict[str, list],  # type: ignore[type-arg]
+    *extra: str,
+    kills: int = 3,
 ) -> dict[str, int]:
-    """Kill the sink three times while it writes a live stream, then let a fourth run catch up and stop it."""
+    """Kill the sink ``kills`` times while it writes a live stream, then let one more run catch up and stop."""
     rng = random.Random(7)
     stop_stream = asyncio.Event()
     stream = asyncio.create_task(_stream(settings, records, stop_stream))
     try:
-        for _ in range(3):
+        for _ in range(kills):
             sink = SinkProcess(settings, url, tmp, *extra)
             try:
                 assert await wait_for(lambda s=sink: _wrote_some(s), limit_s=120, interval=0.05), "sink wrote nothing"
@@ -166,6 +167,7 @@ async def test_sigkill_mid_batch_chdb(topics: Settings, tmp_path: Path) -> None:
         assert rows(path, f"SELECT DISTINCT _topic FROM {table}") == [[topics.topic(topic)]]
 
 
+@pytest.mark.slow
 @pytest.mark.clickhouse_server
 async def test_sigkill_mid_batch_server(topics: Settings, tmp_path: Path, clickhouse_server) -> None:  # type: ignore[no-untyped-def]
     db = f"crash_{uuid.uuid4().hex[:8]}"
@@ -176,7 +178,7 @@ async def test_sigkill_mid_batch_server(topics: Settings, tmp_path: Path, clickh
     records = _corpus(40_000)
     url = f"clickhouse://default:@{clickhouse_server.host}:{clickhouse_server.tcp_port}/{db}"
     try:
-        sent = await _kill_cycles(topics, url, tmp_path, records, "--no-migrate")
+        sent = await _kill_cycles(topics, url, tmp_path, records, "--no-migrate", kills=2)
         for table, topic in (("trades", "md.trades.v1"), ("bbo", "md.bbo.v1")):
             counts = client.execute(f"SELECT count(), uniqExact(_partition, _offset) FROM {db}.{table}")
             assert counts == [(sent[topic], sent[topic])], table

@@ -203,6 +203,19 @@ class BookState:
     top: tuple[Level, Level] | None = None
     snapshot_us: int = 0  # ts_recv of the last published snapshot
 
+    def take(self, snapshot: bool, bids: list[Level], asks: list[Level]) -> bool:
+        """Apply a snapshot (replaces the book, which is then synced) or a delta; ``False`` for a
+        delta that arrives before the snapshot of a resubscription (it is ignored)."""
+        if snapshot:
+            self.book.replace(bids, asks)
+            self.synced = True
+            self.top = None
+            return True
+        if not self.synced:
+            return False
+        self.book.apply(bids, asks)
+        return True
+
     def reset(self, resync: bool) -> None:
         self.synced = False
         self.seq = None

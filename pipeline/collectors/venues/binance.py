@@ -243,18 +243,18 @@ class Binance(Venue):
         return result
 
     def parse_trade(self, data: dict[str, Any], ts_recv: int, result: FrameResult) -> None:
-        """``<symbol>@trade``::
+        """``<symbol>@trade`` (Binance's documented example; the captures carry ``aggTrade``)::
 
-        {"e":"trade","E":1633998512068,"s":"NKNUSDT","t":27781,"p":"0.35210000","q":"12.00000000",
-         "T":1633998512066,"m":true,"M":true}
+        {"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,
+         "m":true,"M":true}
         """
         result.records.append(self._trade(data, get(data, "t"), ts_recv))
 
     def parse_agg_trade(self, data: dict[str, Any], ts_recv: int, result: FrameResult) -> None:
         """``<symbol>@aggTrade`` (``m``: the buyer is the maker, so the taker sold)::
 
-        {"e":"aggTrade","E":1633998512181,"s":"NKNUSDT","a":22584536,"p":"0.35260000",
-         "q":"1411.00000000","f":26513283,"l":26513283,"T":1633998512180,"m":false,"M":true}
+        {"e":"aggTrade","E":1633998523963,"s":"NKNUSDT","a":15683430,"p":"0.35280000",
+         "q":"58.00000000","f":19862790,"l":19862790,"T":1633998523963,"m":false,"M":true}
         """
         result.records.append(self._trade(data, get(data, "a"), ts_recv))
 
@@ -399,11 +399,9 @@ class Binance(Venue):
         self._pending.discard(raw)
         buffered = state.buffer[:]
         state.buffer.clear()
-        state.book.replace(bids, asks)
+        state.take(True, bids, asks)
         state.seq = last_id
         state.first = True
-        state.synced = True
-        state.top = None
         publish_book(self.exchange, state, "snapshot", bids, asks, ts_event, ts_recv, result, seq_last=last_id)
         for diff in buffered:
             if state.synced:

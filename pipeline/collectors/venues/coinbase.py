@@ -146,9 +146,10 @@ class Coinbase(Venue):
     ) -> None:
         """``l2_data`` (``snapshot`` replaces the book, ``update`` sets levels; ``offer`` is the ask side)::
 
-        {"channel":"l2_data","client_id":"","timestamp":"2026-08-09T21:05:48.397727063Z","sequence_num":9,
-         "events":[{"type":"update","product_id":"BTC-USD","updates":[{"side":"bid",
-         "event_time":"2026-08-09T21:05:48.367318Z","price_level":"65083.66","new_quantity":"0.24999473"}]}]}
+        {"channel":"l2_data","timestamp":"2026-08-09T21:05:48.507547362Z","sequence_num":17,"events":[{"type":"update",
+         "product_id":"BTC-USD","updates":[{"side":"bid","event_time":"2026-08-09T21:05:48.407682Z",
+         "price_level":"56948.21","new_quantity":"0.01321935"},{"side":"offer",
+         "event_time":"2026-08-09T21:05:48.407682Z","price_level":"65106.54","new_quantity":"0"}]}]}
         """
         for event in events:
             event = dict_of(event, "event")
@@ -169,16 +170,10 @@ class Coinbase(Venue):
             if state is None:
                 state = self._books[raw] = BookState(self.symbol(raw), raw, L2Book())
             self._products.setdefault(plan.name, set()).add(raw)
-            if kind == "snapshot":
-                state.book.replace(bids, asks)
-                state.synced = True
-                state.top = None
-            elif kind == "update":
-                if not state.synced:
-                    continue  # waiting for the snapshot of a resubscription
-                state.book.apply(bids, asks)
-            else:
+            if kind not in ("snapshot", "update"):
                 raise FrameError("bad_type", f"l2_data event type {kind!r}")
+            if not state.take(kind == "snapshot", bids, asks):
+                continue  # waiting for the snapshot of a resubscription
             publish_book(
                 "coinbase",
                 state,

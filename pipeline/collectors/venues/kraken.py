@@ -242,14 +242,8 @@ class Kraken(Venue):
                     if len(row) > 2:
                         ts_event = max(ts_event, seconds_to_us(row[2], "level time"))
         ts_event = ts_event or ts_recv
-        if snapshot:
-            state.book.replace(bids, asks)
-            state.synced = True
-            state.top = None
-        elif not state.synced:
+        if not state.take(snapshot, bids, asks):
             return  # waiting for the snapshot of a resubscription
-        else:
-            state.book.apply(bids, asks)
         crc = None
         if checksum is not None:
             crc = integer(checksum, "c")
@@ -262,7 +256,7 @@ class Kraken(Venue):
     def parse_trade_v1(self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult) -> None:
         """v1 ``trade`` ([price, volume, time, side, orderType, misc]; side is the taker side)::
 
-        [1665,[["13.253900","3.71672000","1618678132.943431","b","m",""]],"trade","WAVES/EUR"]
+        [993,[["354.55000000","1.25690315","1618678145.715785","b","m",""]],"trade","XMR/USD"]
         """
         seen: dict[str, int] = {}
         for row in list_of(get(payloads, 0), "trades"):
@@ -323,14 +317,8 @@ class Kraken(Venue):
         asks = [self._level_v2(level) for level in list_of(get(item, "asks"), "asks")]
         crc = integer(get(item, "checksum"), "checksum")
         ts_event = iso_to_us(item["timestamp"], "timestamp") if "timestamp" in item else ts_recv
-        if kind == "snapshot":
-            state.book.replace(bids, asks)
-            state.synced = True
-            state.top = None
-        elif not state.synced:
-            return
-        else:
-            state.book.apply(bids, asks)
+        if not state.take(kind == "snapshot", bids, asks):
+            return  # waiting for the snapshot of a resubscription
         if self._checksum_ok(state, crc, result):
             publish_book(
                 "kraken",

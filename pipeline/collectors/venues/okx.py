@@ -194,8 +194,8 @@ class Okx(Venue):
         """``tickers`` -> ``Bbo`` (skipped while a side is empty)::
 
         {"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instType":"SPOT","instId":"BTC-USDT",
-         "last":"30230.2","lastSz":"0.001","askPx":"30230.3","askSz":"0.36","bidPx":"30230.2","bidSz":"0.2",
-         "open24h":"29000","high24h":"30500","low24h":"28800","ts":"1652459233099"}]}
+         "last":"30236","lastSz":"0.0002","askPx":"30228.7","askSz":"1.55896972","bidPx":"30228.6",
+         "bidSz":"0.23393","open24h":"29700.4","high24h":"31073","low24h":"28020.3","ts":"1652459224956"}]}
         """
         for item in data:
             item = dict_of(item, "ticker")
@@ -299,10 +299,12 @@ class Okx(Venue):
     def parse_books(
         self, message: dict[str, Any], data: list[Any], arg: dict[str, Any], ts_recv: int, result: FrameResult
     ) -> None:
-        """``books`` (400 levels; level = [price, size, deprecated, orders])::
+        """``books`` (400 levels; level = [price, size, deprecated, orders]; frames since 2022 also carry
+        ``seqId``/``prevSeqId``, and ``checksum`` is 0 since OKX deprecated it)::
 
-        {"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[{"asks":[["30245.5","3","0","1"]],
-         "bids":[["30240","0","0","0"]],"ts":"1652459229997","checksum":102994918,"seqId":123456,"prevSeqId":123450}]}
+        {"arg":{"channel":"books","instId":"BTC-USD-220527"},"action":"update","data":[{"asks":[["30249.4","0","0","0"],
+         ["30261","4","0","1"],["30310.3","19","0","1"]],"bids":[["30182.6","452","0","1"]],"ts":"1652459225464",
+         "checksum":-914047754}]}
         """
         raw = text(get(arg, "instId"), "arg.instId")
         action = get(message, "action")
@@ -319,21 +321,15 @@ class Okx(Venue):
             checksum = signed(item.get("checksum", 0), "checksum")
             seq = signed(item["seqId"], "seqId") if "seqId" in item else None
             prev = signed(item["prevSeqId"], "prevSeqId") if "prevSeqId" in item else None
-            if action == "snapshot":
-                state.book.replace(bids, asks)
-                state.synced = True
-                state.top = None
-                kind = "snapshot"
-            else:
-                if not state.synced:
-                    continue  # waiting for the snapshot of a resubscription
-                if seq is not None and state.seq is not None and prev != state.seq:
-                    logger.warning("okx %s: seqId gap (prevSeqId %s, last %s)", raw, prev, state.seq)
-                    result.gaps += 1
-                    self._resync(state, result)
-                    return
-                state.book.apply(bids, asks)
-                kind = "delta"
+            snapshot = action == "snapshot"
+            if not snapshot and state.synced and seq is not None and state.seq is not None and prev != state.seq:
+                logger.warning("okx %s: seqId gap (prevSeqId %s, last %s)", raw, prev, state.seq)
+                result.gaps += 1
+                self._resync(state, result)
+                return
+            if not state.take(snapshot, bids, asks):
+                continue  # waiting for the snapshot of a resubscription
+            kind = "snapshot" if snapshot else "delta"
             if checksum:
                 top_bids, top_asks = state.book.top(25)
                 if okx_checksum(top_bids, top_asks) != checksum:

@@ -1,0 +1,114 @@
+"""``marketprism replay --serve`` and ``marketprism collect`` as real processes: the collector runs
+unmodified against the replay server with endpoint overrides in its config, serves /metrics, and
+every trade of the capture reaches md.trades.v1 once; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiokafka import TopicPartition
+
+from pipeline.contracts import Trade, decode
+from pipeline.infra import free_port
+from pipeline.infra.services import port_open
+from pipeline.kafka.clients import make_consumer
+from pipeline.replay.capture import read_capture
+from pipeline.replay.server import local_url
+from pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SYMBOLS = ["NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR"]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).with_name("marketprism")), *args],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+async def _trades(settings: Settings) -> list[Trade]:
+    consumer = make_consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    try:
+        topic = settings.topic("md.trades.v1")
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        out = []
+        for tp in partitions:
+            while await consumer.position(tp) < end[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=2000)
+                out += [decode(Trade, m.value) for m in batch.get(tp, [])]
+        return out
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.shared
+async def test_collect_process_against_replay_process(topics: Settings, replay_dir: Path, tmp_path: Path) -> None:
+    capture = replay_dir / "binance.txt"
+    expected = sorted(
+        str(json.loads(line.payload)["data"]["a"])
+        for line in read_capture(capture)
+        if line.kind == "ws_in" and '"aggTrade"' in line.payload
+    )
+    port, metrics_port = free_port(), free_port()
+    base = f"127.0.0.1:{port}"
+    config = tmp_path / "collect.yaml"
+    config.write_text(yaml.safe_dump({
+        "kafka": {"bootstrap_servers": topics.kafka.bootstrap_servers},
+        "topic_prefix": topics.topic_prefix,
+        "metrics_port": metrics_port,
+        "state_dir": str(tmp_path / "state"),
+        "venues": {"binance": {"symbols": SYMBOLS, "ws_url": local_url("wss://stream.binance.com:9443", base),
+                               "rest_url": local_url("https://api.binance.com", base)}},
+    }))
+    replay = _start(["replay", str(capture), "--serve", "--port", str(port)], tmp_path / "replay.log")
+    collect = None
+    try:
+        async with asyncio.timeout(120):
+            while not port_open("127.0.0.1", port):
+                assert replay.poll() is None, (tmp_path / "replay.log").read_text()
+                await asyncio.sleep(0.1)
+        collect = _start(["--config", str(config), "collect", "--venue", "binance"], tmp_path / "collect.log")
+        got: list[Trade] = []
+        async with asyncio.timeout(180):
+            while len(got) < len(expected):
+                assert collect.poll() is None, (tmp_path / "collect.log").read_text()
+                await asyncio.sleep(0.5)
+                got = await _trades(topics)
+            async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{metrics_port}/metrics"
+            ) as response:
+                metrics = await response.text()
+        assert _stop(collect) == 0, (tmp_path / "collect.log").read_text()
+    finally:
+        if collect is not None:
+            _stop(collect)
+        _stop(replay)
+    assert sorted(t.trade_id for t in got) == expected
+    assert 'marketprism_collector_messages_total{exchange="binance"' in metrics
+    assert "marketprism_collector_latency_seconds_bucket" in metrics
