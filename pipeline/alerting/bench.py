@@ -10,15 +10,19 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 from pipeline.alerting.engine import AlertEngine
 from pipeline.alerting.rules import load_rules
 from pipeline.alerting.sources import SOURCES
 from pipeline.contracts import encode
-from pipeline.contracts.records import Bar, FeedMetrics
+from pipeline.contracts.records import Bar, Exchange, FeedMetrics
+
+Interval = Literal["1s", "1m"]
 
 T0 = 1_700_000_000_000_000
-VENUES = ("binance", "binance_usdm", "okx", "coinbase", "kraken")
+VENUES: tuple[Exchange, ...] = ("binance", "binance_usdm", "okx", "coinbase", "kraken")
+INTERVALS: dict[bool, tuple[Interval, ...]] = {True: ("1s", "1m"), False: ("1s",)}
 
 
 def inputs(seconds: int, symbols: int) -> Iterator[tuple[str, bytes]]:
@@ -35,7 +39,7 @@ def inputs(seconds: int, symbols: int) -> Iterator[tuple[str, bytes]]:
                         FeedMetrics(
                             exchange=venue,
                             stream=stream,
-                            source="collector",  # type: ignore[arg-type]
+                            source="collector",
                             ts_event=ts,
                             interval_us=1_000_000,
                             messages=400,
@@ -51,7 +55,7 @@ def inputs(seconds: int, symbols: int) -> Iterator[tuple[str, bytes]]:
                     FeedMetrics(
                         exchange=venue,
                         stream="book",
-                        source="aggregator",  # type: ignore[arg-type]
+                        source="aggregator",
                         ts_event=ts,
                         interval_us=1_000_000,
                         health_score=90.0,
@@ -60,17 +64,17 @@ def inputs(seconds: int, symbols: int) -> Iterator[tuple[str, bytes]]:
             )
             for i in range(symbols):
                 spread = 80.0 if i == 0 and s % 120 > 90 else 2.0
-                for interval in ("1s", "1m") if s % 60 == 0 else ("1s",):
+                for interval in INTERVALS[s % 60 == 0]:
                     yield f"bars_{interval}", encode(_bar(venue, f"C{i}-USDT", interval, ts, spread))
 
 
-def _bar(venue: str, symbol: str, interval: str, ts: int, spread: float) -> Bar:
+def _bar(venue: Exchange, symbol: str, interval: Interval, ts: int, spread: float) -> Bar:
     return Bar(
         exchange=venue,
         symbol=symbol,
         interval=interval,
         window_start=ts - 1_000_000,
-        window_end=ts,  # type: ignore[arg-type]
+        window_end=ts,
         open="100.01",
         high="100.05",
         low="99.98",

@@ -43,6 +43,8 @@ class DetectorConfig:
     report_floor: float = 0.5
     refractory: int = 100
     refractory_damp: float = 0.0
+    breakout: float = 0.0  # > 0: a value beyond the seen [min, max] by this share of the range scores breakout_score
+    breakout_score: float = 0.9
     detectors: tuple[str, ...] = ("robust", "predictive", "hst")
     weights: tuple[float, ...] = (1.0, 1.0, 1.0)
     combine: str = "max"  # "max": the most confident detector; "top2": mean of the two most confident
@@ -120,6 +122,8 @@ class SeriesDetector:
         self.adwin = drift.ADWIN(delta=c.adwin_delta)
         self.seen = 0
         self.cooldown = 0
+        self.low = math.inf
+        self.high = -math.inf
 
     @property
     def warm(self) -> bool:
@@ -142,10 +146,17 @@ class SeriesDetector:
         elif c.combine == "mean":
             z = sum(zs.values()) / len(zs)
         score = z_to_score(z, c.z_half) if self.warm else 0.0
+        if c.breakout and self.warm:
+            margin = c.breakout * (self.high - self.low)
+            if value > self.high + margin or value < self.low - margin:
+                score = max(score, c.breakout_score)
+                detector = "breakout"
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
         if self.cooldown > 0:
             self.cooldown -= 1
             score *= c.refractory_damp
-        elif c.refractory and score >= c.report_floor:
+        elif score >= c.report_floor:
             self.cooldown = c.refractory
         median, lower, upper = self.robust.expected()
         expected = self.predictive.last_forecast if detector == "predictive" else median

@@ -17,12 +17,10 @@ Level = tuple[str, str]
 
 def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
     """OKX v5 ``books`` checksum of the top 25 levels (signed int32)."""
-    parts: list[str] = []
-    for i in range(25):
-        if i < len(bids):
-            parts.extend(bids[i])
-        if i < len(asks):
-            parts.extend(asks[i])
+    bids, asks = bids[:25], asks[:25]
+    parts = [value for bid, ask in zip(bids, asks, strict=False) for value in (*bid, *ask)]
+    common = min(len(bids), len(asks))
+    parts.extend(value for level in (bids[common:] or asks[common:]) for value in level)
     crc = zlib.crc32(":".join(parts).encode())
     return crc - (1 << 32) if crc >= (1 << 31) else crc
 

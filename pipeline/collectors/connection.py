@@ -6,7 +6,8 @@ or data within ``ack_timeout_s``), pings per the venue's :class:`KeepAlive` and 
 watchdog, reconnects proactively at ``max_lifetime_s`` and otherwise after capped exponential
 backoff with full jitter. Every task of a session lives in one ``asyncio.TaskGroup``. Frames go to
 a :class:`FrameSink` (the venue runtime, or the recorder), synchronously, so the reader never waits
-on anything but the socket.
+on anything but the socket; frames the venue asks to send back (``FrameResult.resubscribe``, a book
+resync by resubscribing) go out on the same connection.
 
 Errors: :class:`ConnectionLost` (root, from :class:`~pipeline.collectors.base.CollectorError`) with
 :class:`AckTimeout` and :class:`LifetimeReached`; the watchdog raises
@@ -139,7 +140,11 @@ class ConnectionSupervisor:
         async for message in ws:
             watchdog.alive()
             result = sink.frame(plan, message, ts_recv())
-            if not acked.is_set() and result is not None and (result.control == "ack" or result.records):
+            if result is None:
+                continue
+            for frame in result.resubscribe:  # the venue resyncs a book by resubscribing on this connection
+                await ws.send(frame)
+            if not acked.is_set() and (result.control == "ack" or result.records):
                 acked.set()
                 self.backoff.reset()
         raise ConnectionLost(f"closed by the peer (code {ws.close_code})")

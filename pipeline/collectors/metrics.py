@@ -22,6 +22,7 @@ PARSE_ERRORS = counter("collector_parse_errors_total", "Frames that went to the 
 GAPS = counter("collector_gaps_total", "Sequence gaps detected", ["exchange", "stream"])
 RESYNCS = counter("collector_resyncs_total", "Book resyncs started", ["exchange", "stream"])
 CHECKSUM_FAILURES = counter("collector_checksum_failures_total", "Book checksum mismatches", ["exchange", "stream"])
+CROSSED = counter("collector_crossed_books_total", "Books found crossed (no BBO published)", ["exchange", "stream"])
 RECONNECTS = counter("collector_reconnects_total", "Websocket reconnects", ["exchange", "connection", "reason"])
 CONNECTED = gauge("collector_connected", "1 while the websocket is open", ["exchange", "connection"])
 DUPLICATES = counter("collector_duplicate_trades_total", "Trades dropped as repeats", ["exchange"])
@@ -111,8 +112,13 @@ class FeedStats:
         messages.inc()
         size.inc(nbytes)
         if result is not None:
-            if result.gaps or result.resyncs or result.checksum_failures:
-                self.totals.update(gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures)
+            if result.gaps or result.resyncs or result.checksum_failures or result.crossed:
+                self.totals.update(
+                    gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures,
+                    crossed=result.crossed,
+                )
+            if result.crossed:
+                CROSSED.labels(self.exchange, stream).inc(result.crossed)
             if result.gaps:
                 window.gaps += result.gaps
                 GAPS.labels(self.exchange, stream).inc(result.gaps)

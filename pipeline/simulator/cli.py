@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +13,6 @@ from pipeline.simulator.base import ScenarioError, iso_us
 from pipeline.simulator.labels import LabelWriter
 from pipeline.simulator.scenario import DEFAULT_SCENARIO, load_scenario
 
-log = logging.getLogger(__name__)
 console = Console()
 
 simulate_app = typer.Typer(
@@ -55,6 +53,10 @@ def simulate(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     writer = LabelWriter(labels)
+    if ctx.obj is not None:
+        from pipeline.observability.metrics import serve_metrics
+
+        serve_metrics(ctx.obj.metrics_port)
 
     async def serve() -> None:
         async with SimulatorServer(scn, host, port, speed, hold, on_label=writer) as server:

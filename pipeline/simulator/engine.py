@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 from collections.abc import Callable, Iterator
 
 from pipeline.simulator.base import Frame
@@ -20,8 +19,6 @@ from pipeline.simulator.labels import Label
 from pipeline.simulator.market import Asset, MarketParams, SymbolMarket, seeded
 from pipeline.simulator.protocols import PROTOCOLS, Protocol
 from pipeline.simulator.scenario import POINT_KINDS, Scenario
-
-log = logging.getLogger(__name__)
 
 PRICE_STEP_US = 100_000  # fair prices and incident effects move every 100 ms
 FIXED_BOOK_US = {"binance": 100_000, "binance_usdm": 100_000}  # depth@100ms venues

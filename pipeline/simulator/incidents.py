@@ -9,15 +9,12 @@ a wrong checksum) and are labelled when that message is due, with the sequence r
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.simulator.labels import Label
 from pipeline.simulator.market import Effects, SymbolMarket
 from pipeline.simulator.scenario import POINT_KINDS, Incident, Scenario
-
-log = logging.getLogger(__name__)
 
 PARAMS: dict[str, tuple[str, ...]] = {
     "price_spike": ("magnitude_pct",), "flash_crash": ("magnitude_pct",), "venue_divergence": ("magnitude_pct",),

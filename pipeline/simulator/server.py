@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from pipeline.observability.metrics import counter, gauge
 from pipeline.simulator.base import Frame
 from pipeline.simulator.engine import Engine
 from pipeline.simulator.labels import Label
@@ -35,6 +36,11 @@ from pipeline.simulator.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
+FRAMES = counter("simulator_frames_total", "Frames queued to simulator clients", ["venue"])
+CONNECTIONS = gauge("simulator_connections", "Open simulator websocket connections", ["venue"])
+DISCONNECTS = counter(
+    "simulator_disconnects_total", "Connections the simulator dropped (storms, slow clients)", ["venue"]
+)
 MAX_QUEUE = 200_000  # frames queued for one client before the venue drops it as too slow
 CLOSE = object()
 
@@ -73,6 +79,7 @@ class SimulatorServer:
         self.counts: dict[str, Counter[str]] = {venue: Counter() for venue in self.engine.protocols}
         self.trades: dict[str, set[str]] = {venue: set() for venue in self.engine.protocols}
         self.frames_sent = 0
+        self._frames = {venue: FRAMES.labels(venue) for venue in self.engine.protocols}
         self._ids = 0
         self.started = asyncio.Event()
         self.finished = asyncio.Event()
@@ -154,6 +161,7 @@ class SimulatorServer:
         if frame.kind == "disconnect":
             for client in clients:
                 client.close()
+            DISCONNECTS.labels(frame.venue).inc(len(clients))
             return
         key = frame.key
         if frame.kind == "skip":
@@ -173,10 +181,12 @@ class SimulatorServer:
     def _put(self, client: Client, text: str) -> None:
         if client.queue.qsize() >= MAX_QUEUE:
             log.warning("%s connection %d too slow: dropping it", client.venue, client.conn.id)
+            DISCONNECTS.labels(client.venue).inc()
             client.close()
             return
         client.queue.put_nowait(text)
         self.frames_sent += 1
+        self._frames[client.venue].inc()
 
     # -- endpoints ----------------------------------------------------------------------------------
     async def _status(self, request: web.Request) -> web.Response:
@@ -209,6 +219,7 @@ class SimulatorServer:
         self._ids += 1
         client = Client(venue, Connection(self._ids, path=tail), ws)
         self.clients[venue].add(client)
+        CONNECTIONS.labels(venue).inc()
         writer = asyncio.create_task(self._writer(client))
         try:
             self._replies(client, proto.open(client.conn, request.query, self.engine.now_us), set())
@@ -220,6 +231,7 @@ class SimulatorServer:
                     break
         finally:
             self.clients[venue].discard(client)
+            CONNECTIONS.labels(venue).dec()
             if self.finished.is_set() and not any(self.clients.values()):
                 self._gone.set()
             self.counts[venue].subtract(client.conn.keys.keys())

@@ -79,6 +79,7 @@ class Batch:
     partition: int
     offsets: list[int] = field(default_factory=list)
     rows: list[Any] = field(default_factory=list)
+    size: int = 0  # bytes of the Kafka values behind the rows
 
     @property
     def first(self) -> int:
@@ -202,6 +203,7 @@ class BatchingSink(abc.ABC):
             size += len(value)
         if last >= 0:
             self._next_offsets[tp] = last + 1
+        batch.size += size
         self.buffered_rows += rows
         self.buffered_bytes += size
 
@@ -251,7 +253,7 @@ class BatchingSink(abc.ABC):
             batch = self._batches.pop(tp, None)
             if batch is not None:
                 self.buffered_rows -= len(batch)
-                self.buffered_bytes = 0 if not self._batches else self.buffered_bytes
+                self.buffered_bytes -= batch.size
             self._next_offsets.pop(tp, None)
             self._stored.pop(tp, None)
         self._dead = [d for d in self._dead if TopicPartition(d.topic, d.partition) not in partitions]

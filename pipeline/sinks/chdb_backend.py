@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.contracts import Record
 from pipeline.contracts.topics import TopicRegistry
 from pipeline.sinks.base import RejectedError, UnavailableError
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import DATA_ERROR_CODES, ClickHouseSink
 from pipeline.sinks.schema import Table, qualified
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,6 @@ INSERT_SETTINGS = (
     "input_format_skip_unknown_fields = 1, input_format_read_datetime_number_as_raw_value = 1, "
     "input_format_json_named_tuples_as_objects = 1"
 )
-# ClickHouse error codes that mean "these rows cannot be stored as they are".
-DATA_ERROR_CODES = frozenset({6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 131, 321, 407, 691})
 _CODE = re.compile(r"Code: (\d+)")
 
 
@@ -80,9 +78,7 @@ class ChdbSink(ClickHouseSink):
         async with self._lock:
             try:
                 return await asyncio.to_thread(fn, *args)
-            except (RuntimeError, Exception) as exc:
-                if isinstance(exc, (RejectedError, UnavailableError)):
-                    raise
+            except Exception as exc:  # chdb raises RuntimeError/ChdbError carrying the engine's error code
                 raise classify(exc) from exc
 
     async def execute(self, sql: str) -> None:

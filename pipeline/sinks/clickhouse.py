@@ -47,6 +47,9 @@ from pipeline.sinks.schema import (
 
 log = logging.getLogger(__name__)
 
+# ClickHouse error codes that mean "these rows cannot be stored as they are" (not worth a retry).
+DATA_ERROR_CODES = frozenset({6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 131, 321, 407, 691})
+
 
 class ClickHouseSink(BatchingSink):
     """Stores every registry topic that has a table; backends implement the I/O primitives."""

@@ -23,8 +23,7 @@ from clickhouse_driver import Client, errors
 from pipeline.contracts import Record
 from pipeline.contracts.topics import TopicRegistry
 from pipeline.sinks.base import ConversionError, RejectedError, UnavailableError
-from pipeline.sinks.chdb_backend import DATA_ERROR_CODES
-from pipeline.sinks.clickhouse import ClickHouseSink
+from pipeline.sinks.clickhouse import DATA_ERROR_CODES, ClickHouseSink
 from pipeline.sinks.schema import Table, qualified
 
 log = logging.getLogger(__name__)

@@ -254,3 +254,44 @@ rules:
     condition: {type: threshold, source: consumer_lag, metric: lag, op: ">", value: 100}
     annotations: {summary: "{group} {topic} {value:.0f} behind"}
 """
+
+
+async def test_when_every_input_stops_event_time_advances_on_the_injected_clock(  # type: ignore[no-untyped-def]
+    topics: Settings, rec, kafka_io
+) -> None:
+    """Absence must fire even when nothing arrives at all: after `idle_advance` of (virtual) wall time without
+    input, event time moves on at wall speed from the last watermark."""
+    from pipeline.alerting.clock import VirtualClock
+
+    ruleset = RuleSet(rules=tuple(parse_rule_file(QUIET_RULE, "quiet.yaml").rules), inhibit_rules=())
+    await kafka_io.produce(topics, [rec.fm(t) for t in range(6)])
+    clock = VirtualClock(1_000_000_000)
+    options = RunnerOptions(start_from="earliest", idle_advance_us=30_000_000, lag_interval_us=0)
+    runner = RuleEngineRunner(topics, ruleset, options, clock=clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        for _ in range(300):  # until it has read the inputs (generous: shared 2-core machines)
+            if runner.engine.now >= rec.us(5):
+                break
+            await asyncio.sleep(0.2)
+        assert runner.engine.now == rec.us(5)
+        clock.advance(20_000_000)  # 20s idle: below idle_advance, nothing moves
+        await asyncio.sleep(1)
+        assert runner.engine.now == rec.us(5)
+        clock.advance(30_000_000)  # 50s idle: event time = 5s + 50s
+        alerts = await kafka_io.wait_for(topics, lambda got: len(got) >= 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert [(a.state, a.ts_event) for a in alerts] == [("firing", rec.us(15))]
+    assert runner.engine.now == rec.us(55)
+
+
+QUIET_RULE = """
+rules:
+  - name: Quiet
+    severity: P1
+    by: [exchange, stream]
+    condition: {type: absent, source: feed_metrics, after: 10s}
+"""

@@ -58,7 +58,7 @@ def e2e_scenario():  # type: ignore[no-untyped-def]
     """The default markets with its gap and checksum incidents moved early, 40 simulated seconds."""
     base = load_scenario()
     incidents = [
-        inc.model_dump() | {"at_s": 8.0 + 4 * n}
+        inc.model_dump() | {"at_s": 12.0 + 4 * n}
         for n, inc in enumerate(i for i in base.incidents if i.kind in ("sequence_gap", "bad_checksum"))
     ]
     return scenario_from(base.model_dump() | {"duration_s": 40.0, "incidents": incidents})
@@ -79,7 +79,7 @@ async def test_collectors_publish_every_trade_once_and_resync_once(topics: Setti
         try:
             planned = sum(len(r.plans) for r in collector.runtimes)
             await until(lambda: sum(len(c) for c in server.clients.values()) >= planned, 120)
-            await asyncio.sleep(1.0)  # subscriptions acked, books synced
+            await asyncio.sleep(2.0)  # subscriptions acked, books synced (the clock is held)
             server.start()
             await asyncio.wait_for(server.run(), 300)
             delivered = {(venue, tid) for venue, ids in server.trades.items() for tid in ids}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.collectors.checksums import kraken_checksum, okx_checksum
@@ -20,6 +20,7 @@ levels = st.lists(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(levels, levels)
 def test_checksums_agree_with_the_collectors(bid_rows, ask_rows) -> None:  # type: ignore[no-untyped-def]
     bids = [(trimmed(p, pd), trimmed(q, qd)) for p, q, pd, qd in bid_rows]

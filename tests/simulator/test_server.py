@@ -73,7 +73,9 @@ async def test_rest_and_status_endpoints() -> None:
 def test_simulate_command_writes_labels(tmp_path: Path) -> None:
     labels = tmp_path / "labels.jsonl"
     result = CliRunner().invoke(
-        app, ["simulate", "--duration", "25", "--speed", "0", "--port", "0", "--labels", str(labels)]
+        app,
+        ["simulate", "--duration", "25", "--speed", "0", "--port", "0", "--labels", str(labels)],
+        env={"MARKETPRISM_METRICS_PORT": "0"},
     )
     assert result.exit_code == 0, result.output
     assert "ws_url: ws://127.0.0.1:" in result.output and "/okx/ws/v5/public" in result.output
@@ -83,6 +85,8 @@ def test_simulate_command_writes_labels(tmp_path: Path) -> None:
 def test_simulate_command_rejects_a_bad_scenario(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("incidents: [{kind: sequence_gap, venue: kraken, symbol: BTC-USD, at_s: 1}]\n")
-    result = CliRunner().invoke(app, ["simulate", "--scenario", str(bad), "--port", "0"])
+    result = CliRunner().invoke(
+        app, ["simulate", "--scenario", str(bad), "--port", "0"], env={"MARKETPRISM_METRICS_PORT": "0"}
+    )
     assert result.exit_code == 2
     assert "no sequence numbers" in result.output

@@ -5,11 +5,13 @@ changes into ``BookUpdate`` and ``Bbo`` records."""
 from __future__ import annotations
 
 import logging
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -21,6 +23,9 @@ from pipeline.contracts import Bbo, BookUpdate
 logger = logging.getLogger(__name__)
 
 _PLAIN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_PLAIN_LINES = re.compile(r"(?:-?[0-9]+(?:\.[0-9]+)?\n)*-?[0-9]+(?:\.[0-9]+)?")
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 INT64_MAX = 2**63 - 1
 MAX_EXPONENT = 40  # decimals beyond 10^±40 are corrupt input, not prices
 MAX_CHARS = 100
@@ -87,11 +92,33 @@ def dec(value: Any, what: str) -> str:
     return plain
 
 
+def plain_strings(values: list[Any]) -> bool:
+    """True when every value is a ``str`` of at most ``MAX_CHARS`` characters matching the plain
+    decimal shape: one regex pass over the values joined by newlines (which the shape excludes, so
+    a newline inside a value is caught by the count) instead of one match per value."""
+    if not values:
+        return True
+    if set(map(type, values)) != {str} or max(map(len, values)) > MAX_CHARS:
+        return False
+    joined = "\n".join(values)
+    return joined.count("\n") == len(values) - 1 and _PLAIN_LINES.fullmatch(joined) is not None
+
+
 def levels(rows: Any, what: str) -> list[Level]:
-    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs (plain strings take a fast path)."""
+    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs. Rows of plain strings take a
+    fast path (checked all at once); any other row goes through :func:`dec` one by one."""
+    rows = list_of(rows, what)
+    if rows and set(map(type, rows)) == {list} and min(map(len, rows)) >= 2:
+        out = list(zip(map(_first, rows), map(_second, rows), strict=True))
+        if plain_strings([value for level in out for value in level]):
+            return out
+    return _levels_slow(rows, what)
+
+
+def _levels_slow(rows: list[Any], what: str) -> list[Level]:
     out: list[Level] = []
     match = _PLAIN.fullmatch
-    for row in list_of(rows, what):
+    for row in rows:
         if type(row) is not list or len(row) < 2:
             raise FrameError("bad_type", f"{what}: a level must be [price, size, ...]")
         price, size = row[0], row[1]
@@ -163,13 +190,19 @@ def iso_to_us(value: Any, what: str) -> int:
     else:
         raise FrameError("bad_type", f"{what}: bad timestamp {raw!r}")
     try:
-        moment = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        seconds = _utc_seconds(head)
     except ValueError:
         raise FrameError("bad_type", f"{what}: bad timestamp {raw!r}") from None
-    seconds = (moment - _EPOCH).days * 86_400 + (moment - _EPOCH).seconds
     if seconds < 0:
         raise FrameError("bad_type", f"{what}: timestamp before 1970 {raw!r}")
     return seconds * 1_000_000 + int((frac + "000000")[:6])
+
+
+@lru_cache(maxsize=4096)
+def _utc_seconds(head: str) -> int:
+    """``2026-08-09T20:32:50`` (UTC) as epoch seconds; cached, as consecutive frames share seconds."""
+    moment = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return (moment - _EPOCH).days * 86_400 + (moment - _EPOCH).seconds
 
 
 def split_pair(raw: str, quotes: Iterable[str]) -> tuple[str, str]:

@@ -35,6 +35,7 @@ from pipeline.collectors.venues._common import (
     iso_to_us,
     list_of,
     loads,
+    plain_strings,
     publish_book,
     symbol_ok,
     text,
@@ -155,17 +156,7 @@ class Coinbase(Venue):
             event = dict_of(event, "event")
             kind = get(event, "type")
             raw = text(get(event, "product_id"), "product_id")
-            bids: list[Level] = []
-            asks: list[Level] = []
-            for update in list_of(get(event, "updates"), "updates"):
-                side = get(update, "side")
-                level = (dec(get(update, "price_level"), "price_level"), dec(get(update, "new_quantity"), "quantity"))
-                if side == "bid":
-                    bids.append(level)
-                elif side == "offer":
-                    asks.append(level)
-                else:
-                    raise FrameError("bad_type", f"side: {side!r}")
+            bids, asks = level_updates(list_of(get(event, "updates"), "updates"))
             state = self._books.get(raw)
             if state is None:
                 state = self._books[raw] = BookState(self.symbol(raw), raw, L2Book())
@@ -239,3 +230,37 @@ class Coinbase(Venue):
                 bid = (dec(get(ticker, "best_bid"), "best_bid"), dec(ticker["best_bid_quantity"], "best_bid_quantity"))
                 ask = (dec(get(ticker, "best_ask"), "best_ask"), dec(ticker["best_ask_quantity"], "best_ask_quantity"))
                 result.records.append(venue_bbo("coinbase", self.symbol(raw), raw, bid, ask, ts_event, ts_recv, seq))
+
+
+def level_updates(updates: list[Any]) -> tuple[list[Level], list[Level]]:
+    """``l2_data`` updates as exact bid and ask levels. Well-formed updates (objects with plain
+    decimal strings) are checked column-wise in one pass; anything else goes through
+    :func:`_level_updates_slow`, which raises the error of the first bad update."""
+    if set(map(type, updates)) == {dict}:
+        try:
+            sides = [update["side"] for update in updates]
+            prices = [update["price_level"] for update in updates]
+            sizes = [update["new_quantity"] for update in updates]
+        except KeyError:
+            return _level_updates_slow(updates)
+        if plain_strings(prices) and plain_strings(sizes):
+            bids = [(p, q) for side, p, q in zip(sides, prices, sizes, strict=True) if side == "bid"]
+            asks = [(p, q) for side, p, q in zip(sides, prices, sizes, strict=True) if side == "offer"]
+            if len(bids) + len(asks) == len(updates):
+                return bids, asks
+    return _level_updates_slow(updates)
+
+
+def _level_updates_slow(updates: list[Any]) -> tuple[list[Level], list[Level]]:
+    bids: list[Level] = []
+    asks: list[Level] = []
+    for update in updates:
+        side = get(update, "side")
+        level = (dec(get(update, "price_level"), "price_level"), dec(get(update, "new_quantity"), "quantity"))
+        if side == "bid":
+            bids.append(level)
+        elif side == "offer":
+            asks.append(level)
+        else:
+            raise FrameError("bad_type", f"side: {side!r}")
+    return bids, asks

@@ -2,7 +2,8 @@
 
 ``toy``: a small venue (the runtime knows no venue, so any module will do) with frames
 ``{"op": "ack"}``, ``{"op": "trade", "s": .., "id": .., "p": .., "q": .., "side": .., "ts": ..}``,
-``{"op": "snap", "s": ..}`` (asks for a REST snapshot), ``{"op": "reject"}`` (a subscription error);
+``{"op": "snap", "s": ..}`` (asks for a REST snapshot), ``{"op": "reject"}`` (a subscription error),
+``{"op": "gap"}`` (a book gap resynced by resubscribing);
 anything else is a FrameError. Tests write such frames into temporary capture files.
 ``run_collector``: a collector running in-process until the context exits; ``read_topic``: every
 record of a topic back from the broker.
@@ -121,6 +122,8 @@ class ToyVenue(Venue):
             return FrameResult(control="ack")
         if op == "reject":
             raise SubscriptionError(str(raw))
+        if op == "gap":  # a broken book: resync it by resubscribing on this connection
+            return FrameResult(stream="book", gaps=1, resyncs=1, resubscribe=['{"op":"unsub"}', '{"op":"sub"}'])
         if op == "snap":
             url = f"{self.rest_base}/depth"
             return FrameResult(requests=[RestRequest("snapshot", msg["s"], url, (("symbol", msg["s"]),), 5)])

@@ -188,6 +188,7 @@ async def test_capture_end_to_end(exchange: str, topics: Settings, replay_dir: P
     assert all(c.sessions == 1 for c in runtime.connections if c.sessions)  # no reconnect
     assert runtime.stats.totals["gaps"] == 0
     assert runtime.stats.totals["checksum_failures"] == 0
+    assert runtime.stats.totals["crossed"] == 0
 
     trades = [t for _, t in await toy.read_topic(topics, "md.trades.v1", Trade)]
     assert len({(t.symbol, t.trade_id) for t in trades}) == len(trades)  # exactly once

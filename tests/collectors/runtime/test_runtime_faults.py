@@ -99,3 +99,21 @@ async def test_silent_connection_trips_the_watchdog_and_reconnects(topics: Setti
     assert venue.connects >= 2
     trades = [record for _, record in await toy.read_topic(topics, "md.trades.v1", Trade)]
     assert sorted(int(t.trade_id) for t in trades) == list(range(5))
+
+
+async def test_resubscribe_frames_go_back_on_the_same_connection(topics: Settings, tmp_path: Path, run_collector,
+                                                                 toy) -> None:
+    frames = [toy.trade_frame(0), '{"op":"gap"}', toy.trade_frame(1)]
+    capture = toy.write_capture(tmp_path / "toy.txt", frames)
+    server = ReplayServer([capture])
+    await server.start()
+    venue = toy.ToyVenue(["BTC-USD"], ws_url=server.url_for(toy.TOY_WS))
+    try:
+        async with run_collector(topics, [venue]) as running:
+            await toy.wait_for(lambda: '{"op":"sub"}' in server.received)
+            runtime = running.collector.runtimes[0]
+    finally:
+        await server.stop()
+    assert server.received[-2:] == ['{"op":"unsub"}', '{"op":"sub"}']
+    assert runtime.stats.totals["gaps"] == 1 and runtime.stats.totals["resyncs"] == 1
+    assert runtime.connections[0].sessions == 1  # a resync, not a reconnect
