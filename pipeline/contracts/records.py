@@ -31,7 +31,7 @@ class Record(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Fa
     """Base of every topic value."""
 
 
-class Trade(Record):
+class Trade(Record, frozen=True):
     """One trade; ``side`` is the taker side."""
 
     exchange: Exchange
@@ -45,7 +45,7 @@ class Trade(Record):
     ts_recv: Micros
 
 
-class BookUpdate(Record):
+class BookUpdate(Record, frozen=True):
     """One L2 change set. A ``snapshot`` replaces the book; a ``delta`` sets levels (size 0 removes).
 
     ``seq_first``/``seq_last`` are the venue's sequence range of this change set (``U``/``u`` on
@@ -68,7 +68,7 @@ class BookUpdate(Record):
     resync: bool = False
 
 
-class Bbo(Record):
+class Bbo(Record, frozen=True):
     """Top of book after a change (from the maintained book or the venue's BBO channel)."""
 
     exchange: Exchange
@@ -83,7 +83,7 @@ class Bbo(Record):
     seq: int | None = None
 
 
-class Funding(Record):
+class Funding(Record, frozen=True):
     """A funding-rate observation of a perpetual."""
 
     exchange: Exchange
@@ -97,7 +97,7 @@ class Funding(Record):
     next_funding_time: Micros | None = None
 
 
-class OpenInterest(Record):
+class OpenInterest(Record, frozen=True):
     """An open-interest observation, in contracts or base units as the venue reports it."""
 
     exchange: Exchange
@@ -109,7 +109,7 @@ class OpenInterest(Record):
     open_interest_value: Decimal | None = None
 
 
-class Liquidation(Record):
+class Liquidation(Record, frozen=True):
     """A forced liquidation order; ``side`` is the side of the liquidation order."""
 
     exchange: Exchange
@@ -123,7 +123,7 @@ class Liquidation(Record):
     order_id: str | None = None
 
 
-class Bar(Record):
+class Bar(Record, frozen=True):
     """One closed OHLCV bar over ``[window_start, window_end)`` in event time.
 
     ``vwap`` is ``quote_volume / volume`` rounded half-even to 12 decimal places; every other
@@ -154,7 +154,7 @@ class Bar(Record):
     crossed_us: Micros | None = None
 
 
-class FeedMetrics(Record):
+class FeedMetrics(Record, frozen=True):
     """Feed health of one venue stream over ``[ts_event - interval_us, ts_event)``.
 
     ``source`` says who measured it: the collector (wire-level counts) or the aggregator (derived
@@ -181,7 +181,7 @@ class FeedMetrics(Record):
     health_score: float | None = None
 
 
-class Anomaly(Record):
+class Anomaly(Record, frozen=True):
     """One anomaly score at or above the reporting floor for one series."""
 
     series_id: str
@@ -200,7 +200,7 @@ class Anomaly(Record):
     time_to_threshold_s: float | None = None
 
 
-class Alert(Record):
+class Alert(Record, frozen=True):
     """One alert state change; the compacted topic keyed by fingerprint holds the current state."""
 
     fingerprint: str
@@ -219,7 +219,7 @@ class Alert(Record):
     comment: str | None = None
 
 
-class Notification(Record):
+class Notification(Record, frozen=True):
     """One delivery attempt result; ``idempotency_key`` is the same for every attempt of one message."""
 
     notification_id: str
@@ -239,7 +239,7 @@ class Notification(Record):
     resolved: list[str] = []
 
 
-class DeadLetter(Record):
+class DeadLetter(Record, frozen=True):
     """An input that could not be processed, with the reason; ``payload`` is the raw input as text."""
 
     source: str
@@ -253,7 +253,7 @@ class DeadLetter(Record):
     exchange: str | None = None
 
 
-class Silence(Record):
+class Silence(Record, frozen=True):
     """A silence: alerts whose labels match every matcher are muted in ``[starts_at, ends_at)``.
 
     Matchers use Alertmanager's syntax: ``name="value"``, ``name!="value"``, ``name=~"regex"``,
@@ -271,7 +271,7 @@ class Silence(Record):
     created_at: Micros
 
 
-class AlertAction(Record):
+class AlertAction(Record, frozen=True):
     """An operator's command to the rule engine about one alert (``marketprism alerts ack|resolve``)."""
 
     action_id: str
@@ -282,7 +282,7 @@ class AlertAction(Record):
     comment: str | None = None
 
 
-class RuleEngineCheckpoint(Record):
+class RuleEngineCheckpoint(Record, frozen=True):
     """The rule engine's evaluation state with the input offsets it covers (``topic:partition`` -> next
     offset); ``state`` is the engine's own JSON document, opaque to everyone else."""
 
@@ -292,7 +292,7 @@ class RuleEngineCheckpoint(Record):
     state: str
 
 
-class ReferencePrice(Record):
+class ReferencePrice(Record, frozen=True):
     """Cross-venue reference price of one asset (``BASE-USD`` for USD, USDT and USDC spot quotes) at ``ts_event``.
 
     ``price`` is the median of the included venues' mids; ``mids`` and ``divergence_bps`` hold every
@@ -311,7 +311,7 @@ class ReferencePrice(Record):
 
 
 
-class ConsumerLag(Record):
+class ConsumerLag(Record, frozen=True):
     """Committed lag of one consumer group on one topic, measured from the broker (the rule engine's
     lag probe): ``lag`` = sum over partitions of ``end`` - ``committed`` offsets."""
 
