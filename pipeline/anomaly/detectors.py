@@ -8,10 +8,14 @@ wrapper, not here.
   range (robust statistical scorer).
 - :func:`predictive`: River's PredictiveAnomalyDetection around a Holt(-Winters) forecaster
   (seasonal/predictive scorer).
-- :func:`half_space_trees`: River's Half-Space Trees on min-max scaled (value, change) features.
+- :class:`HalfSpaceTrees`: River's Half-Space Trees on min-max scaled (value, change) features.
+- :class:`SeasonalProfile`: distance from the exponentially weighted mean of the same time-of-day
+  bucket (``{"y": value, "t": epoch seconds}``), in that bucket's standard deviations.
 """
 
 from __future__ import annotations
+
+import math
 
 from river import anomaly, preprocessing, time_series, utils
 from river.base import AnomalyDetector
@@ -118,3 +122,44 @@ class HalfSpaceTrees(AnomalyDetector):
 
     def score_one(self, x: dict[str, float]) -> float:
         return float(self.trees.score_one(self.scaler.transform_one(self._features(x))))
+
+
+class SeasonalProfile(AnomalyDetector):
+    """Time-of-day profile: per bucket of ``bucket_s`` within ``period_s``, an EW mean and variance."""
+
+    def __init__(self, period_s: float = 86400.0, bucket_s: float = 1800.0, alpha: float = 0.1, min_count: int = 3):
+        self.period_s = period_s
+        self.bucket_s = bucket_s
+        self.alpha = alpha
+        self.min_count = min_count
+        self.n_buckets = max(1, int(period_s // bucket_s))
+        self.mean = [0.0] * self.n_buckets
+        self.var = [0.0] * self.n_buckets
+        self.count = [0] * self.n_buckets
+        self._bucket = -1
+
+    def _index(self, x: dict[str, float]) -> int:
+        t = x.get("t")
+        return -1 if t is None else int((t % self.period_s) // self.bucket_s) % self.n_buckets
+
+    @property
+    def ready(self) -> bool:
+        """Ready when the bucket of the last scored point has enough history."""
+        return self._bucket >= 0 and self.count[self._bucket] >= self.min_count
+
+    def learn_one(self, x: dict[str, float]) -> None:
+        b = self._index(x)
+        if b < 0:
+            return
+        self.count[b] += 1
+        a = max(self.alpha, 1.0 / self.count[b])
+        delta = x["y"] - self.mean[b]
+        self.mean[b] += a * delta
+        self.var[b] = (1.0 - a) * (self.var[b] + a * delta * delta)
+
+    def score_one(self, x: dict[str, float]) -> float:
+        b = self._bucket = self._index(x)
+        if b < 0 or self.count[b] < self.min_count:
+            return 0.0
+        sd = math.sqrt(self.var[b]) if self.var[b] > 0.0 else 0.0
+        return abs(x["y"] - self.mean[b]) / max(sd, 1e-9, abs(self.mean[b]) * 1e-6)

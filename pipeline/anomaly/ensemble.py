@@ -17,8 +17,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from river import drift
+from river.base import AnomalyDetector
 
-from pipeline.anomaly.detectors import HalfSpaceTrees, Predictive, RobustZScore, predictive
+from pipeline.anomaly.detectors import HalfSpaceTrees, Predictive, RobustZScore, SeasonalProfile, predictive
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,11 @@ class DetectorConfig:
     refractory_damp: float = 0.0
     breakout: float = 0.0  # > 0: a value beyond the seen [min, max] by this share of the range scores breakout_score
     breakout_score: float = 0.9
+    seasonal_period_s: float = 86400.0
+    seasonal_bucket_s: float = 1800.0
+    seasonal_alpha: float = 0.1
     detectors: tuple[str, ...] = ("robust", "predictive", "hst")
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     combine: str = "max"  # "max": the most confident detector; "top2": mean of the two most confident
 
 
@@ -109,13 +113,12 @@ class SeriesDetector:
         self.robust = RobustZScore(c.robust_window)
         self.predictive: Predictive = predictive(c.holt_alpha, c.holt_beta, c.pad_n_std, warmup=min(c.warmup, 30))
         self.hst = HalfSpaceTrees(c.hst_trees, c.hst_height, c.hst_window, c.hst_seed)
-        self.detectors = {
-            name: det
-            for name, det in (("robust", self.robust), ("predictive", self.predictive), ("hst", self.hst))
-            if name in c.detectors
+        self.seasonal = SeasonalProfile(c.seasonal_period_s, c.seasonal_bucket_s, c.seasonal_alpha)
+        everything: dict[str, AnomalyDetector] = {
+            "robust": self.robust, "predictive": self.predictive, "hst": self.hst, "seasonal": self.seasonal
         }
-        self.weights = {name: w for name, w in zip(("robust", "predictive", "hst"), c.weights, strict=True)
-                        if name in self.detectors}
+        self.detectors = {name: det for name, det in everything.items() if name in c.detectors}
+        self.weights = {name: w for name, w in zip(everything, c.weights, strict=True) if name in self.detectors}
         self.calibrators = {
             name: TailCalibrator(c.calib_long, c.calib_short, c.calib_min) for name in self.detectors
         }
@@ -129,10 +132,11 @@ class SeriesDetector:
     def warm(self) -> bool:
         return self.seen >= self.config.warmup
 
-    def update(self, value: float) -> Scored:
-        """Score ``value`` against the model, then learn it (unless it is anomalous and that is off)."""
+    def update(self, value: float, t_s: float | None = None) -> Scored:
+        """Score ``value`` (observed at epoch seconds ``t_s``, for the seasonal profile) against the model,
+        then learn it (unless it is anomalous and that is off)."""
         c = self.config
-        x = {"y": value}
+        x = {"y": value} if t_s is None else {"y": value, "t": t_s}
         raw = {name: det.score_one(x) for name, det in self.detectors.items()}
         zs = {
             name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()

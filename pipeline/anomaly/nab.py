@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
@@ -62,9 +62,9 @@ def load_windows(nab_dir: Path) -> dict[str, list[tuple[datetime, datetime]]]:
     return {name: [(parse_time(a), parse_time(b)) for a, b in windows] for name, windows in doc.items()}
 
 
-def run_detector(values: Sequence[float], config: DetectorConfig) -> list[float]:
+def run_detector(values: Sequence[float], config: DetectorConfig, times: Sequence[datetime]) -> list[float]:
     detector = SeriesDetector(config)
-    return [detector.update(v).score for v in values]
+    return [detector.update(v, t.replace(tzinfo=UTC).timestamp()).score for v, t in zip(values, times, strict=True)]
 
 
 Windows = list[tuple[datetime, datetime]]
@@ -73,7 +73,7 @@ Windows = list[tuple[datetime, datetime]]
 def _run_one(args: tuple[Path, str, DetectorConfig, Path | None, Windows]) -> tuple[str, list[float]]:
     nab_dir, relpath, config, results_dir, windows = args
     nab = read_file(nab_dir, relpath)
-    scores = run_detector(nab.values, config)
+    scores = run_detector(nab.values, config, nab.timestamps)
     if results_dir is not None:
         write_result(results_dir, nab, scores, windows)
     return relpath, scores

@@ -26,7 +26,7 @@ class Backoff:
 
     def ceiling(self, attempt: int) -> float:
         """The upper bound of the delay drawn for ``attempt`` (0-based)."""
-        return min(self.cap_s, self.base_s * 2 ** min(attempt, 62))
+        return float(min(self.cap_s, self.base_s * 2 ** min(attempt, 62)))
 
     def next_delay(self) -> float:
         delay = self._uniform(0.0, self.ceiling(self.attempt))

@@ -103,15 +103,15 @@ class L2Book:
         extreme: Callable[[list[Any]], Any],
         better: Callable[[Any, Any], bool],
     ) -> None:
-        if not isinstance(levels, (list, tuple)):
-            levels = list(levels)
+        if not isinstance(levels, list) or set(map(type, levels)) != {tuple}:
+            levels = [(price, size) for price, size in levels]  # stored values are (price, size) tuples
         if not levels:
             return
         keys = self._keys(levels)
         side = self._book.bids if i == 0 else self._book.asks
-        for key, (price, size) in zip(keys, levels, strict=True):
-            if size.strip("0."):
-                side[key] = (price, size)
+        for key, level in zip(keys, levels, strict=True):
+            if level[1].strip("0."):
+                side[key] = level
             elif key in side:
                 del side[key]
         edge = extreme(keys)  # the best price the change set touched
@@ -137,9 +137,14 @@ class L2Book:
         if cached is not None and cached[0] == n:
             return cached[1]
         count = len(side)
+        if count <= 2 * n:  # a shallow book (Kraken's 10 levels): one call for all items
+            items = side.to_list()[:n]
+            levels = [level for _, level in items]
+            self._top[i] = (n, levels, items[n - 1][0] if count >= n else None)
+            return levels
         index = side.index
-        levels = [index(j)[1] for j in range(min(n, count))]
-        self._top[i] = (n, levels, index(n - 1)[0] if count >= n else None)
+        levels = [index(j)[1] for j in range(n)]
+        self._top[i] = (n, levels, index(n - 1)[0])
         return levels
 
     def levels(self) -> tuple[list[Level], list[Level]]:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import zlib
-from functools import lru_cache
+from itertools import chain
 
 Level = tuple[str, str]
 
@@ -25,13 +25,20 @@ def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
     return crc - (1 << 32) if crc >= (1 << 31) else crc
 
 
-@lru_cache(maxsize=1 << 16)
-def _kraken_part(price: str, size: str) -> str:
-    return price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
+_KRAKEN_PARTS: dict[Level, str] = {}  # formatted levels (most of the top 10 repeat between updates)
+_KRAKEN_PARTS_MAX = 1 << 16
+
+
+def _kraken_part(level: Level) -> str:
+    part = _KRAKEN_PARTS.get(level)
+    if part is None:
+        if len(_KRAKEN_PARTS) >= _KRAKEN_PARTS_MAX:
+            _KRAKEN_PARTS.clear()
+        price, size = level
+        part = _KRAKEN_PARTS[level] = price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
+    return part
 
 
 def kraken_checksum(bids: list[Level], asks: list[Level]) -> int:
     """Kraken v1/v2 ``book`` checksum of the top 10 levels (unsigned int32)."""
-    parts = [_kraken_part(price, size) for price, size in asks[:10]]
-    parts.extend(_kraken_part(price, size) for price, size in bids[:10])
-    return zlib.crc32("".join(parts).encode())
+    return zlib.crc32("".join(map(_kraken_part, chain(asks[:10], bids[:10]))).encode())

@@ -152,7 +152,7 @@ class ConnectionSupervisor:
     async def _ping(self, ws: ClientConnection, watchdog: Watchdog) -> None:
         if self.keepalive.ping_frame is not None:
             await ws.send(self.keepalive.ping_frame)
-        pong = await ws.ping()
+        pong = asyncio.ensure_future(await ws.ping())
         pong.add_done_callback(lambda f: watchdog.alive() if not f.cancelled() and f.exception() is None else None)
 
     async def _expect_ack(self, acked: asyncio.Event) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiohttp
 from aiohttp_socks import ProxyConnector
@@ -24,7 +24,7 @@ from pipeline.collectors.metrics import REST_REQUESTS
 
 log = logging.getLogger(__name__)
 
-OnBody = Callable[[RestRequest, bytes, int], None]
+OnBody = Callable[[RestRequest, bytes, int], object]
 RETRY_STATUSES = frozenset({418, 429, 500, 502, 503, 504})
 
 
@@ -93,7 +93,7 @@ class RestClient:
             connector = ProxyConnector.from_url(self._proxy)
         return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
-    async def run(self, polls: list[tuple[RestRequest, float]] = ()) -> None:  # type: ignore[assignment]
+    async def run(self, polls: Sequence[tuple[RestRequest, float]] = ()) -> None:
         async with self._session() as session, asyncio.TaskGroup() as group:
             for _ in range(self._concurrency):
                 group.create_task(self._worker(session))

@@ -54,6 +54,7 @@ class VenueRuntime:
         backoff: Callable[[], Backoff] = Backoff,
         rest_concurrency: int = 4,
         dedup_capacity: int = 20_000,
+        ack_timeout_s: float = 15.0,
     ):
         self.venue = venue
         self.exchange = venue.exchange
@@ -65,7 +66,10 @@ class VenueRuntime:
         )
         self.plans = venue.plan()
         self.connections = [
-            ConnectionSupervisor(plan, venue.keepalive, self, proxy=proxy, backoff=backoff()) for plan in self.plans
+            ConnectionSupervisor(
+                plan, venue.keepalive, self, proxy=proxy, backoff=backoff(), ack_timeout_s=ack_timeout_s
+            )
+            for plan in self.plans
         ]
         for plan in self.plans:
             self.stats.plan(plan)

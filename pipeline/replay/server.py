@@ -200,7 +200,7 @@ class ReplayServer:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         await ws.prepare(request)
         self._sockets.add(ws)
-        self._transports[ws] = request.transport  # type: ignore[assignment]
+        self._transports[ws] = request.transport
         state = self.state[replay.path]
         first_frame = asyncio.Event()
         reader = asyncio.create_task(self._read_client(ws, first_frame))

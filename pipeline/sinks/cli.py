@@ -116,6 +116,8 @@ def sink_command(
     if topic and unknown:
         console.print(f"[red]no table for topic(s) {unknown}[/red]")
         raise typer.Exit(2)
+    for name in unknown:
+        log.warning("topic %s has no ClickHouse table yet (add a migration); not consuming it", name)
     topics = [settings.topic(t) for t in wanted if t in known]
     options = RunnerOptions(
         group_id=group, batch_rows=batch_rows, batch_interval_s=batch_ms / 1000, max_buffer_bytes=max_buffer_mb << 20

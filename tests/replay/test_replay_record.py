@@ -44,12 +44,14 @@ async def test_rest_bodies_are_served_at_the_recorded_path_and_query(replay_dir:
 
 
 @pytest.mark.shared
-async def test_recording_the_replay_server_reproduces_the_capture(replay_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("speed", [0.0, 60.0])  # as fast as possible, and the recorded gaps scaled 60x down
+async def test_recording_the_replay_server_reproduces_the_capture(replay_dir: Path, tmp_path: Path,
+                                                                  speed: float) -> None:
     capture = replay_dir / "binance.txt"
     lines = list(read_capture(capture))
     frames = [line.payload for line in lines if line.kind == "ws_in"]
     bodies = {line.endpoint.split("symbol=")[1].split("&")[0]: line.payload for line in lines if line.kind == "rest"}
-    server = ReplayServer([capture])
+    server = ReplayServer([capture], speed=speed)
     await server.start()
     venue_cls = VENUES["binance"]
     venue = venue_cls(["NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR"], ws_url=server.url_for(venue_cls.ws_url),

@@ -1,31 +1,35 @@
-"""End to end: the collectors (real runtime, real venue modules, real broker) against the simulator
-with endpoint overrides only. Every trade the simulator delivered reaches ``md.trades.v1`` exactly
-once, and each sequence-gap / bad-checksum incident shows as exactly one resync of the affected
-symbol in ``ops.feed_metrics.v1``."""
+"""End to end: ``marketprism collect`` (its own process: real runtime, real venue modules, real
+broker) against the simulator, configured with endpoint overrides only. Every trade the simulator
+delivered reaches ``md.trades.v1`` exactly once, and each sequence-gap / bad-checksum incident shows
+as exactly one resync of the affected symbol in ``ops.feed_metrics.v1``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import re
+import signal
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiokafka import TopicPartition
 
-from pipeline.collectors.output import Output
-from pipeline.collectors.runtime import Collector, build_venues
+from pipeline.collectors.runtime import build_venues
 from pipeline.contracts import FeedMetrics, Trade, decode
-from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.clients import make_consumer
 from pipeline.settings import Settings, VenueSettings
 from pipeline.simulator.cli import WS_PATHS
-from pipeline.simulator.scenario import load_scenario, scenario_from
+from pipeline.simulator.scenario import Scenario, load_scenario, scenario_from
 from pipeline.simulator.server import SimulatorServer
 
 pytestmark = pytest.mark.broker
+
+MARKETPRISM = Path(sys.executable).with_name("marketprism")
 
 
 async def read_topic(settings: Settings, name: str, record_type: type[Any]) -> list[Any]:
@@ -48,13 +52,13 @@ async def read_topic(settings: Settings, name: str, record_type: type[Any]) -> l
         await consumer.stop()
 
 
-async def until(condition: Callable[[], bool], limit_s: float) -> None:
+async def until(condition: Callable[[], Awaitable[bool]], limit_s: float) -> None:
     async with asyncio.timeout(limit_s):
-        while not condition():  # noqa: ASYNC110 - polling plain attributes of running parts
-            await asyncio.sleep(0.1)
+        while not await condition():  # noqa: ASYNC110 - polling a broker and a server's counters
+            await asyncio.sleep(0.5)
 
 
-def e2e_scenario():  # type: ignore[no-untyped-def]
+def e2e_scenario() -> Scenario:
     """The default markets with its gap and checksum incidents moved early, 40 simulated seconds."""
     base = load_scenario()
     incidents = [
@@ -64,7 +68,11 @@ def e2e_scenario():  # type: ignore[no-untyped-def]
     return scenario_from(base.model_dump() | {"duration_s": 40.0, "incidents": incidents})
 
 
-async def test_collectors_publish_every_trade_once_and_resync_once(topics: Settings) -> None:
+def tokens(stream: str) -> list[str]:
+    return re.split("[:@]", stream.lower())
+
+
+async def test_collect_publishes_every_trade_once_and_resyncs_once(topics: Settings, tmp_path: Path) -> None:
     scenario = e2e_scenario()
     async with SimulatorServer(scenario, speed=4.0, hold=True, close_at_end=False) as server:
         venues = {}
@@ -72,23 +80,40 @@ async def test_collectors_publish_every_trade_once_and_resync_once(topics: Setti
             ws, rest = server.urls()[venue]
             venues[venue] = VenueSettings(symbols=symbols, ws_url=ws + WS_PATHS.get(venue, ""), rest_url=rest)
         settings = topics.model_copy(update={"venues": venues})
-        output = Output(RecordProducer(make_producer(settings.kafka), settings.topic_prefix))
-        collector = Collector(settings, build_venues(settings), output)
-        stop = asyncio.Event()
-        task = asyncio.create_task(collector.run(stop))
+        config = tmp_path / "collect.yaml"
+        config.write_text(yaml.safe_dump({
+            "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers},
+            "topic_prefix": settings.topic_prefix,
+            "state_dir": str(tmp_path / "state"),
+            "metrics_port": 0,
+            "venues": {name: conf.model_dump(exclude_none=True) for name, conf in venues.items()},
+        }))  # fmt: skip
+        planned = sum(len(venue.plan()) for venue in build_venues(settings))
+        with (tmp_path / "collect.log").open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                str(MARKETPRISM), "--config", str(config), "collect", stdout=log, stderr=log
+            )
         try:
-            planned = sum(len(r.plans) for r in collector.runtimes)
-            await until(lambda: sum(len(c) for c in server.clients.values()) >= planned, 120)
+            async def connected() -> bool:
+                return sum(len(c) for c in server.clients.values()) >= planned
+
+            await until(connected, 120)
             await asyncio.sleep(2.0)  # subscriptions acked, books synced (the clock is held)
             server.start()
             await asyncio.wait_for(server.run(), 300)
             delivered = {(venue, tid) for venue, ids in server.trades.items() for tid in ids}
-            with contextlib.suppress(TimeoutError):  # the collectors caught up with the last frame
-                await until(lambda: collector.frames >= server.frames_sent and not output.pending, 60)
+
+            async def all_published() -> bool:
+                return len(await read_topic(settings, "md.trades.v1", Trade)) >= len(delivered)
+
+            with contextlib.suppress(TimeoutError):  # the assertions below say what is missing
+                await until(all_published, 120)
             await asyncio.sleep(2.5)  # one more feed-metrics interval
         finally:
-            stop.set()
-            await asyncio.wait_for(task, 120)
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 120)
+    assert proc.returncode == 0, (tmp_path / "collect.log").read_text()[-3000:]
 
     trades = await read_topic(settings, "md.trades.v1", Trade)
     published = Counter((t.exchange, f"{t.raw_symbol}:{t.trade_id}") for t in trades)
@@ -108,7 +133,3 @@ async def test_collectors_publish_every_trade_once_and_resync_once(topics: Setti
             assert resyncs[(venue, "book")] == 1, resyncs
         else:
             assert named == [1], (venue, raw, resyncs)
-
-
-def tokens(stream: str) -> list[str]:
-    return re.split("[:@]", stream.lower())

@@ -158,7 +158,7 @@ def _corpus(n: int) -> dict[str, list]:  # type: ignore[type-arg]
 
 
 async def test_sigkill_mid_batch_chdb(topics: Settings, tmp_path: Path) -> None:
-    sent = await _kill_cycles(topics, topics.clickhouse_url, tmp_path, _corpus(40_000))
+    sent = await _kill_cycles(topics, topics.clickhouse_url, tmp_path, _corpus(40_000), kills=2)
 
     path = chdb_path(topics.clickhouse_url)
     for table, topic in (("trades", "md.trades.v1"), ("bbo", "md.bbo.v1")):

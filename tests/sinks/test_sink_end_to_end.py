@@ -154,3 +154,32 @@ async def test_rows_the_table_refuses_become_dead_letters(tmp_path: Path) -> Non
         await sink.close()
     assert [(d.offset, d.reason) for d in dead] == [(20, "insert_rejected")]
     assert rows(str(tmp_path / "db"), "SELECT count() FROM trades") == [["40"]]
+
+
+async def test_two_sinks_in_one_group_split_partitions_without_duplicates(topics: Settings) -> None:
+    """A second sink joins the group mid-stream: partitions move between them, every record lands once."""
+    name = topics.topic("md.trades.v1")
+    trades = variations(Trade, 3000)
+    options = RunnerOptions(group_id=f"{topics.topic_prefix}sink", batch_rows=150, batch_interval_s=0.2)
+    sinks = [make_sink(topics.clickhouse_url, load_registry(), topics.topic_prefix) for _ in range(2)]
+    stop = asyncio.Event()
+    first = asyncio.create_task(SinkRunner(topics, sinks[0], [name], options).run(stop))
+    second: asyncio.Task[None] | None = None
+    try:
+        await produce(topics, {"md.trades.v1": trades[:1500]})
+        assert await wait_for(lambda: _rows_written(sinks[0], 300, first), limit_s=120)
+        second = asyncio.create_task(SinkRunner(topics, sinks[1], [name], options).run(stop))
+        await produce(topics, {"md.trades.v1": trades[1500:]})
+        assert await wait_for(lambda: _total_written(sinks, 3000, [first, second]), limit_s=180)
+    finally:
+        stop.set()
+        await asyncio.gather(first, *([second] if second else []))
+    path = chdb_path(topics.clickhouse_url)
+    assert rows(path, "SELECT count(), uniqExact(_partition, _offset) FROM trades") == [["3000", "3000"]]
+
+
+async def _total_written(sinks, expected: int, tasks: list[asyncio.Task[None]]) -> bool:  # type: ignore[no-untyped-def]
+    for task in tasks:
+        if task.done():
+            task.result()
+    return sum(s.rows_written for s in sinks) >= expected

@@ -5,13 +5,13 @@ changes into ``BookUpdate`` and ``Bbo`` records."""
 from __future__ import annotations
 
 import logging
-import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -24,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 _PLAIN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _PLAIN_LINES = re.compile(r"(?:-?[0-9]+(?:\.[0-9]+)?\n)*-?[0-9]+(?:\.[0-9]+)?")
-_first = operator.itemgetter(0)
-_second = operator.itemgetter(1)
 INT64_MAX = 2**63 - 1
 MAX_EXPONENT = 40  # decimals beyond 10^±40 are corrupt input, not prices
 MAX_CHARS = 100
@@ -93,24 +91,32 @@ def dec(value: Any, what: str) -> str:
 
 
 def plain_strings(values: list[Any]) -> bool:
-    """True when every value is a ``str`` of at most ``MAX_CHARS`` characters matching the plain
-    decimal shape: one regex pass over the values joined by newlines (which the shape excludes, so
-    a newline inside a value is caught by the count) instead of one match per value."""
+    """True when every value is a string of at most ``MAX_CHARS`` characters of the plain decimal
+    shape, checked in one regex pass over the values joined by newlines (the shape excludes
+    newlines, so one inside a value shows in the count) instead of one match per value."""
     if not values:
         return True
-    if set(map(type, values)) != {str} or max(map(len, values)) > MAX_CHARS:
+    try:
+        joined = "\n".join(values)
+    except TypeError:  # not all strings
         return False
-    joined = "\n".join(values)
-    return joined.count("\n") == len(values) - 1 and _PLAIN_LINES.fullmatch(joined) is not None
+    return (
+        max(map(len, values)) <= MAX_CHARS
+        and joined.count("\n") == len(values) - 1
+        and _PLAIN_LINES.fullmatch(joined) is not None
+    )
 
 
 def levels(rows: Any, what: str) -> list[Level]:
     """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs. Rows of plain strings take a
     fast path (checked all at once); any other row goes through :func:`dec` one by one."""
     rows = list_of(rows, what)
-    if rows and set(map(type, rows)) == {list} and min(map(len, rows)) >= 2:
-        out = list(zip(map(_first, rows), map(_second, rows), strict=True))
-        if plain_strings([value for level in out for value in level]):
+    if set(map(type, rows)) == {list}:
+        try:
+            out = [(row[0], row[1]) for row in rows]
+        except IndexError:  # a short row
+            return _levels_slow(rows, what)
+        if plain_strings(list(chain.from_iterable(out))):
             return out
     return _levels_slow(rows, what)
 

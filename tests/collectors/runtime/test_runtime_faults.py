@@ -117,3 +117,25 @@ async def test_resubscribe_frames_go_back_on_the_same_connection(topics: Setting
     assert server.received[-2:] == ['{"op":"unsub"}', '{"op":"sub"}']
     assert runtime.stats.totals["gaps"] == 1 and runtime.stats.totals["resyncs"] == 1
     assert runtime.connections[0].sessions == 1  # a resync, not a reconnect
+
+
+async def test_planned_reconnect_at_max_lifetime_takes_no_backoff(topics: Settings, tmp_path: Path, run_collector,
+                                                                  toy) -> None:
+    capture = toy.write_capture(tmp_path / "toy.txt", [toy.trade_frame(n) for n in range(20)])
+    server = ReplayServer([capture])
+    await server.start()
+
+    class ShortLived(toy.ToyVenue):
+        keepalive = KeepAlive(ping_frame=None, interval_s=5.0, pong_timeout_s=5.0, max_lifetime_s=0.5)
+
+    venue = ShortLived(["BTC-USD"], ws_url=server.url_for(toy.TOY_WS))
+    try:
+        async with run_collector(topics, [venue]) as running:
+            supervisor = running.collector.runtimes[0].connections[0]
+            await toy.wait_for(lambda: supervisor.sessions >= 3)
+    finally:
+        await server.stop()
+    assert supervisor.reasons["planned reconnect after 0.5s"] >= 2
+    assert supervisor.delays[:2] == [0.0, 0.0]
+    trades = [record for _, record in await toy.read_topic(topics, "md.trades.v1", Trade)]
+    assert sorted(int(t.trade_id) for t in trades) == list(range(20))
