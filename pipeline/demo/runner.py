@@ -93,52 +93,49 @@ def _wait_port(port: int, timeout: float, child_alive: Callable[[], bool]) -> No
     raise RuntimeError(f"port {port} did not open within {timeout:.0f}s")
 
 
-async def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
+async def _read_all(
+    settings: Settings, topics: list[str], idle_s: float = 3.0
+) -> dict[TopicPartition, tuple[int, int]]:
+    """Read every partition from the start until nothing new arrives for ``idle_s``: ``tp -> (records, next
+    offset)``. (Tansu's ListOffsets answers the last batch's base offset + 1, so end offsets cannot be trusted.)"""
     consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
     try:
-        out: dict[str, int] = {}
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            if not parts:
-                await consumer._client.force_metadata_update()  # topics created moments ago
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            ends = await consumer.end_offsets(tps) if tps else {}
-            out[topic] = sum(ends.values())
-        return out
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = {tp: (0, 0) for tp in tps}
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=500, max_records=20000)
+            for tp, messages in batch.items():
+                count, _ = seen[tp]
+                seen[tp] = (count + len(messages), messages[-1].offset + 1)
+            if batch:
+                idle_since = time.monotonic()
+        return seen
     finally:
         await consumer.stop()
 
 
-async def _committed(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
-    consumer = make_consumer(settings.kafka, group_id=group)
+async def _wait_sink_caught_up(
+    settings: Settings, ends: dict[TopicPartition, tuple[int, int]], wait_s: float
+) -> bool:
+    """Wait until the sink group's committed offset reaches every partition's next offset."""
+    consumer = make_consumer(settings.kafka, group_id=SINK_GROUP)
     await consumer.start()
     try:
-        out: dict[str, int] = {}
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic) or set()
-            total = 0
-            for p in parts:
-                total += await consumer.committed(TopicPartition(topic, p)) or 0
-            out[topic] = total
-        return out
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            behind = [tp for tp, (_, end) in ends.items() if end and (await consumer.committed(tp) or 0) < end]
+            if not behind:
+                return True
+            await asyncio.sleep(1.0)
+        log.warning("sink did not catch up within %.0fs", wait_s)
+        return False
     finally:
         await consumer.stop()
-
-
-async def _wait_sink_caught_up(settings: Settings, topics: list[str], wait_s: float) -> dict[str, int]:
-    """Wait until the sink group's committed offsets reach every topic's end; returns the end offsets."""
-    deadline = time.monotonic() + wait_s
-    ends = await _end_offsets(settings, topics)
-    while time.monotonic() < deadline:
-        committed = await _committed(settings, SINK_GROUP, topics)
-        if all(committed.get(t, 0) >= ends[t] for t in topics):
-            return ends
-        await asyncio.sleep(1.0)
-        ends = await _end_offsets(settings, topics)
-    log.warning("sink did not catch up within %.0fs", wait_s)
-    return ends
 
 
 async def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
@@ -235,18 +232,18 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
 
         await _watch(run, demo_settings, stats, children, simulator)
     finally:
-        run._step("stopping components (collectors first, then the rest once the sink has caught up)")
-        ends: dict[str, int] = {}
+        run._step("stopping: collectors, then workers once drained, then the sink once it has caught up")
+        records: dict[str, int] = {}
         try:
-            for child in children.children:
-                if child.name in ("collect", "simulator") and child.alive:
-                    child.process.terminate()
-            for child in children.children:
-                if child.name in ("collect", "simulator"):
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        await asyncio.to_thread(child.process.wait, 20)
+            await _stop(children, ("collect", "simulator"))
+            await asyncio.sleep(min(options.drain_s, 5.0))
+            await _stop(children, ("worker", "anomaly", "alerts", "notify"))
             topics = [demo_settings.topic(t.name) for t in load_registry()]
-            ends = await _wait_sink_caught_up(demo_settings, topics, wait_s=90)
+            ends = await _read_all(demo_settings, topics)
+            await _wait_sink_caught_up(demo_settings, ends, wait_s=120)
+            for tp, (count, _) in ends.items():
+                name = tp.topic.removeprefix(run.prefix)
+                records[name] = records.get(name, 0) + count
         finally:
             killed = children.stop()
             await receiver.stop()
@@ -254,9 +251,20 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
                 broker.stop()
         if killed:
             log.warning("had to SIGKILL: %s", ", ".join(killed))
-    summary = build_summary(demo_settings, home, labels_path, ends, receiver, stats)
+    summary = build_summary(home, labels_path, records, receiver, stats)
     summary.leftover_pids = children.leftovers()
     return summary
+
+
+async def _stop(children: ChildGroup, names: tuple[str, ...], wait_s: float = 30.0) -> None:
+    """SIGTERM the named children and wait for them to exit (the group kills stragglers later)."""
+    chosen = [c for c in children.children if c.name in names]
+    for child in chosen:
+        if child.alive:
+            child.process.terminate()
+    for child in chosen:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(child.process.wait, wait_s)
 
 
 async def _watch(run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator) -> None:  # type: ignore[no-untyped-def]

@@ -13,10 +13,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.contracts import load_registry
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.view import DemoStats
-from pipeline.settings import Settings
+from pipeline.sinks.schema import table_name
 
 # Which shipped alert rules answer which simulator incident kind (docs/simulator.md, docs/alerting.md).
 EXPECTED_RULES: dict[str, tuple[str, ...]] = {
@@ -129,19 +128,14 @@ def _table_rows(home: Path, config: Path) -> dict[str, int]:
 
 
 def build_summary(
-    settings: Settings, home: Path, labels_path: Path, end_offsets: dict[str, int],
-    receiver: WebhookReceiver, stats: DemoStats,
+    home: Path, labels_path: Path, topic_records: dict[str, int], receiver: WebhookReceiver, stats: DemoStats
 ) -> DemoSummary:
     labels = []
     if labels_path.exists():
         labels = [msgspec.json.decode(line, type=_Label) for line in labels_path.read_bytes().splitlines() if line]
     fired = [(a.rule, a.labels, a.fired_at or a.ts_event) for a in stats.alerts_fired]
-    from pipeline.sinks.schema import table_name
-
-    records = {
-        table_name(t.name): end_offsets.get(settings.topic(t.name), 0) for t in load_registry()
-    }
     rows = _table_rows(home, home / "config.yaml")
+    records = {table_name(topic): count for topic, count in topic_records.items()}
     return DemoSummary(
         incidents=[_outcome(label, fired) for label in labels],
         rows=rows,
