@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 from itertools import chain
 
 Level = tuple[str, str]
@@ -25,18 +26,10 @@ def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
     return crc - (1 << 32) if crc >= (1 << 31) else crc
 
 
-_KRAKEN_PARTS: dict[Level, str] = {}  # formatted levels (most of the top 10 repeat between updates)
-_KRAKEN_PARTS_MAX = 1 << 16
-
-
+@lru_cache(maxsize=1 << 16)
 def _kraken_part(level: Level) -> str:
-    part = _KRAKEN_PARTS.get(level)
-    if part is None:
-        if len(_KRAKEN_PARTS) >= _KRAKEN_PARTS_MAX:
-            _KRAKEN_PARTS.clear()
-        price, size = level
-        part = _KRAKEN_PARTS[level] = price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
-    return part
+    price, size = level
+    return price.replace(".", "").lstrip("0") + size.replace(".", "").lstrip("0")
 
 
 def kraken_checksum(bids: list[Level], asks: list[Level]) -> int:

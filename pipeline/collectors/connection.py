@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import websockets
+from python_socks import ProxyError
 from websockets.asyncio.client import ClientConnection
 
 from pipeline.collectors.backoff import Backoff
@@ -131,7 +132,7 @@ class ConnectionSupervisor:
             reason, planned = str(group.exceptions[0]), True
         except* (ConnectionLost, WatchdogTimeout) as group:
             reason = f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}"
-        except* (OSError, TimeoutError, websockets.exceptions.WebSocketException) as group:
+        except* (OSError, TimeoutError, websockets.exceptions.WebSocketException, ProxyError) as group:
             reason = f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}"
         return reason, planned
 

@@ -79,7 +79,12 @@ class VenueRuntime:
 
     def connected(self, plan: ConnectionPlan) -> None:
         self.stats.connection(plan, True)
-        self.rest.submit(self.venue.on_connect(plan))
+        try:
+            requests = self.venue.on_connect(plan)
+        except Exception:  # a venue bug must not take the connection down with it
+            log.exception("%s: venue module failed on connect of %s", self.exchange, plan.name)
+            return
+        self.rest.submit(requests)
 
     def disconnected(self, plan: ConnectionPlan, reason: str) -> None:
         self.stats.connection(plan, False, reason.split(":")[0])
@@ -153,11 +158,20 @@ class VenueRuntime:
             group.create_task(self._emit_metrics(metrics_interval_s))
 
     async def _emit_metrics(self, interval_s: float) -> None:
+        """One FeedMetrics record per stream per interval; on shutdown, one more for the partial interval."""
         interval_us = int(interval_s * 1e6)
-        while True:
-            await asyncio.sleep(interval_s)
-            for record in self.stats.flush(time.time_ns() // 1000, interval_us):
+        started = time.time_ns() // 1000
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                started = time.time_ns() // 1000
+                for record in self.stats.flush(started, interval_us):
+                    self.output.metric(record)
+        except asyncio.CancelledError:
+            now = time.time_ns() // 1000
+            for record in self.stats.flush(now, max(1, now - started)):
                 self.output.metric(record)
+            raise
 
 
 def build_venues(settings: Settings, only: list[str] | None = None) -> list[Venue]:

@@ -24,17 +24,17 @@ async def serve(files: list[Path], speed: float, host: str, port: int) -> None:
 
     server = ReplayServer(files, speed=speed, host=host, port=port)
     await server.start()
-    table = Table("file", "ws_in frames", "recorded endpoint", "serve at")
     for replay in server.files:
-        endpoints = sorted({url.split("?")[0] for url in replay.connects} | {url for url, _ in replay.rest})
+        console.print(f"{replay.path.name}: {len(replay.frames)} frames, {len(replay.rest)} REST bodies")
+        hosts = {f"https://{host}" for host, _ in replay.rest}
+        endpoints = sorted({url.split("?")[0] for url in replay.connects} | hosts)
         for endpoint in endpoints:
-            recorded = endpoint if "://" in endpoint else f"https://{endpoint}"
-            table.add_row(replay.path.name, str(len(replay.frames)), recorded, server.url_for(recorded))
-    console.print(table)
+            console.print(f"  {endpoint}  ->  {server.url_for(endpoint)}", soft_wrap=True)
     console.print(
-        "Point a venue at it with its default URLs rewritten the same way, e.g. "
-        f"MARKETPRISM_VENUES__BINANCE__WS_URL={server.url_for('wss://stream.binance.com:9443')} "
-        f"MARKETPRISM_VENUES__BINANCE__REST_URL={server.url_for('https://api.binance.com')}"
+        "Set venues.<id>.ws_url / rest_url to the venue's default URLs rewritten the same way (docs/replay.md), "
+        f"e.g. binance: ws_url {server.url_for('wss://stream.binance.com:9443')}, "
+        f"rest_url {server.url_for('https://api.binance.com')}",
+        soft_wrap=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,5 +5,6 @@ Modules: ``base`` (errors, frames, exact formatting), ``instruments`` (venue sym
 ``market`` (fair prices, regimes, books, trades), ``scenario`` (the YAML scenario, validated),
 ``incidents`` (what each incident kind does), ``labels`` (the labels JSONL), ``engine`` (the pure,
 seeded event generator), ``protocols/<venue>`` (one wire encoder per venue), ``server`` (aiohttp
-loopback endpoints), ``cli`` (``marketprism simulate`` and ``bench simulate``).
+loopback endpoints), ``bench`` (frames/s measurement), ``cli`` (``marketprism simulate`` and
+``marketprism bench simulate``).
 """

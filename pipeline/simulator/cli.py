@@ -71,6 +71,9 @@ def simulate(
         asyncio.run(serve())
     except KeyboardInterrupt:
         console.print("stopped")
+    except OSError as exc:  # the port is taken, or the host is not local
+        console.print(f"[red]cannot serve on {host}:{port}: {exc}[/red]")
+        raise typer.Exit(1) from exc
     finally:
         writer.close()
 

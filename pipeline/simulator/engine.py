@@ -178,31 +178,26 @@ class Engine:
         venue, raw = m.inst.venue, m.inst.raw
         proto = self.protocols[venue]
         corrupt = bool(e.corrupt_book)
-        seq_before = self._seq(proto, raw)
+        seq_before = proto.book_seq(raw)
         frames = self._frames(t, venue, proto.book(m, changes, t - e.lag_us, corrupt))
         if corrupt:
             ident = e.corrupt_book.pop(0)
-            self.incidents.label(self._ids[ident], t, t, {"seq": self._seq(proto, raw), "channel": proto.book_key(raw)})
+            self.incidents.label(self._ids[ident], t, t, {"seq": proto.book_seq(raw), "channel": proto.book_key(raw)})
         if e.drop_book:
             ident = e.drop_book.pop(0)
             key = proto.book_key(raw)
             detail: dict[str, object] = {"channel": key}
             if seq_before is not None:
-                detail.update(seq_first=seq_before + 1, seq_last=self._seq(proto, raw))
+                detail.update(seq_first=seq_before + 1, seq_last=proto.book_seq(raw))
             else:
                 detail["sequence_num"] = "skipped on every connection subscribed to the channel"
             self.incidents.label(self._ids[ident], t, t, detail)
             frames = [
                 Frame(f.t_us, venue, key, "", kind="skip") if f.key == key else f
                 for f in frames
-                if f.key != key or venue == "coinbase"
+                if f.key != key or proto.connection_seq
             ]
         return frames
-
-    @staticmethod
-    def _seq(proto: Protocol, raw: str) -> int | None:
-        table = getattr(proto, "last_u", None) or getattr(proto, "seq", None)
-        return table.get(raw) if isinstance(table, dict) else None
 
     def _trade(self, m: SymbolMarket, t: int) -> list[Frame]:
         trade = m.trade(t - m.effects.lag_us)

@@ -159,9 +159,10 @@ class SimulatorServer:
         if not clients:
             return
         if frame.kind == "disconnect":
-            for client in clients:
+            open_ = [client for client in clients if not client.closing]
+            for client in open_:
                 client.close()
-            DISCONNECTS.labels(frame.venue).inc(len(clients))
+            DISCONNECTS.labels(frame.venue).inc(len(open_))
             return
         key = frame.key
         if frame.kind == "skip":

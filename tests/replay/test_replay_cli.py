@@ -112,3 +112,36 @@ async def test_collect_process_against_replay_process(topics: Settings, replay_d
     assert sorted(t.trade_id for t in got) == expected
     assert 'marketprism_collector_messages_total{exchange="binance"' in metrics
     assert "marketprism_collector_latency_seconds_bucket" in metrics
+
+
+@pytest.mark.shared
+async def test_record_process_writes_the_served_frames(replay_dir: Path, tmp_path: Path) -> None:
+    from pipeline.replay.server import ReplayServer
+
+    capture = replay_dir / "binance.txt"
+    frames = [line.payload for line in read_capture(capture) if line.kind == "ws_in"]
+    server = ReplayServer([capture])
+    await server.start()
+    config = tmp_path / "record.yaml"
+    config.write_text(yaml.safe_dump({
+        "metrics_port": 0,
+        "state_dir": str(tmp_path / "state"),
+        "venues": {"binance": {"symbols": SYMBOLS, "ws_url": server.url_for("wss://stream.binance.com:9443"),
+                               "rest_url": server.url_for("https://api.binance.com")}},
+    }))
+    out = tmp_path / "recorded.txt"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("marketprism")), "--config", str(config), "record", "--venue",
+            "binance", "--out", str(out), "--frames", str(len(frames)), "--duration", "120",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(180):
+            output, _ = await proc.communicate()
+    finally:
+        await server.stop()
+    assert proc.returncode == 0, output.decode()
+    recorded = list(read_capture(out))
+    assert [line.payload for line in recorded if line.kind == "ws_in"] == frames
+    assert sum(1 for line in recorded if line.kind == "rest") == 4
+    assert b"wrote" in output

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from aiokafka import TopicPartition
 
-from pipeline.collectors.runtime import build_venues
+from pipeline.collectors.venues import VENUES
 from pipeline.contracts import FeedMetrics, Trade, decode
 from pipeline.kafka.clients import make_consumer
 from pipeline.settings import Settings, VenueSettings
@@ -88,7 +88,8 @@ async def test_collect_publishes_every_trade_once_and_resyncs_once(topics: Setti
             "metrics_port": 0,
             "venues": {name: conf.model_dump(exclude_none=True) for name, conf in venues.items()},
         }))  # fmt: skip
-        planned = sum(len(venue.plan()) for venue in build_venues(settings))
+        modules = [VENUES[name](conf.symbols, conf.ws_url, conf.rest_url) for name, conf in venues.items()]
+        planned = sum(len(module.plan()) for module in modules)
         with (tmp_path / "collect.log").open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 str(MARKETPRISM), "--config", str(config), "collect", stdout=log, stderr=log

@@ -11,7 +11,8 @@ import aiohttp
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.simulator.bench import collect
+from pipeline.simulator.bench import collect, subscribed_keys
+from pipeline.simulator.engine import Engine
 from pipeline.simulator.labels import Label, LabelWriter, read_labels
 from pipeline.simulator.scenario import load_scenario
 from pipeline.simulator.server import SimulatorServer
@@ -38,7 +39,13 @@ async def test_same_seed_same_bytes_over_websockets(tmp_path: Path) -> None:
     assert labels_first == labels_second
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert len(read_labels(tmp_path / "a.jsonl")) == sum(1 for inc in load_scenario().incidents if inc.at_s <= 100)
-    # the Coinbase connection numbers every message it receives, with the skipped one (none here)
+    # the server sends exactly the pure generator's frames, in its order (after the subscribe replies)
+    engine = Engine(load_scenario(duration_s=100))
+    keys = subscribed_keys(engine, engine.scenario)
+    pure = [f.text for f in engine.run() if f.venue == "okx" and f.key in keys["okx"]]
+    served = [t for t in first["okx"] if not t.startswith('{"event"') and '"action":"snapshot"' not in t]
+    assert served == pure
+    # the Coinbase connection numbers every message it receives
     seqs = [json.loads(t)["sequence_num"] for t in first["coinbase"] if t.startswith("{\"channel\"")]
     assert seqs == list(range(len(seqs)))
 

@@ -162,20 +162,27 @@ async def test_two_sinks_in_one_group_split_partitions_without_duplicates(topics
     trades = variations(Trade, 3000)
     options = RunnerOptions(group_id=f"{topics.topic_prefix}sink", batch_rows=150, batch_interval_s=0.2)
     sinks = [make_sink(topics.clickhouse_url, load_registry(), topics.topic_prefix) for _ in range(2)]
+    runners = [SinkRunner(topics, sink, [name], options) for sink in sinks]
     stop = asyncio.Event()
-    first = asyncio.create_task(SinkRunner(topics, sinks[0], [name], options).run(stop))
+    first = asyncio.create_task(runners[0].run(stop))
     second: asyncio.Task[None] | None = None
     try:
         await produce(topics, {"md.trades.v1": trades[:1500]})
         assert await wait_for(lambda: _rows_written(sinks[0], 300, first), limit_s=120)
-        second = asyncio.create_task(SinkRunner(topics, sinks[1], [name], options).run(stop))
+        second = asyncio.create_task(runners[1].run(stop))
+        assert await wait_for(lambda: _assigned(runners[1]), limit_s=120)
         await produce(topics, {"md.trades.v1": trades[1500:]})
         assert await wait_for(lambda: _total_written(sinks, 3000, [first, second]), limit_s=180)
     finally:
         stop.set()
         await asyncio.gather(first, *([second] if second else []))
+    assert sinks[1].rows_written > 0
     path = chdb_path(topics.clickhouse_url)
     assert rows(path, "SELECT count(), uniqExact(_partition, _offset) FROM trades") == [["3000", "3000"]]
+
+
+async def _assigned(runner: SinkRunner) -> bool:
+    return bool(runner.consumer and runner.consumer.assignment())
 
 
 async def _total_written(sinks, expected: int, tasks: list[asyncio.Task[None]]) -> bool:  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -241,6 +241,18 @@ class BookState:
     buffer: list[Any] = field(default_factory=list)
     top: tuple[Level, Level] | None = None
     snapshot_us: int = 0  # ts_recv of the last published snapshot
+    checksum_memo: tuple[list[Level], list[Level], int] | None = None  # top lists and their checksum
+
+    def checksum(self, n: int, compute: Callable[[list[Level], list[Level]], int]) -> int:
+        """``compute`` over the top ``n`` levels of each side; memoised while the book returns the same
+        cached top lists (it builds new ones whenever a change reaches the top ``n``)."""
+        bids, asks = self.book.top(n)
+        memo = self.checksum_memo
+        if memo is not None and memo[0] is bids and memo[1] is asks:
+            return memo[2]
+        value = compute(bids, asks)
+        self.checksum_memo = (bids, asks, value)
+        return value
 
     def take(self, snapshot: bool, bids: list[Level], asks: list[Level]) -> bool:
         """Apply a snapshot (replaces the book, which is then synced) or a delta; ``False`` for a

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import msgspec
 import orjson
 
 from pipeline.collectors.base import (
@@ -27,6 +28,7 @@ from pipeline.collectors.base import (
 )
 from pipeline.collectors.book import L2Book, Level
 from pipeline.collectors.venues._common import (
+    INT64_MAX,
     BookState,
     dec,
     dict_of,
@@ -47,6 +49,32 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[list[Any], int, int, int, ConnectionPlan, FrameResult], None]
 TAKER = {"SELL": "buy", "BUY": "sell"}  # maker side -> taker side
+
+
+class _Update(msgspec.Struct):
+    side: str
+    price_level: str
+    new_quantity: str
+
+
+class _Level2Event(msgspec.Struct):
+    type: str
+    product_id: str
+    updates: list[_Update]
+
+
+class _Level2Frame(msgspec.Struct):
+    """An ``l2_data`` message as typed decoding sees it (half the cost of ``orjson`` + dicts on the
+    full-depth snapshots). Anything it does not describe goes through the generic path."""
+
+    channel: str
+    timestamp: str
+    sequence_num: int
+    events: list[_Level2Event]
+    type: str | None = None  # set on error messages only
+
+
+_LEVEL2 = msgspec.json.Decoder(_Level2Frame)
 
 
 class Coinbase(Venue):
@@ -107,6 +135,9 @@ class Coinbase(Venue):
         raise FrameError("unknown_channel", "coinbase makes no REST requests")
 
     def on_frame(self, raw: str | bytes, ts_recv: int, plan: ConnectionPlan) -> FrameResult:
+        frame = _typed_level2(raw)
+        if frame is not None:
+            return self._on_level2(frame, ts_recv, plan)
         message = loads(raw)
         if not isinstance(message, dict):
             raise FrameError("bad_type", f"expected an object, got {type(message).__name__}")
@@ -125,6 +156,22 @@ class Coinbase(Venue):
             result.control = self.control[channel]
             return result
         handler(events, seq, ts_event, ts_recv, plan, result)
+        return result
+
+    def _on_level2(self, frame: _Level2Frame, ts_recv: int, plan: ConnectionPlan) -> FrameResult:
+        """:meth:`on_frame` for a typed ``l2_data`` message: the same checks in the same order."""
+        result = FrameResult(stream=frame.channel)
+        ts_event = iso_to_us(frame.timestamp, "timestamp")
+        seq = frame.sequence_num
+        self._check_sequence(plan, seq, result)
+        for event in frame.events:
+            updates = event.updates
+            prices = [update.price_level for update in updates]
+            sizes = [update.new_quantity for update in updates]
+            levels = _split_sides([update.side for update in updates], prices, sizes)
+            if levels is None:  # raise what the generic path raises
+                levels = _level_updates_slow([msgspec.structs.asdict(update) for update in updates])
+            self._take_level2(event.type, event.product_id, *levels, seq, ts_event, ts_recv, plan, result)
         return result
 
     def _check_sequence(self, plan: ConnectionPlan, seq: int, result: FrameResult) -> None:
@@ -157,26 +204,41 @@ class Coinbase(Venue):
             kind = get(event, "type")
             raw = text(get(event, "product_id"), "product_id")
             bids, asks = level_updates(list_of(get(event, "updates"), "updates"))
-            state = self._books.get(raw)
-            if state is None:
-                state = self._books[raw] = BookState(self.symbol(raw), raw, L2Book())
-            self._products.setdefault(plan.name, set()).add(raw)
-            if kind not in ("snapshot", "update"):
-                raise FrameError("bad_type", f"l2_data event type {kind!r}")
-            if not state.take(kind == "snapshot", bids, asks):
-                continue  # waiting for the snapshot of a resubscription
-            publish_book(
-                "coinbase",
-                state,
-                kind if kind == "snapshot" else "delta",
-                bids,
-                asks,
-                ts_event,
-                ts_recv,
-                result,
-                seq_first=seq,
-                seq_last=seq,
-            )
+            self._take_level2(kind, raw, bids, asks, seq, ts_event, ts_recv, plan, result)
+
+    def _take_level2(
+        self,
+        kind: Any,
+        raw: str,
+        bids: list[Level],
+        asks: list[Level],
+        seq: int,
+        ts_event: int,
+        ts_recv: int,
+        plan: ConnectionPlan,
+        result: FrameResult,
+    ) -> None:
+        """Apply one ``l2_data`` event's levels to its product's book and publish the change."""
+        state = self._books.get(raw)
+        if state is None:
+            state = self._books[raw] = BookState(self.symbol(raw), raw, L2Book())
+        self._products.setdefault(plan.name, set()).add(raw)
+        if kind not in ("snapshot", "update"):
+            raise FrameError("bad_type", f"l2_data event type {kind!r}")
+        if not state.take(kind == "snapshot", bids, asks):
+            return  # waiting for the snapshot of a resubscription
+        publish_book(
+            "coinbase",
+            state,
+            kind if kind == "snapshot" else "delta",
+            bids,
+            asks,
+            ts_event,
+            ts_recv,
+            result,
+            seq_first=seq,
+            seq_last=seq,
+        )
 
     def parse_market_trades(
         self, events: list[Any], seq: int, ts_event: int, ts_recv: int, plan: ConnectionPlan, result: FrameResult
@@ -232,6 +294,33 @@ class Coinbase(Venue):
                 result.records.append(venue_bbo("coinbase", self.symbol(raw), raw, bid, ask, ts_event, ts_recv, seq))
 
 
+def _typed_level2(raw: str | bytes) -> _Level2Frame | None:
+    """An ``l2_data`` message that typed decoding fully describes, or ``None`` (then the generic
+    path decodes it and reports whatever is wrong with it)."""
+    head = raw[:24]
+    if (b'"l2_data"' if isinstance(head, bytes) else '"l2_data"') not in head:
+        return None
+    try:
+        frame = _LEVEL2.decode(raw)
+    except (msgspec.DecodeError, UnicodeError):  # ValidationError is a DecodeError
+        return None
+    if frame.channel != "l2_data" or frame.type == "error" or not 0 <= frame.sequence_num <= INT64_MAX:
+        return None
+    return frame
+
+
+def _split_sides(sides: list[Any], prices: list[Any], sizes: list[Any]) -> tuple[list[Level], list[Level]] | None:
+    """Bid and ask levels when every price and size is a plain decimal string and every side is
+    ``bid`` or ``offer``; ``None`` otherwise."""
+    if not (plain_strings(prices) and plain_strings(sizes)):
+        return None
+    bids = [(p, q) for side, p, q in zip(sides, prices, sizes, strict=True) if side == "bid"]
+    asks = [(p, q) for side, p, q in zip(sides, prices, sizes, strict=True) if side == "offer"]
+    if len(bids) + len(asks) != len(sides):
+        return None
+    return bids, asks
+
+
 def level_updates(updates: list[Any]) -> tuple[list[Level], list[Level]]:
     """``l2_data`` updates as exact bid and ask levels. Well-formed updates (objects with plain
     decimal strings) are checked column-wise in one pass; anything else goes through
@@ -243,11 +332,9 @@ def level_updates(updates: list[Any]) -> tuple[list[Level], list[Level]]:
             sizes = [update["new_quantity"] for update in updates]
         except KeyError:
             return _level_updates_slow(updates)
-        if plain_strings(prices) and plain_strings(sizes):
-            bids = [(p, q) for side, p, q in zip(sides, prices, sizes, strict=True) if side == "bid"]
-            asks = [(p, q) for side, p, q in zip(sides, prices, sizes, strict=True) if side == "offer"]
-            if len(bids) + len(asks) == len(updates):
-                return bids, asks
+        levels = _split_sides(sides, prices, sizes)
+        if levels is not None:
+            return levels
     return _level_updates_slow(updates)
 
 

@@ -390,8 +390,7 @@ class Kraken(Venue):
         return state
 
     def _checksum_ok(self, state: BookState, expected: int, result: FrameResult) -> bool:
-        bids, asks = state.book.top(10)
-        if kraken_checksum(bids, asks) == expected:
+        if state.checksum(10, kraken_checksum) == expected:
             return True
         logger.warning("kraken %s: checksum mismatch (%s)", state.raw, expected)
         result.checksum_failures += 1

@@ -330,13 +330,11 @@ class Okx(Venue):
             if not state.take(snapshot, bids, asks):
                 continue  # waiting for the snapshot of a resubscription
             kind = "snapshot" if snapshot else "delta"
-            if checksum:
-                top_bids, top_asks = state.book.top(25)
-                if okx_checksum(top_bids, top_asks) != checksum:
-                    logger.warning("okx %s: checksum mismatch (%s)", raw, checksum)
-                    result.checksum_failures += 1
-                    self._resync(state, result)
-                    return
+            if checksum and state.checksum(25, okx_checksum) != checksum:
+                logger.warning("okx %s: checksum mismatch (%s)", raw, checksum)
+                result.checksum_failures += 1
+                self._resync(state, result)
+                return
             state.seq = seq
             publish_book(
                 "okx",

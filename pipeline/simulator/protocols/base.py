@@ -42,6 +42,7 @@ class Protocol(ABC):
     book_depth: ClassVar[int | None] = None  # levels per side this venue keeps (None: the scenario's)
     trim: ClassVar[bool] = False  # numbers without trailing fractional zeros (OKX, Coinbase)
     wire_dec: ClassVar[int | None] = None  # every number padded to this many decimals (Binance spot)
+    connection_seq: ClassVar[bool] = False  # messages numbered per connection: a lost one is a skipped number
 
     def __init__(self, markets: Sequence[SymbolMarket]):
         self.markets: dict[str, SymbolMarket] = {m.inst.raw: m for m in markets}
@@ -61,6 +62,10 @@ class Protocol(ABC):
     @abstractmethod
     def book_key(self, raw: str) -> str:
         """The key of the symbol's book channel."""
+
+    def book_seq(self, raw: str) -> int | None:
+        """The venue's last book sequence number of a symbol (None: the venue numbers no books)."""
+        return None
 
     @abstractmethod
     def book(self, m: SymbolMarket, changes: list[Change], ts_us: int, corrupt: bool) -> Out:

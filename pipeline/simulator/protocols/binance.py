@@ -44,6 +44,9 @@ class BinanceSpot(Protocol):
     def book_key(self, raw: str) -> str:
         return f"depth|{raw}"
 
+    def book_seq(self, raw: str) -> int | None:
+        return self.last_u[raw]
+
     # -- engine side ---------------------------------------------------------------------------------
     def _diff_text(self, m: SymbolMarket, first: int, last: int, prev: int, bids: str, asks: str, ms: int) -> str:
         return (

@@ -26,6 +26,7 @@ START_UPTIME_S = 40_000  # the heartbeat counter's value at the simulated start
 class Coinbase(Protocol):
     venue: ClassVar[str] = "coinbase"
     trim: ClassVar[bool] = True
+    connection_seq: ClassVar[bool] = True
 
     def price_text(self, m: SymbolMarket, ticks: int) -> str:
         return f'"{self.px(m, ticks)}"'

@@ -52,6 +52,9 @@ class Okx(Protocol):
     def book_key(self, raw: str) -> str:
         return f"books|{raw}"
 
+    def book_seq(self, raw: str) -> int | None:
+        return self.seq[raw]
+
     @staticmethod
     def _arg(channel: str, raw: str) -> str:
         return f'{{"channel":"{channel}","instId":"{raw}"}}'

@@ -15,12 +15,12 @@ from pipeline.settings import KafkaSettings, Settings
 
 
 def _failed(topic: str) -> float:
-    """Records the producer accepted but could not deliver (or refused), from Prometheus."""
+    """Records the producer refused (its in-flight window full, a broker error) or could not deliver."""
     return sum(
         sample.value
         for metric in PRODUCE_ERRORS.collect()
         for sample in metric.samples
-        if sample.name.endswith("_total") and sample.labels["topic"] == topic and sample.labels["reason"] != "overflow"
+        if sample.name.endswith("_total") and sample.labels["topic"] == topic
     )
 
 

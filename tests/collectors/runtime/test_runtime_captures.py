@@ -206,3 +206,38 @@ async def test_capture_end_to_end(exchange: str, topics: Settings, replay_dir: P
         if (bbo.raw_symbol, bbo.ts_recv) in book_moments:  # derived from the book, not a ticker channel
             final[bbo.raw_symbol] = (bbo.bid_price, bbo.bid_size, bbo.ask_price, bbo.ask_size)
     assert final == expected_tops
+
+
+@pytest.mark.shared
+async def test_all_captures_on_one_server_into_one_collector(topics: Settings, replay_dir: Path, run_collector,
+                                                            toy) -> None:
+    """One replay server serving every file (routed by recorded host), one collector running every venue."""
+    captures = {exchange: replay_dir / name for exchange, (name, _, _) in CASES.items()}
+    server = ReplayServer(list(captures.values()))
+    await server.start()
+    venues = []
+    for exchange, (_, symbols, _) in CASES.items():
+        venue_cls = VENUES[exchange]
+        venues.append(venue_cls(symbols, ws_url=server.url_for(venue_cls.ws_url),
+                                rest_url=server.url_for(venue_cls.rest_url)))
+    frames = {
+        exchange: sum(1 for line in read_capture(path) if line.kind == "ws_in") for exchange, path in captures.items()
+    }
+    try:
+        async with run_collector(topics, venues) as running:
+            runtimes = {r.exchange: r for r in running.collector.runtimes}
+            await toy.wait_for(
+                lambda: all(server.state[path].completed >= 1 for path in captures.values())
+                and all(runtimes[e].stats.frames >= frames[e] for e in captures)
+                and all(r.rest.waiting("snapshot") == 0 for r in runtimes.values())
+            )
+    finally:
+        await server.stop()
+
+    trades = [t for _, t in await toy.read_topic(topics, "md.trades.v1", Trade)]
+    for exchange, (name, _, expectations) in CASES.items():
+        expected_trades, _ = expectations(replay_dir / name)
+        mine = [t for t in trades if t.exchange == exchange]
+        assert len(mine) == sum(expected_trades.values()), exchange
+        assert len({(t.symbol, t.trade_id) for t in mine}) == len(mine), exchange
+        assert runtimes[exchange].dead_letters == 0 and runtimes[exchange].stats.totals["gaps"] == 0, exchange
