@@ -116,7 +116,7 @@ class SeriesRegistry:
             state = self.state(obs.series_id, obs.metric, **meta)
             if obs.ts_event <= state.last_ts:
                 continue  # a replayed or duplicated record: already learned
-            scored = state.detector.update(obs.value)
+            scored = state.detector.update(obs.value, obs.ts_event / 1e6)
             state.last_ts = obs.ts_event
             state.updates_since_checkpoint += 1
             touched.append(state)

@@ -136,20 +136,15 @@ class L2Book:
         cached = self._top[i]
         if cached is not None and cached[0] == n:
             return cached[1]
-        count = len(side)
-        if count <= 2 * n:  # a shallow book (Kraken's 10 levels): one call for all items
-            items = side.to_list()[:n]
-            levels = [level for _, level in items]
-            self._top[i] = (n, levels, items[n - 1][0] if count >= n else None)
-            return levels
-        index = side.index
-        levels = [index(j)[1] for j in range(n)]
-        self._top[i] = (n, levels, index(n - 1)[0])
+        keys = side.keys()[:n]  # the library's cached sorted keys (re-sorted only after a change)
+        levels = list(map(side.__getitem__, keys))
+        self._top[i] = (n, levels, keys[n - 1] if len(keys) == n else None)
         return levels
 
     def levels(self) -> tuple[list[Level], list[Level]]:
         """Every level, best first on each side."""
-        return ([v for _, v in self._book.bids.to_list()], [v for _, v in self._book.asks.to_list()])
+        bids, asks = self._book.bids, self._book.asks
+        return list(map(bids.__getitem__, bids.keys())), list(map(asks.__getitem__, asks.keys()))
 
     def _best_keys(self) -> tuple[Key | None, Key | None]:
         best = self._best

@@ -4,5 +4,5 @@ Modules: ``base`` (the sink protocol, batching, errors), ``schema`` (tables deri
 ``migrations`` (versioned DDL, ``db migrate|status``), ``clickhouse`` (what both backends share:
 validation, dedup tokens, retries, recovery), ``chdb_backend`` (embedded), ``driver_backend``
 (clickhouse-driver, server), ``factory`` (backend from the URL), ``runner`` (the consumer loop),
-``metrics``, ``grafana_macros`` (the dashboards' macro expansion) and ``cli``.
+``metrics``, ``grafana`` (the dashboards' macro expansion), ``bench`` and ``cli``.
 """

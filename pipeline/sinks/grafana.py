@@ -179,10 +179,10 @@ def panel_queries(dashboard: dict[str, Any]) -> Iterator[PanelQuery]:
 
 def variable_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """``(name, sql)`` of each query variable, in dashboard order (later ones may use earlier ones)."""
-    found = []
+    found: list[tuple[str, str]] = []
     for var in dashboard.get("templating", {}).get("list", []):
         if var.get("type") == "query":
             query = var.get("query")
             sql = query.get("rawSql") if isinstance(query, dict) else query
-            found.append((var["name"], sql))
+            found.append((str(var["name"]), str(sql)))
     return found

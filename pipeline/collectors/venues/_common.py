@@ -23,6 +23,7 @@ from pipeline.contracts import Bbo, BookUpdate
 logger = logging.getLogger(__name__)
 
 _PLAIN = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]+)?")  # plain, non-negative, < 10^12 s
 _PLAIN_LINES = re.compile(r"(?:-?[0-9]+(?:\.[0-9]+)?\n)*-?[0-9]+(?:\.[0-9]+)?")
 INT64_MAX = 2**63 - 1
 MAX_EXPONENT = 40  # decimals beyond 10^±40 are corrupt input, not prices
@@ -171,6 +172,9 @@ def ms_to_us(value: Any, what: str) -> int:
 
 def seconds_to_us(value: Any, what: str) -> int:
     """``"1618678133.924992"`` (decimal seconds) to integer microseconds, exactly (truncating)."""
+    if type(value) is str and len(value) <= MAX_CHARS and _SECONDS.fullmatch(value):
+        whole, _, frac = value.partition(".")  # at most 12 digits of seconds: no range check needed
+        return int(whole) * 1_000_000 + int((frac + "000000")[:6])
     raw = dec(value, what)
     if raw.startswith("-"):
         raise FrameError("bad_type", f"{what}: negative time {raw}")

@@ -85,7 +85,10 @@ async def test_mutated_frames_never_escape_and_each_rejection_is_one_dead_letter
         else:
             outcomes["parsed"] += 1
 
-    check()
+    try:
+        check()
+    finally:
+        await output.producer.stop()  # never started: only releases it
     assert outcomes["rejected"] > 0 and outcomes["parsed"] + outcomes["rejected"] >= 2000
     dead = [item for item in output._queue._queue if isinstance(item, _Dead)]  # type: ignore[attr-defined]
     assert len(dead) == runtime.dead_letters
