@@ -37,8 +37,8 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKER_METRIC = 'marketprism_aggregation_records_total{stream="trades",result="ok"}'
-NAIVE_METRIC = "marketprism_aggregation_naive_trades_total"
+WORKER_METRIC = ("marketprism_aggregation_records_total{", 'stream="trades"', 'result="ok"')
+NAIVE_METRIC = ("marketprism_aggregation_naive_trades_total",)
 LATENESS_US = 500_000
 GRACE_US = 500_000
 
@@ -59,7 +59,7 @@ def _prefixed(settings: Settings) -> Settings:
 def _trades(count: int, symbols: int, start_us: int, step_us: int) -> list[Trade]:
     return [
         Trade(exchange="binance", symbol=f"S{i % symbols}-USDT", raw_symbol=f"S{i % symbols}USDT", trade_id=str(i),
-              price=f"{100 + i % 97}.{i % 100:02d}", size=f"0.{(i * 7919) % 10**6:06d}",
+              price=f"{100 + i % 97}.{i % 100:02d}", size=f"0.{(i * 7919) % 10**6 + 1:06d}",
               side="buy" if i % 3 else "sell", ts_event=start_us + i * step_us, ts_recv=start_us + i * step_us + 900)
         for i in range(count)
     ]  # fmt: skip
@@ -107,15 +107,23 @@ def _env(settings: Settings, state: Path, metrics_port: int = 0) -> dict[str, st
     }
 
 
-async def _applied(client: httpx.AsyncClient, url: str, metric: str) -> float:
+async def _applied(client: httpx.AsyncClient, url: str, metric: tuple[str, ...]) -> float:
+    """Sum of the samples whose line starts with ``metric[0]`` and holds every other part (labels)."""
     try:
         text = (await client.get(url)).text
     except httpx.HTTPError:
         return 0.0  # not serving yet
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric))
+    name, *labels = metric
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and all(label in line for label in labels)
+    )
 
 
-async def faust_throughput(settings: Settings, command: list[str], metric: str, count: int, state: Path) -> float:
+async def faust_throughput(
+    settings: Settings, command: list[str], metric: tuple[str, ...], count: int, state: Path
+) -> float:
     """Trades/s of a Faust worker process, from its Prometheus counter (first non-zero reading to the last)."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -212,8 +220,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def run_bench(settings: Settings, plan: BenchPlan) -> str:
     base = int(time.time() * 1e6) - 3_600_000_000
-    step = max(1, 60_000_000 // max(1, plan.trades // 10))  # event time spans ~10 minutes
-    trades = _trades(plan.trades, plan.symbols, base, step)
+    trades = _trades(plan.trades, plan.symbols, base, 100)  # 10k trades per second of event time
     marketprism = str(Path(sys.executable).parent / "marketprism")
     results: dict[str, list[float]] = {"raw": [], "naive": [], "worker": []}
     state = settings.state_dir / "bench-aggregate"

@@ -19,10 +19,9 @@ Level = tuple[str, str]
 def okx_checksum(bids: list[Level], asks: list[Level]) -> int:
     """OKX v5 ``books`` checksum of the top 25 levels (signed int32)."""
     bids, asks = bids[:25], asks[:25]
-    parts = [value for bid, ask in zip(bids, asks, strict=False) for value in (*bid, *ask)]
     common = min(len(bids), len(asks))
-    parts.extend(value for level in (bids[common:] or asks[common:]) for value in level)
-    crc = zlib.crc32(":".join(parts).encode())
+    interleaved = chain(chain.from_iterable(zip(bids, asks, strict=False)), bids[common:] or asks[common:])
+    crc = zlib.crc32(":".join(map(":".join, interleaved)).encode())
     return crc - (1 << 32) if crc >= (1 << 31) else crc
 
 

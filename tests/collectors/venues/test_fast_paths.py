@@ -4,6 +4,7 @@ per-value checks, and Coinbase's typed ``l2_data`` decoding against the generic 
 
 from __future__ import annotations
 
+import zlib
 from decimal import Decimal
 from typing import Any
 
@@ -181,3 +182,20 @@ def test_typed_decoding_takes_well_formed_l2_data_only() -> None:
     assert _typed_level2(l2_frame(3, SNAPSHOT, typed_first=True, type="error")) is None
     assert _typed_level2(l2_frame(-3, SNAPSHOT, typed_first=True)) is None
     assert _typed_level2(l2_frame(3, [{"type": "snapshot"}], typed_first=True)) is None
+
+
+okx_prices = st.from_regex(r"[0-9]{1,4}\.[0-9]{1,3}", fullmatch=True)
+level_lists = st.lists(st.tuples(okx_prices, st.sampled_from(["1", "0.5"])), max_size=30)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(level_lists, level_lists)
+def test_okx_checksum_is_the_documented_interleaving(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
+    parts: list[str] = []
+    for i in range(25):  # OKX's description: bid i then ask i, a missing side skipped
+        if i < len(bids):
+            parts.extend(bids[i])
+        if i < len(asks):
+            parts.extend(asks[i])
+    crc = zlib.crc32(":".join(parts).encode())
+    assert okx_checksum(bids, asks) == (crc - (1 << 32) if crc >= (1 << 31) else crc)
