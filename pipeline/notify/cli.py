@@ -8,16 +8,18 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.tree import Tree
 
 from pipeline.notify.base import ConfigError, NotifyError
-from pipeline.notify.config import NotifierConfig, compile_routes, load_config
-from pipeline.notify.routing import Route
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:  # the config pulls in every channel's client: imported when a command runs
+    from pipeline.notify.config import NotifierConfig
+    from pipeline.notify.routing import Route
 
 console = Console()
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ RoutesOption = Annotated[
 
 
 def _load(path: Path) -> NotifierConfig:
+    from pipeline.notify.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -94,6 +98,8 @@ def _describe(route: Route) -> str:
 def check(routes: RoutesOption = Path("notify.yaml")) -> None:
     """Validate a notifier config and print its routing tree."""
     config = _load(routes)
+    from pipeline.notify.config import compile_routes
+
     tree = compile_routes(config.route)
     node = Tree(_describe(tree))
     _tree(tree, node)
