@@ -254,6 +254,42 @@ def topics_schemas(
 # ---------------------------------------------------------------- demo
 
 
+@app.command("run")
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="settings YAML (venues, Kafka, ClickHouse)")
+    ] = None,
+    component: Annotated[
+        list[str] | None, typer.Option(help="component to run (repeatable; default: all)")
+    ] = None,
+    notify_routes: Annotated[Path | None, typer.Option(help="notifier routing YAML (docs/notify.md)")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="component logs (default: <state_dir>/run/logs)")] = None,
+) -> None:
+    """Run every component against live venues and a real Kafka/ClickHouse (docs/live.md), restarting any
+    that exits, until Ctrl-C."""
+    from pipeline.supervisor.run import COMPONENTS, supervise
+
+    chosen = component or list(COMPONENTS)
+    unknown = sorted(set(chosen) - set(COMPONENTS))
+    if unknown:
+        console.print(f"[red]unknown component(s) {unknown}; known: {list(COMPONENTS)}[/red]")
+        raise typer.Exit(2)
+    if config is not None:
+        try:
+            load_settings(config)  # fail here, naming the field, rather than in every child
+        except SettingsError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+    asyncio.run(
+        supervise(
+            config.resolve() if config else None,
+            chosen,
+            log_dir or settings().state_dir / "run" / "logs",
+            notify_routes.resolve() if notify_routes else None,
+        )
+    )
+
+
 @app.command("demo")
 def demo(
     duration: Annotated[float | None, typer.Option(help="stop after this many wall seconds")] = None,

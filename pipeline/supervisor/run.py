@@ -1,0 +1,109 @@
+"""Runs the components against the configured (live) venues, Kafka and ClickHouse as child processes,
+restarting a component that exits with capped, jittered backoff, until SIGINT/SIGTERM.
+
+This is for a single host (a laptop, a VM). In production each component runs as its own service
+(docker-compose.yml, one container per component) and the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.demo.children import Child, ChildGroup
+
+log = logging.getLogger(__name__)
+
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "sink": ("sink",),
+    "worker": ("worker",),
+    "anomaly": ("anomaly",),
+    "alerts": ("alerts", "run"),
+    "notify": ("notify",),
+    "collect": ("collect",),
+}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter for restarting a component."""
+
+    base_s: float = 1.0
+    cap_s: float = 60.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+
+
+def _prepare(config: Path | None) -> None:
+    """Make the broker and the database match the registry and migrations before anything starts."""
+    base = [sys.executable, "-m", "pipeline", *(("--config", str(config)) if config else ())]
+    for step in (("topics", "apply"), ("db", "migrate")):
+        result = subprocess.run([*base, *step], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"`marketprism {' '.join(step)}` failed:\n{result.stdout}{result.stderr}")
+        log.info("%s: ok", " ".join(step))
+
+
+async def supervise(
+    config: Path | None,
+    components: Sequence[str],
+    log_dir: Path,
+    notify_routes: Path | None = None,
+    backoff: Backoff = Backoff(),
+    stable_s: float = 300.0,
+) -> None:
+    """Start the components and keep them running until a termination signal (``config`` is absolute)."""
+    await asyncio.to_thread(_prepare, config)
+    env = {"MARKETPRISM_CONFIG": str(config)} if config else {}
+    group = ChildGroup(log_dir, env=env)
+    rng = random.Random()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def args_of(name: str) -> list[str]:
+        args = list(COMPONENTS[name])
+        if name == "notify" and notify_routes is not None:
+            args += ["--routes", str(notify_routes)]
+        return args
+
+    running: dict[str, tuple[Child, float, int]] = {}
+    for name in components:
+        running[name] = (group.start(name, args_of(name)), time.monotonic(), 0)
+    try:
+        while not stop.is_set():
+            for name, (child, started, attempts) in list(running.items()):
+                if child.alive:
+                    continue
+                attempts = 0 if time.monotonic() - started > stable_s else attempts + 1
+                delay = backoff.delay(attempts, rng)
+                log.error(
+                    "%s exited with %s; restarting in %.1fs (log: %s)",
+                    name,
+                    child.process.returncode,
+                    delay,
+                    child.log_path,
+                )
+                group.children.remove(child)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    break
+                except TimeoutError:
+                    running[name] = (group.start(name, args_of(name)), time.monotonic(), attempts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        killed = group.stop()
+        if killed:
+            log.warning("had to SIGKILL: %s", ", ".join(killed))
