@@ -42,7 +42,7 @@ PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records pub
 @dataclass(frozen=True)
 class WorkerOptions:
     config: DetectorConfig = field(default_factory=DetectorConfig)
-    report_floor: float = 0.5
+    report_floor: float = 0.475
     checkpoint_every: int = 60
     checkpoint_interval_s: float = 30.0
     health_interval_s: float = 10.0

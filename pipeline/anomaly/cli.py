@@ -25,7 +25,7 @@ anomaly_app = typer.Typer(
 @anomaly_app.callback()
 def worker(
     ctx: typer.Context,
-    report_floor: Annotated[float, typer.Option(help="publish scores at or above this")] = 0.5,
+    report_floor: Annotated[float, typer.Option(help="publish scores at or above this")] = 0.475,
     warmup: Annotated[int, typer.Option(help="points a series must see before it reports")] = 150,
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint a series after this many updates")] = 60,
     checkpoint_interval: Annotated[float, typer.Option(help="... or after this many seconds")] = 30.0,

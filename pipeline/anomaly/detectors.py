@@ -30,6 +30,7 @@ class RobustZScore(AnomalyDetector):
         self.window_size = window_size
         self.min_scale = min_scale
         self._window: utils.SortedWindow[float] = utils.SortedWindow(size=window_size)
+        self._quartiles: tuple[float, float, float] | None = None  # of the window as last scored
 
     @property
     def ready(self) -> bool:
@@ -37,6 +38,7 @@ class RobustZScore(AnomalyDetector):
 
     def learn_one(self, x: dict[str, float]) -> None:
         self._window.append(x["y"])
+        self._quartiles = None
 
     def _quantile(self, q: float) -> float:
         w = self._window.data
@@ -45,17 +47,21 @@ class RobustZScore(AnomalyDetector):
         hi = min(lo + 1, len(w) - 1)
         return w[lo] + (w[hi] - w[lo]) * (pos - lo)
 
+    def _compute_quartiles(self) -> tuple[float, float, float]:
+        self._quartiles = (self._quantile(0.25), self._quantile(0.5), self._quantile(0.75))
+        return self._quartiles
+
     def expected(self) -> tuple[float, float, float]:
         """(median, lower, upper): the median and the 1.5-IQR fences of the window."""
         if not self._window:
             return 0.0, 0.0, 0.0
-        q1, med, q3 = self._quantile(0.25), self._quantile(0.5), self._quantile(0.75)
+        q1, med, q3 = self._quartiles or self._compute_quartiles()
         return med, q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
 
     def score_one(self, x: dict[str, float]) -> float:
         if len(self._window) < 3:
             return 0.0
-        q1, med, q3 = self._quantile(0.25), self._quantile(0.5), self._quantile(0.75)
+        q1, med, q3 = self._quartiles or self._compute_quartiles()
         scale = max((q3 - q1) / IQR_TO_SIGMA, self.min_scale, abs(med) * 1e-6)
         return abs(x["y"] - med) / scale
 
@@ -63,6 +69,7 @@ class RobustZScore(AnomalyDetector):
         """Forget all but the last ``n`` values (after a detected regime change)."""
         recent = list(self._window.unsorted_window)[-n:]
         self._window = utils.SortedWindow(size=self.window_size)
+        self._quartiles = None
         for value in recent:
             self._window.append(value)
 
@@ -70,12 +77,11 @@ class RobustZScore(AnomalyDetector):
 class Predictive(AnomalyDetector):
     """River's PredictiveAnomalyDetection on a univariate forecaster, fed ``y`` from ``{"y": value}``.
 
-    Also keeps the last one-step forecast so the ensemble can report the expected value.
+    :meth:`forecast` gives the one-step forecast the ensemble reports as the expected value.
     """
 
     def __init__(self, pad: anomaly.PredictiveAnomalyDetection):
         self.pad = pad
-        self.last_forecast: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -87,8 +93,10 @@ class Predictive(AnomalyDetector):
     def score_one(self, x: dict[str, float]) -> float:
         if self.pad.iter < 3:
             return 0.0
-        self.last_forecast = float(self.pad.predictive_model.forecast(1)[0])
         return float(self.pad.score_one(None, float(x["y"])))
+
+    def forecast(self) -> float | None:
+        return float(self.pad.predictive_model.forecast(1)[0]) if self.pad.iter >= 3 else None
 
 
 def predictive(alpha: float, beta: float | None, n_std: float, warmup: int) -> Predictive:

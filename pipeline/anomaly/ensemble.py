@@ -41,17 +41,13 @@ class DetectorConfig:
     z_half: float = 5.0
     adwin_delta: float = 0.002
     learn_anomalies: bool = False
-    report_floor: float = 0.5
+    report_floor: float = 0.475
     refractory: int = 100
     refractory_damp: float = 0.0
-    breakout: float = 0.0  # > 0: a value beyond the seen [min, max] by this share of the range scores breakout_score
-    breakout_score: float = 0.9
     seasonal_period_s: float = 86400.0
     seasonal_bucket_s: float = 1800.0
-    seasonal_alpha: float = 0.1
-    detectors: tuple[str, ...] = ("robust", "predictive", "hst")
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    combine: str = "max"  # "max": the most confident detector; "top2": mean of the two most confident
+    seasonal_alpha: float = 0.05
+    detectors: tuple[str, ...] = ("robust", "predictive", "hst", "seasonal")
 
 
 class TailCalibrator:
@@ -75,12 +71,14 @@ class TailCalibrator:
         self.short_sum += raw
         value = self.short_sum / len(short)
         z = 0.0
+        mean = self.mean
         if self.n >= self.min_points:
             sd = math.sqrt(self.var) if self.var > 0.0 else 0.0
-            z = (value - self.mean) / max(sd, 1e-6 * max(abs(self.mean), 1.0), 1e-9)
+            floor = 1e-6 * abs(mean) if abs(mean) > 1.0 else 1e-6
+            z = (value - mean) / (sd if sd > floor else floor)
         self.n += 1
-        a = max(self.alpha, 1.0 / self.n)
-        delta = value - self.mean
+        a = 1.0 / self.n if self.n * self.alpha < 1.0 else self.alpha
+        delta = value - mean
         self.mean += a * delta
         self.var = (1.0 - a) * (self.var + a * delta * delta)
         return z
@@ -118,15 +116,12 @@ class SeriesDetector:
             "robust": self.robust, "predictive": self.predictive, "hst": self.hst, "seasonal": self.seasonal
         }
         self.detectors = {name: det for name, det in everything.items() if name in c.detectors}
-        self.weights = {name: w for name, w in zip(everything, c.weights, strict=True) if name in self.detectors}
         self.calibrators = {
             name: TailCalibrator(c.calib_long, c.calib_short, c.calib_min) for name in self.detectors
         }
         self.adwin = drift.ADWIN(delta=c.adwin_delta)
         self.seen = 0
         self.cooldown = 0
-        self.low = math.inf
-        self.high = -math.inf
 
     @property
     def warm(self) -> bool:
@@ -141,29 +136,17 @@ class SeriesDetector:
         zs = {
             name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()
         }
-        for name, weight in self.weights.items():
-            zs[name] *= weight
         detector = max(zs, key=zs.__getitem__)
-        z = zs[detector]
-        if c.combine == "top2" and len(zs) > 1:
-            z = sum(sorted(zs.values())[-2:]) / 2.0
-        elif c.combine == "mean":
-            z = sum(zs.values()) / len(zs)
-        score = z_to_score(z, c.z_half) if self.warm else 0.0
-        if c.breakout and self.warm:
-            margin = c.breakout * (self.high - self.low)
-            if value > self.high + margin or value < self.low - margin:
-                score = max(score, c.breakout_score)
-                detector = "breakout"
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
+        score = z_to_score(zs[detector], c.z_half) if self.warm else 0.0
         if self.cooldown > 0:
             self.cooldown -= 1
             score *= c.refractory_damp
         elif score >= c.report_floor:
             self.cooldown = c.refractory
         median, lower, upper = self.robust.expected()
-        expected = self.predictive.last_forecast if detector == "predictive" else median
+        expected: float | None = median
+        if detector == "predictive" and score >= c.report_floor:
+            expected = self.predictive.forecast()
         self.adwin.update(value)
         drifted = self.adwin.drift_detected
         if drifted:

@@ -103,10 +103,12 @@ class L2Book:
         extreme: Callable[[list[Any]], Any],
         better: Callable[[Any, Any], bool],
     ) -> None:
-        if not isinstance(levels, list) or set(map(type, levels)) != {tuple}:
-            levels = [(price, size) for price, size in levels]  # stored values are (price, size) tuples
         if not levels:
             return
+        if not isinstance(levels, list) or set(map(type, levels)) != {tuple}:
+            levels = [(price, size) for price, size in levels]  # stored values are (price, size) tuples
+            if not levels:
+                return
         keys = self._keys(levels)
         side = self._book.bids if i == 0 else self._book.asks
         for key, level in zip(keys, levels, strict=True):

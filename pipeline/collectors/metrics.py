@@ -157,7 +157,9 @@ class FeedStats:
         for stream, window in self._windows.items():
             lags = sorted(window.lags)
             last = self._last_us.get(stream)
-            carriers = self._carriers.get(stream, set())
+            # a stream no connection carries (the per-record-kind lag streams, a REST resync) is up while the
+            # venue's connections all are; an empty carrier set would report it disconnected forever
+            carriers = self._carriers.get(stream) or self._up.keys()
             out.append(
                 FeedMetrics(
                     exchange=self.exchange,  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ _PLAIN_LINES = re.compile(r"(?:-?[0-9]+(?:\.[0-9]+)?\n)*-?[0-9]+(?:\.[0-9]+)?")
 INT64_MAX = 2**63 - 1
 MAX_EXPONENT = 40  # decimals beyond 10^±40 are corrupt input, not prices
 MAX_CHARS = 100
+SMALL_LEVELS = 4  # up to this many rows, checking one by one is cheaper than the column-wise pass
 SNAPSHOT_EVERY_US = 60_000_000  # a full book snapshot at least this often (receipt time)
 SNAPSHOT_CHUNK = 5_000  # levels per side in one snapshot record
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,10 +110,11 @@ def plain_strings(values: list[Any]) -> bool:
 
 
 def levels(rows: Any, what: str) -> list[Level]:
-    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs. Rows of plain strings take a
-    fast path (checked all at once); any other row goes through :func:`dec` one by one."""
+    """``[[price, size, ...], ...]`` as exact ``(price, size)`` pairs. More than ``SMALL_LEVELS`` rows
+    of plain strings take a fast path (checked all at once); a few rows, or any other row, go one by
+    one (:func:`dec` for what is not a plain string)."""
     rows = list_of(rows, what)
-    if set(map(type, rows)) == {list}:
+    if len(rows) > SMALL_LEVELS and set(map(type, rows)) == {list}:
         try:
             out = [(row[0], row[1]) for row in rows]
         except IndexError:  # a short row
