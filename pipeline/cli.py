@@ -296,15 +296,18 @@ def demo(
     speed: Annotated[float, typer.Option(help="simulated seconds per wall second")] = 1.0,
     sim_duration: Annotated[float | None, typer.Option(help="simulated seconds of the scenario")] = None,
     seed: Annotated[int | None, typer.Option(help="simulator seed (default: the scenario's)")] = None,
-    scenario: Annotated[Path | None, typer.Option(help="simulator scenario YAML (default: the shipped one)")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="simulator scenario YAML (default: the demo's)")] = None,
     view: Annotated[bool, typer.Option(help="live terminal view")] = True,
+    anomaly_warmup: Annotated[int, typer.Option(help="points an anomaly series learns before it reports")] = 40,
+    summary_json: Annotated[Path | None, typer.Option(help="also write the summary to this JSON file")] = None,
 ) -> None:
     """Run everything on the embedded defaults: broker, chdb, simulator with incidents, collectors, workers,
     sink, notifier; a live view until Ctrl-C or --duration, then a summary."""
     from pipeline.demo.runner import DemoOptions, run_demo
 
     options = DemoOptions(
-        duration_s=duration, speed=speed, sim_duration_s=sim_duration, seed=seed, scenario=scenario, view=view
+        duration_s=duration, speed=speed, sim_duration_s=sim_duration, seed=seed, view=view,
+        anomaly_warmup=anomaly_warmup, summary_json=summary_json, **({"scenario": scenario} if scenario else {}),
     )
     try:
         summary = asyncio.run(run_demo(settings(), options, console))

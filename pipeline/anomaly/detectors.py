@@ -16,14 +16,26 @@ wrapper, not here.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
+from typing import Any
 
 from river import anomaly, preprocessing, time_series, utils
 from river.base import AnomalyDetector
 
+Features = dict[Hashable, Any]
+
+
+class Detector(AnomalyDetector):
+    """River's anomaly-detector contract plus ``ready``: whether scores mean something yet."""
+
+    @property
+    def ready(self) -> bool:
+        raise NotImplementedError
+
 IQR_TO_SIGMA = 1.349
 
 
-class RobustZScore(AnomalyDetector):
+class RobustZScore(Detector):
     """``|y - median| / (IQR / 1.349)`` over a rolling window of the last ``window_size`` values."""
 
     def __init__(self, window_size: int = 300, min_scale: float = 1e-9):
@@ -36,7 +48,7 @@ class RobustZScore(AnomalyDetector):
     def ready(self) -> bool:
         return len(self._window) >= 3
 
-    def learn_one(self, x: dict[str, float]) -> None:
+    def learn_one(self, x: Features) -> None:
         self._window.append(x["y"])
         self._quartiles = None
 
@@ -58,7 +70,7 @@ class RobustZScore(AnomalyDetector):
         q1, med, q3 = self._quartiles or self._compute_quartiles()
         return med, q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
 
-    def score_one(self, x: dict[str, float]) -> float:
+    def score_one(self, x: Features) -> float:
         if len(self._window) < 3:
             return 0.0
         q1, med, q3 = self._quartiles or self._compute_quartiles()
@@ -74,38 +86,40 @@ class RobustZScore(AnomalyDetector):
             self._window.append(value)
 
 
-class Predictive(AnomalyDetector):
+class Predictive(Detector):
     """River's PredictiveAnomalyDetection on a univariate forecaster, fed ``y`` from ``{"y": value}``.
 
     :meth:`forecast` gives the one-step forecast the ensemble reports as the expected value.
     """
 
-    def __init__(self, pad: anomaly.PredictiveAnomalyDetection):
+    def __init__(self, pad: anomaly.PredictiveAnomalyDetection, forecaster: time_series.base.Forecaster):
         self.pad = pad
+        self.forecaster = forecaster  # the PAD's model (pickling keeps them one object)
 
     @property
     def ready(self) -> bool:
         return self.pad.iter >= max(self.pad.warmup_period, 3)
 
-    def learn_one(self, x: dict[str, float]) -> None:
-        self.pad.learn_one(None, float(x["y"]))
+    def learn_one(self, x: Features) -> None:
+        self.pad.learn_one({}, float(x["y"]))
 
-    def score_one(self, x: dict[str, float]) -> float:
+    def score_one(self, x: Features) -> float:
         if self.pad.iter < 3:
             return 0.0
-        return float(self.pad.score_one(None, float(x["y"])))
+        return float(self.pad.score_one({}, float(x["y"])))
 
     def forecast(self) -> float | None:
-        return float(self.pad.predictive_model.forecast(1)[0]) if self.pad.iter >= 3 else None
+        return float(self.forecaster.forecast(1)[0]) if self.pad.iter >= 3 else None
 
 
 def predictive(alpha: float, beta: float | None, n_std: float, warmup: int) -> Predictive:
     """PredictiveAnomalyDetection around Holt's linear trend (HoltWinters without a season)."""
     forecaster = time_series.HoltWinters(alpha=alpha, beta=beta)
-    return Predictive(anomaly.PredictiveAnomalyDetection(forecaster, horizon=1, n_std=n_std, warmup_period=warmup))
+    pad = anomaly.PredictiveAnomalyDetection(forecaster, horizon=1, n_std=n_std, warmup_period=warmup)
+    return Predictive(pad, forecaster)
 
 
-class HalfSpaceTrees(AnomalyDetector):
+class HalfSpaceTrees(Detector):
     """Half-Space Trees on min-max scaled features ``y`` and ``dy`` (change since the last value)."""
 
     def __init__(self, n_trees: int, height: int, window_size: int, seed: int):
@@ -118,21 +132,21 @@ class HalfSpaceTrees(AnomalyDetector):
         """Scores mean something once the first reference window is complete."""
         return not self.trees._first_window
 
-    def _features(self, x: dict[str, float]) -> dict[str, float]:
+    def _features(self, x: Features) -> Features:
         y = x["y"]
         return {"y": y, "dy": 0.0 if self._last is None else y - self._last}
 
-    def learn_one(self, x: dict[str, float]) -> None:
+    def learn_one(self, x: Features) -> None:
         features = self._features(x)
         self.scaler.learn_one(features)
         self.trees.learn_one(self.scaler.transform_one(features))
         self._last = x["y"]
 
-    def score_one(self, x: dict[str, float]) -> float:
+    def score_one(self, x: Features) -> float:
         return float(self.trees.score_one(self.scaler.transform_one(self._features(x))))
 
 
-class SeasonalProfile(AnomalyDetector):
+class SeasonalProfile(Detector):
     """Time-of-day profile: per bucket of ``bucket_s`` within ``period_s``, an EW mean and variance."""
 
     def __init__(self, period_s: float = 86400.0, bucket_s: float = 1800.0, alpha: float = 0.1, min_count: int = 3):
@@ -146,7 +160,7 @@ class SeasonalProfile(AnomalyDetector):
         self.count = [0] * self.n_buckets
         self._bucket = -1
 
-    def _index(self, x: dict[str, float]) -> int:
+    def _index(self, x: Features) -> int:
         t = x.get("t")
         return -1 if t is None else int((t % self.period_s) // self.bucket_s) % self.n_buckets
 
@@ -155,7 +169,7 @@ class SeasonalProfile(AnomalyDetector):
         """Ready when the bucket of the last scored point has enough history."""
         return self._bucket >= 0 and self.count[self._bucket] >= self.min_count
 
-    def learn_one(self, x: dict[str, float]) -> None:
+    def learn_one(self, x: Features) -> None:
         b = self._index(x)
         if b < 0:
             return
@@ -165,7 +179,7 @@ class SeasonalProfile(AnomalyDetector):
         self.mean[b] += a * delta
         self.var[b] = (1.0 - a) * (self.var[b] + a * delta * delta)
 
-    def score_one(self, x: dict[str, float]) -> float:
+    def score_one(self, x: Features) -> float:
         b = self._bucket = self._index(x)
         if b < 0 or self.count[b] < self.min_count:
             return 0.0

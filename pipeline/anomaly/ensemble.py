@@ -1,8 +1,9 @@
-"""One series' detector: the raw detectors calibrated into one score in [0, 1], plus the policies around them.
+"""One series' detector: the raw detectors (robust, predictive, Half-Space Trees, seasonal profile)
+calibrated into one score in [0, 1], plus the policies around them.
 
 The wrapper owns what STYLE item 9 keeps out of detectors: warm-up (score 0 until ``warmup`` points
-were seen), calibration (each raw score becomes the Gaussian tail probability of its short-term mean
-against its long-term distribution, the "anomaly likelihood" of Numenta's detector), the combination
+were seen), calibration (each raw score becomes the z-score of its short-term mean against its
+long-term distribution, after the "anomaly likelihood" of Numenta's detector), the combination
 (the most confident detector wins and is named as the contributor), ADWIN drift detection (after a
 regime change the robust window keeps only the new regime), not learning anomalous points, and a
 refractory period after a report so one incident yields one report rather than a burst.
@@ -17,9 +18,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from river import drift
-from river.base import AnomalyDetector
 
-from pipeline.anomaly.detectors import HalfSpaceTrees, Predictive, RobustZScore, SeasonalProfile, predictive
+from pipeline.anomaly.detectors import (
+    Detector,
+    Features,
+    HalfSpaceTrees,
+    Predictive,
+    RobustZScore,
+    SeasonalProfile,
+    predictive,
+)
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,7 @@ class SeriesDetector:
         self.predictive: Predictive = predictive(c.holt_alpha, c.holt_beta, c.pad_n_std, warmup=min(c.warmup, 30))
         self.hst = HalfSpaceTrees(c.hst_trees, c.hst_height, c.hst_window, c.hst_seed)
         self.seasonal = SeasonalProfile(c.seasonal_period_s, c.seasonal_bucket_s, c.seasonal_alpha)
-        everything: dict[str, AnomalyDetector] = {
+        everything: dict[str, Detector] = {
             "robust": self.robust, "predictive": self.predictive, "hst": self.hst, "seasonal": self.seasonal
         }
         self.detectors = {name: det for name, det in everything.items() if name in c.detectors}
@@ -131,7 +139,7 @@ class SeriesDetector:
         """Score ``value`` (observed at epoch seconds ``t_s``, for the seasonal profile) against the model,
         then learn it (unless it is anomalous and that is off)."""
         c = self.config
-        x = {"y": value} if t_s is None else {"y": value, "t": t_s}
+        x: Features = {"y": value} if t_s is None else {"y": value, "t": t_s}
         raw = {name: det.score_one(x) for name, det in self.detectors.items()}
         zs = {
             name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()

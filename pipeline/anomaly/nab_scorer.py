@@ -95,9 +95,9 @@ def sweep_file(
     max_tp = scaled_sigmoid(-1.0)
     rows: list[ScoredRow] = []
     window_of_row: dict[int, int] = {}
-    for w, (first, last) in enumerate(limits):
+    for index, (first, last) in enumerate(limits):
         for i in range(first, last + 1):
-            window_of_row[i] = w
+            window_of_row[i] = index
     prev_last: int | None = None
     prev_width = 0.0
     used: set[int] = set()

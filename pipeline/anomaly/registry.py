@@ -87,14 +87,19 @@ class SeriesRegistry:
         self.series: dict[str, SeriesState] = {}
         self.restored = 0
 
-    def state(self, series_id: str, metric: str, **meta: str | None) -> SeriesState:
+    def state(
+        self, series_id: str, metric: str, exchange: str | None = None, symbol: str | None = None,
+        stream: str | None = None,
+    ) -> SeriesState:
         state = self.series.get(series_id)
         if state is None:
             state = self.loader(series_id) if self.loader else None
             if state is not None:
                 self.restored += 1
             else:
-                state = SeriesState(series_id, metric, SeriesDetector(self.config), **meta)
+                state = SeriesState(
+                    series_id, metric, SeriesDetector(self.config), exchange=exchange, symbol=symbol, stream=stream
+                )
             self.series[series_id] = state
         return state
 
@@ -109,11 +114,13 @@ class SeriesRegistry:
     def on_feed_metrics(self, metrics: FeedMetrics) -> tuple[list[Anomaly], list[SeriesState]]:
         return self._score(feed_observations(metrics), exchange=metrics.exchange, stream=metrics.stream)
 
-    def _score(self, observations: list[Observation], **meta: str) -> tuple[list[Anomaly], list[SeriesState]]:
+    def _score(
+        self, observations: list[Observation], exchange: str, symbol: str | None = None, stream: str | None = None
+    ) -> tuple[list[Anomaly], list[SeriesState]]:
         anomalies = []
         touched = []
         for obs in observations:
-            state = self.state(obs.series_id, obs.metric, **meta)
+            state = self.state(obs.series_id, obs.metric, exchange=exchange, symbol=symbol, stream=stream)
             if obs.ts_event <= state.last_ts:
                 continue  # a replayed or duplicated record: already learned
             scored = state.detector.update(obs.value, obs.ts_event / 1e6)

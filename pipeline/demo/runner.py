@@ -1,5 +1,5 @@
 """Runs the whole pipeline on the embedded defaults: broker, embedded ClickHouse, simulator with the
-default incident scenario, collectors, aggregation, anomaly and rule workers, sink and notifier (log +
+demo incident scenario (scenario.yaml), collectors, aggregation, anomaly and rule workers, sink and notifier (log +
 a local webhook), each a ``marketprism`` child process; shows a live view and ends with a summary.
 
 Each run gets its own topic prefix (``demo<run id>.``) on the broker and a fresh embedded database, so
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+import orjson
 import yaml
 from aiokafka import TopicPartition
 from rich.console import Console
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 SINK_GROUP = "demo-sink"
 # Venue paths the simulator serves below its per-venue base URL (docs/simulator.md).
 SIM_WS_PATHS = {"okx": "/ws/v5/public", "kraken": "/v2"}
+# Every incident kind, each sized for its alert rule and over in time for the alert to resolve (the simulator's own
+# default scenario is fixed by its tests and sized for the simulator, not for the rules).
+DEMO_SCENARIO = Path(__file__).with_name("scenario.yaml")
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,13 @@ class DemoOptions:
     speed: float = 1.0  # simulated seconds per wall second
     sim_duration_s: float | None = None  # simulated seconds of the scenario (default: the scenario's)
     seed: int | None = None
-    scenario: Path | None = None
+    scenario: Path = DEMO_SCENARIO
     view: bool = True
-    drain_s: float = 20.0  # after the scenario: time for alerts to resolve and the sink to catch up
+    drain_s: float = 5.0  # after the collectors stop: time for the workers to process what is in flight
+    # Points an anomaly series learns before it reports; the worker's production default (150) would keep every
+    # series blind for the first 2.5 simulated minutes, i.e. through the whole demo scenario.
+    anomaly_warmup: int = 40
+    summary_json: Path | None = None
 
 
 @dataclass
@@ -73,12 +82,8 @@ class DemoRun:
         self.console.print(f"[bold cyan]»[/bold cyan] {text}")
 
 
-def _scenario_symbols(scenario: Path | None) -> dict[str, list[str]]:
-    from importlib.resources import files
-
-    default = files("pipeline.simulator") / "scenarios" / "default.yaml"
-    text = scenario.read_text() if scenario else default.read_text()
-    symbols = yaml.safe_load(text)["symbols"]
+def _scenario_symbols(scenario: Path) -> dict[str, list[str]]:
+    symbols = yaml.safe_load(scenario.read_text())["symbols"]
     return {venue: list(items) for venue, items in symbols.items()}
 
 
@@ -140,6 +145,13 @@ async def _wait_sink_caught_up(
 
 async def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
     run = DemoRun(settings, options, console)
+    if options.speed != 1:
+        # venue timestamps follow simulated time, receipt times and feed metrics the wall clock
+        console.print(
+            f"[yellow]speed {options.speed:g}: simulated time drifts from the wall clock, so feed latency, "
+            "staleness and every rule mixing feed metrics with market data are off; alerts are exact at speed 1"
+            "[/yellow]"
+        )
     home = run.home
     if home.exists():
         shutil.rmtree(home)
@@ -213,30 +225,30 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
 
         children.start("sink", ["sink", "--group", SINK_GROUP], metrics_env())
         children.start("worker", ["worker"], metrics_env())
-        children.start("anomaly", ["anomaly"], metrics_env())
-        children.start("alerts", ["alerts", "run"], metrics_env())
+        children.start("anomaly", ["anomaly", "--warmup", str(options.anomaly_warmup)], metrics_env())
+        demo_rules = Path(__file__).with_name("rules.yaml")
+        children.start("alerts", ["alerts", "run", "--rules", str(demo_rules)], metrics_env())
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
 
-        run._step(f"simulator (default incident scenario, speed {options.speed:g}) and collectors")
+        run._step(f"simulator ({options.scenario.name}, speed {options.speed:g}) and collectors")
         sim_args = ["simulate", "--port", str(sim_port), "--speed", str(options.speed), "--labels",
                     str(labels_path), "--start-now"]
         if options.seed is not None:
             sim_args += ["--seed", str(options.seed)]
         if options.sim_duration_s is not None:
             sim_args += ["--duration", str(options.sim_duration_s)]
-        if options.scenario is not None:
-            sim_args += ["--scenario", str(options.scenario)]
+        sim_args += ["--scenario", str(options.scenario)]
         simulator = children.start("simulator", sim_args, metrics_env())
         await asyncio.to_thread(_wait_port, sim_port, 60, lambda: simulator.alive)
         children.start("collect", ["collect"], metrics_env())
 
-        await _watch(run, demo_settings, stats, children, simulator)
+        await _watch(run, demo_settings, stats, children, simulator, f"http://{base}/sim/status")
     finally:
         run._step("stopping: collectors, then workers once drained, then the sink once it has caught up")
         records: dict[str, int] = {}
         try:
             await _stop(children, ("collect", "simulator"))
-            await asyncio.sleep(min(options.drain_s, 5.0))
+            await asyncio.sleep(options.drain_s)
             await _stop(children, ("worker", "anomaly", "alerts", "notify"))
             topics = [demo_settings.topic(t.name) for t in load_registry()]
             ends = await _read_all(demo_settings, topics)
@@ -253,6 +265,8 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
             log.warning("had to SIGKILL: %s", ", ".join(killed))
     summary = build_summary(home, labels_path, records, receiver, stats)
     summary.leftover_pids = children.leftovers()
+    if options.summary_json is not None:
+        options.summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
     return summary
 
 
@@ -267,33 +281,57 @@ async def _stop(children: ChildGroup, names: tuple[str, ...], wait_s: float = 30
             await asyncio.to_thread(child.process.wait, wait_s)
 
 
-async def _watch(run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator) -> None:  # type: ignore[no-untyped-def]
-    """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C."""
+async def _watch(  # type: ignore[no-untyped-def]
+    run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator, status_url: str
+) -> None:
+    """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C.
+
+    The collectors are stopped just before the scenario's end: the simulator then closes every connection, and
+    collectors still running would report every venue down (a demo must not cry wolf at its own shutdown)."""
     topics = [settings.topic(t) for t in WATCHED]
     consumer = make_consumer(settings.kafka, *topics, group_id=f"{settings.topic_prefix}view")
     await consumer.start()
     started = time.monotonic()
-    ended_at: float | None = None
+    next_poll = 0.0
+    margin_us = int(1.5e6 * max(run.options.speed, 1.0))  # 1.5 wall seconds of simulated time
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one status poll every half second is no news
     try:
-        with Live(stats.render("MarketPrism demo"), console=run.console, refresh_per_second=2,
-                  transient=not run.options.view) as live:
-            while True:
-                batch = await consumer.getmany(timeout_ms=250, max_records=5000)
-                for tp, messages in batch.items():
-                    name = tp.topic.removeprefix(settings.topic_prefix)
-                    for message in messages:
-                        stats.add(name, message.value)
-                if run.options.view:
-                    live.update(stats.render("MarketPrism demo"))
-                now = time.monotonic()
-                if run.options.duration_s is not None and now - started >= run.options.duration_s:
-                    return
-                if ended_at is None and not simulator.alive:
-                    ended_at = now
-                if ended_at is not None and now - ended_at >= run.options.drain_s:
-                    return
-                crashed = [c.name for c in children.dead() if c.name != "simulator"]
-                if crashed:
-                    raise RuntimeError(f"component(s) exited: {', '.join(crashed)} (logs in {run.home / 'logs'})")
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            with Live(stats.render("MarketPrism demo"), console=run.console, refresh_per_second=2,
+                      transient=not run.options.view) as live:
+                while True:
+                    batch = await consumer.getmany(timeout_ms=250, max_records=5000)
+                    for tp, messages in batch.items():
+                        name = tp.topic.removeprefix(settings.topic_prefix)
+                        for message in messages:
+                            stats.add(name, message.value)
+                    if run.options.view:
+                        live.update(stats.render("MarketPrism demo"))
+                    now = time.monotonic()
+                    if run.options.duration_s is not None and now - started >= run.options.duration_s:
+                        return
+                    if not simulator.alive:
+                        return
+                    if now >= next_poll:
+                        next_poll = now + 0.5
+                        if await _scenario_ending(http, status_url, margin_us):
+                            log.info("scenario ends: stopping the collectors")
+                            await _stop(children, ("collect",))
+                            with contextlib.suppress(subprocess.TimeoutExpired):
+                                await asyncio.to_thread(simulator.process.wait, 60)
+                            return
+                    crashed = [c.name for c in children.dead() if c.name != "simulator"]
+                    if crashed:
+                        raise RuntimeError(
+                            f"component(s) exited: {', '.join(crashed)} (logs in {run.home / 'logs'})"
+                        )
     finally:
         await consumer.stop()
+
+
+async def _scenario_ending(http: httpx.AsyncClient, status_url: str, margin_us: int) -> bool:
+    try:
+        status = (await http.get(status_url)).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return bool(status.get("started")) and status["end_us"] - status["now_us"] <= margin_us

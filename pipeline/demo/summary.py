@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.contracts import Alert, Notification
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.view import DemoStats
 from pipeline.sinks.schema import table_name
@@ -23,9 +25,9 @@ EXPECTED_RULES: dict[str, tuple[str, ...]] = {
     "flash_crash": ("PriceSpikeAnomaly",),
     "volume_burst": ("VolumeBurst",),
     "spread_blowout": ("SpreadBlowout",),
-    "frozen_price": ("FrozenPrice", "PriceSpikeAnomaly"),
+    "frozen_price": ("FrozenPrice",),
     "feed_stall": ("FeedStalled",),
-    "disconnect_storm": ("VenueDisconnected",),
+    "disconnect_storm": ("VenueDisconnected", "ReconnectStorm"),
     "sequence_gap": ("SequenceGapRate",),
     "bad_checksum": ("ChecksumFailures",),
     "crossed_book": ("CrossedBook",),
@@ -33,6 +35,17 @@ EXPECTED_RULES: dict[str, tuple[str, ...]] = {
     "venue_divergence": ("VenueDivergence", "VenueCloseDivergence"),
     "malformed_frames": ("DeadLetterRate",),
 }
+# Other alerts an incident rightly causes (they are not false alarms): a stalled symbol's message rate collapses, a
+# price that was frozen or diverging jumps when it resumes, a lagging venue's trades arrive too late for its bars.
+CONSEQUENCES: dict[str, tuple[str, ...]] = {
+    "feed_stall": ("MessageRateCollapse",),
+    "frozen_price": ("PriceSpikeAnomaly",),
+    "venue_divergence": ("PriceSpikeAnomaly",),
+    "disconnect_storm": ("FeedStalled", "MessageRateCollapse"),
+    "latency_increase": ("DeadLetterRate",),
+}
+# States of an alert that has fired: inhibited or silenced alerts were raised too, only not notified.
+RAISED = frozenset({"firing", "silenced", "acked", "flapping"})
 
 
 class _Label(msgspec.Struct, frozen=True):
@@ -42,6 +55,7 @@ class _Label(msgspec.Struct, frozen=True):
     symbol: str | None
     start_us: int
     end_us: int
+    raw_symbol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,12 @@ class IncidentOutcome:
     kind: str
     venue: str
     symbol: str | None
+    expected: tuple[str, ...]
     rule: str | None
-    latency_s: float | None
+    fingerprint: str | None
+    latency_s: float | None  # incident start -> alert fired (simulated seconds)
+    resolved_after_end_s: float | None  # incident end -> alert resolved; None: still raised at the end
+    notified_s: float | None  # incident start -> first notification sent for the alert
 
     @property
     def caught(self) -> bool:
@@ -66,23 +84,42 @@ class DemoSummary:
     notifications: int
     duplicate_notifications: dict[str, int]
     query_hint: str
+    unexplained: list[str] = field(default_factory=list)  # raised alerts no incident accounts for
+    # alert fired (its event time) -> first notification sent, per caught incident (wall clock = simulated at speed 1)
+    notification_latency_ms: list[float] = field(default_factory=list)
     leftover_pids: list[int] = field(default_factory=list)
 
     @property
     def rows_match(self) -> bool:
-        return all(self.rows.get(t) == n for t, n in self.records.items())
+        return all(self.rows.get(t, 0) == n for t, n in self.records.items())
+
+    def as_dict(self) -> dict[str, object]:
+        """The machine-readable summary (``marketprism demo --summary-json``)."""
+        return {
+            "incidents": [{**asdict(o), "caught": o.caught} for o in self.incidents],
+            "caught": sum(o.caught for o in self.incidents),
+            "rows": self.rows,
+            "records": self.records,
+            "rows_match": self.rows_match,
+            "notifications": self.notifications,
+            "duplicate_notifications": self.duplicate_notifications,
+            "notification_latency_ms": self.notification_latency_ms,
+            "unexplained_alerts": self.unexplained,
+            "leftover_pids": self.leftover_pids,
+        }
 
     def print(self, console: Console) -> None:
-        table = Table("incident", "kind", "venue", "symbol", "alert", "latency s", title="incidents vs alerts")
+        table = Table("incident", "kind", "venue", "symbol", "alert", "latency s", "resolved s", "notified s",
+                      title="incidents vs alerts (simulated seconds)")
         for o in self.incidents:
             table.add_row(
-                o.incident, o.kind, o.venue, o.symbol or "*", o.rule or "[red]none[/red]",
-                "-" if o.latency_s is None else f"{o.latency_s:.1f}",
+                o.incident, o.kind, o.venue, o.symbol or "*", o.rule or "[red]none[/red]", _fmt(o.latency_s),
+                _fmt(o.resolved_after_end_s) if o.caught else "-", _fmt(o.notified_s),
             )
         console.print(table)
         rows = Table("table", "rows", "topic records", title="stored")
         for name, records in sorted(self.records.items()):
-            stored = self.rows.get(name)
+            stored = self.rows.get(name, 0)
             mark = "" if stored == records else " [red]≠[/red]"
             rows.add_row(name, f"{stored}{mark}", str(records))
         console.print(rows)
@@ -91,26 +128,91 @@ class DemoSummary:
             f"{caught}/{len(self.incidents)} incidents raised their alert; {self.notifications} webhook "
             f"notifications, {len(self.duplicate_notifications)} duplicated"
         )
+        if self.unexplained:
+            console.print(f"alerts no incident explains: {', '.join(self.unexplained)}")
         console.print(f"query the data: {self.query_hint}")
 
 
-def _outcome(label: _Label, fired: list[tuple[str, dict[str, str], int]]) -> IncidentOutcome:
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _symbol_tokens(stream: str) -> set[str]:
+    return {t for t in re.split(r"[:@]", stream.lower()) if t}
+
+
+def _concerns(label: _Label, labels: dict[str, str]) -> bool:
+    """Whether an alert's labels point at the incident's venue (and symbol, where the alert names one)."""
+    if labels.get("exchange", label.venue) != label.venue:
+        return False
+    if not label.symbol:
+        return True
+    if "symbol" in labels:
+        return labels["symbol"] == label.symbol
+    stream = labels.get("stream")
+    if stream is None or label.raw_symbol is None:
+        return True
+    tokens = _symbol_tokens(stream)
+    # a per-symbol stream (`books:ETH-USDT`, `ethusdt@depth@100ms`) must be this symbol's; a channel-wide stream
+    # (`l2_data`, a connection) carries every symbol of the venue
+    raw = label.raw_symbol.lower()
+    return raw in tokens or raw.replace("/", "").replace("-", "") in tokens or len(tokens) == 1
+
+
+@dataclass(frozen=True)
+class _Episode:
+    rule: str
+    fingerprint: str
+    labels: dict[str, str]
+    fired_at: int
+    resolved_at: int | None
+
+
+def _episodes(alerts: list[Alert]) -> list[_Episode]:
+    """One entry per (fingerprint, fired_at): when it was raised and, if it was, resolved."""
+    found: dict[tuple[str, int], _Episode] = {}
+    for a in alerts:
+        if a.fired_at is None or (a.state not in RAISED and a.state != "resolved"):
+            continue
+        key = (a.fingerprint, a.fired_at)
+        known = found.get(key)
+        resolved = a.resolved_at if a.state == "resolved" else (known.resolved_at if known else None)
+        found[key] = _Episode(a.rule, a.fingerprint, a.labels, a.fired_at, resolved)
+    return sorted(found.values(), key=lambda e: e.fired_at)
+
+
+def _outcome(label: _Label, episodes: list[_Episode], sent: list[Notification]) -> IncidentOutcome:
     expected = EXPECTED_RULES.get(label.kind, ())
-    best: tuple[int, str] | None = None
-    for rule, labels, at in fired:
-        if rule not in expected or at < label.start_us:
-            continue
-        if labels.get("exchange", label.venue) != label.venue:
-            continue
-        if label.symbol and labels.get("symbol", label.symbol) != label.symbol:
-            continue
-        if best is None or at < best[0]:
-            best = (at, rule)
-    if best is None:
-        return IncidentOutcome(label.id, label.kind, label.venue, label.symbol, None, None)
-    return IncidentOutcome(
-        label.id, label.kind, label.venue, label.symbol, best[1], (best[0] - label.start_us) / 1e6
+    best = next(
+        (e for e in episodes
+         if e.rule in expected and e.fired_at >= label.start_us and _concerns(label, e.labels)),
+        None,
     )
+    if best is None:
+        return IncidentOutcome(label.id, label.kind, label.venue, label.symbol, expected, None, None, None, None, None)
+    notified = min((n.ts for n in sent if best.fingerprint in n.fingerprints and n.ts >= best.fired_at), default=None)
+    return IncidentOutcome(
+        label.id, label.kind, label.venue, label.symbol, expected, best.rule, best.fingerprint,
+        (best.fired_at - label.start_us) / 1e6,
+        None if best.resolved_at is None else max(0.0, (best.resolved_at - label.end_us) / 1e6),
+        None if notified is None else (notified - label.start_us) / 1e6,
+    )
+
+
+def _unexplained(labels: list[_Label], episodes: list[_Episode]) -> list[str]:
+    """Raised alerts whose rule and labels match no incident (what a user would call a false alarm)."""
+    out = []
+    for e in episodes:
+        explained = (
+            label for label in labels
+            if e.rule in EXPECTED_RULES.get(label.kind, ()) + CONSEQUENCES.get(label.kind, ())
+        )
+        if not any(_concerns(label, e.labels) for label in explained):
+            out.append(f"{e.rule}{{{','.join(f'{k}={v}' for k, v in sorted(e.labels.items()) if k in _KEYS)}}}")
+    return sorted(set(out))
+
+
+_KEYS = {"exchange", "symbol", "stream", "source", "series_id", "group", "topic"}
 
 
 def _table_rows(home: Path, config: Path) -> dict[str, int]:
@@ -133,14 +235,21 @@ def build_summary(
     labels = []
     if labels_path.exists():
         labels = [msgspec.json.decode(line, type=_Label) for line in labels_path.read_bytes().splitlines() if line]
-    fired = [(a.rule, a.labels, a.fired_at or a.ts_event) for a in stats.alerts_fired]
+    episodes = _episodes(stats.alert_log)
     rows = _table_rows(home, home / "config.yaml")
     records = {table_name(topic): count for topic, count in topic_records.items()}
-    return DemoSummary(
-        incidents=[_outcome(label, fired) for label in labels],
+    summary = DemoSummary(
+        incidents=[_outcome(label, episodes, stats.sent) for label in labels],
         rows=rows,
         records=records,
         notifications=len(receiver.received),
         duplicate_notifications=receiver.duplicates,
         query_hint=f'.venv/bin/marketprism --config {home / "config.yaml"} query "SELECT count() FROM trades"',
+        unexplained=_unexplained(labels, episodes),
     )
+    summary.notification_latency_ms = sorted(
+        round((o.notified_s - o.latency_s) * 1000, 1)
+        for o in summary.incidents
+        if o.notified_s is not None and o.latency_s is not None
+    )
+    return summary

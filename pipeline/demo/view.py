@@ -34,8 +34,9 @@ class DemoStats:
     anomalies: deque[Anomaly] = field(default_factory=lambda: deque(maxlen=6))
     alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=8))
     alert_states: dict[str, Alert] = field(default_factory=dict)
-    alerts_fired: list[Alert] = field(default_factory=list)
+    alert_log: list[Alert] = field(default_factory=list)  # every change, for the summary
     notifications: Counter[str] = field(default_factory=Counter)
+    sent: list[Notification] = field(default_factory=list)  # delivered notifications
     rows: dict[str, int] = field(default_factory=dict)
 
     def add(self, topic: str, value: bytes) -> None:
@@ -54,10 +55,11 @@ class DemoStats:
         elif isinstance(record, Alert):
             self.alerts.append(record)
             self.alert_states[record.fingerprint] = record
-            if record.state == "firing":
-                self.alerts_fired.append(record)
+            self.alert_log.append(record)
         elif isinstance(record, Notification):
             self.notifications[record.status] += 1
+            if record.status == "sent":
+                self.sent.append(record)
 
     def render(self, title: str) -> Panel:
         venues = Table("venue", "stream", "rate/s", "lag p99 ms", "gaps", "health", title="feeds", expand=True)

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from pipeline.anomaly.checkpoint import Checkpointer, dumps, loads
-from pipeline.anomaly.detectors import HalfSpaceTrees, RobustZScore, predictive
+from pipeline.anomaly.detectors import HalfSpaceTrees, RobustZScore, SeasonalProfile, predictive
 from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
 from pipeline.anomaly.registry import SeriesRegistry
 from tests.anomaly.helpers import bars
@@ -19,6 +19,7 @@ DETECTORS = {
     "robust": lambda: RobustZScore(100),
     "predictive": lambda: predictive(0.5, 0.05, 6.0, warmup=10),
     "hst": lambda: HalfSpaceTrees(5, 6, 50, seed=1),
+    "seasonal": lambda: SeasonalProfile(period_s=100.0, bucket_s=10.0),
 }
 
 
@@ -26,13 +27,13 @@ DETECTORS = {
 def test_detectors_keep_rivers_contract_and_score_a_spike_higher(name: str) -> None:
     detector = DETECTORS[name]()
     rng = random.Random(1)
-    for _ in range(300):
-        x = {"y": 10.0 + rng.gauss(0, 0.5)}
+    for t in range(300):
+        x = {"y": 10.0 + rng.gauss(0, 0.5), "t": float(t)}
         assert detector.score_one(x) >= 0.0
         detector.learn_one(x)
+    normal = detector.score_one({"y": 10.0, "t": 300.0})
     assert detector.ready
-    normal = detector.score_one({"y": 10.0})
-    spike = detector.score_one({"y": 30.0})
+    spike = detector.score_one({"y": 30.0, "t": 300.0})
     assert spike > normal
     assert math.isfinite(spike)
 

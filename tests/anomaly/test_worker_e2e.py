@@ -9,7 +9,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.anomaly.checkpoint import loads
-from pipeline.contracts import Bar, encode, market_key
+from pipeline.contracts import Bar, DeadLetter, decoder_for, encode, market_key
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.settings import Settings
 from tests.anomaly.helpers import bars, collect, worker_process
@@ -26,6 +26,28 @@ async def produce(settings: Settings, records: list[Bar]) -> None:
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def produce_raw(settings: Settings, key: bytes, value: bytes) -> None:
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic("md.bars.1s.v1"), value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def read_dead_letters(consumer: AIOKafkaConsumer, timeout_s: float) -> list[DeadLetter]:
+    decode = decoder_for(DeadLetter).decode
+    dead: list[DeadLetter] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not dead:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    dead += [decode(m.value) for m in messages]
+    except TimeoutError:
+        pass
+    return dead
 
 
 async def checkpoint_seen(settings: Settings, series_id: str, at_least: int, timeout_s: float) -> int:
@@ -63,8 +85,11 @@ async def test_spikes_produce_anomalies_on_the_right_series_and_quiet_data_none(
     quiet = bars("binance", "BTC-USDT", 400, seed=3)
     spiky = bars("okx", "ETH-USDT", 400, seed=4, spikes=frozenset({250, 370}))
     consumer = await anomaly_consumer(topics)
+    dlq = make_consumer(topics.kafka, topics.topic("ops.dlq.v1"), group_id=None)
+    await dlq.start()
     try:
         with worker_process(topics, tmp_path / "worker.log", *WORKER_ARGS):
+            await produce_raw(topics, b"okx:ETH-USDT", b'{"not": "a bar"}')  # bad input: DLQ, processing goes on
             await produce(topics, [b for pair in zip(quiet, spiky, strict=True) for b in pair])
             found = await collect(consumer, lambda seen: {a.ts_event for a in seen} >= {spiky[250].window_end,
                                                                                       spiky[370].window_end},
@@ -72,8 +97,11 @@ async def test_spikes_produce_anomalies_on_the_right_series_and_quiet_data_none(
             # Let the worker finish the rest of both series before judging the quiet one.
             await checkpoint_seen(topics, "binance:BTC-USDT:1s:volume", 400, timeout_s=120)
             found += await collect(consumer, lambda seen: False, timeout_s=3)
+            dead = await read_dead_letters(dlq, timeout_s=60)
     finally:
         await consumer.stop()
+        await dlq.stop()
+    assert [(d.source, d.reason, d.payload) for d in dead] == [("anomaly", "undecodable", '{"not": "a bar"}')]
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert found, log[-3000:]
     assert all(a.exchange == "okx" and a.symbol == "ETH-USDT" for a in found), found  # quiet series: none
