@@ -126,14 +126,17 @@ async def faust_throughput(
 ) -> float:
     """Trades/s of a Faust worker process, from its Prometheus counter (first non-zero reading to the last)."""
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        *command, env=_env(settings, state, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    with (state / f"{Path(command[0]).name}-{command[-1]}.log").open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command, env=_env(settings, state, port), stdout=output, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         first: tuple[float, float] | None = None
         async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(900):
             while True:
+                if process.returncode is not None:
+                    raise RuntimeError(f"{command[-2:]} exited with {process.returncode} before applying {count}")
                 done = await _applied(client, url, metric)
                 now = time.perf_counter()
                 if first is None and done > 0:
@@ -145,6 +148,11 @@ async def faust_throughput(
             return float("nan")
         return (done - first[1]) / (now - first[0])
     finally:
+        await _stop(process)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
         process.terminate()
         try:
             await asyncio.wait_for(process.wait(), 30)
@@ -199,12 +207,7 @@ async def bar_latency(settings: Settings, plan: BenchPlan, state: Path) -> list[
     finally:
         await producer.stop()
         await consumer.stop()
-        worker.terminate()
-        try:
-            await asyncio.wait_for(worker.wait(), 30)
-        except TimeoutError:
-            worker.kill()
-            await worker.wait()
+        await _stop(worker)
     return latencies
 
 
@@ -219,11 +222,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def run_bench(settings: Settings, plan: BenchPlan) -> str:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     base = int(time.time() * 1e6) - 3_600_000_000
     trades = _trades(plan.trades, plan.symbols, base, 100)  # 10k trades per second of event time
     marketprism = str(Path(sys.executable).parent / "marketprism")
     results: dict[str, list[float]] = {"raw": [], "naive": [], "worker": []}
     state = settings.state_dir / "bench-aggregate"
+    state.mkdir(parents=True, exist_ok=True)
     for _ in range(plan.repeats):
         run = _prefixed(settings)
         await _preload(run, trades)
@@ -231,7 +236,7 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
         await ensure_internal_topics(run)
         worker = [marketprism, "worker"]
         results["worker"].append(await faust_throughput(run, worker, WORKER_METRIC, plan.trades, state))
-        naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warning"]
+        naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warn"]
         results["naive"].append(await faust_throughput(run, naive, NAIVE_METRIC, plan.trades, state))
     latencies = await bar_latency(_prefixed(settings), plan, state)
     raw, naive_rate, worker_rate = (_median(results[k]) for k in ("raw", "naive", "worker"))

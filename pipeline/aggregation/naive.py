@@ -16,15 +16,18 @@ NAIVE_TRADES = counter("aggregation_naive_trades_total", "Trades the naive per-e
 
 
 def build_naive_app(settings: Settings) -> faust.App:
-    app = create_app(settings, NAIVE_APP_ID, broker_commit_interval=0.5, topic_partitions=6)
-    volume = app.Table("naive-volume", default=float, partitions=6, key_type=bytes, value_type=float).tumbling(1.0)
+    # windowed-table changelog keys are (key, window) tuples: JSON for the tables, raw for the input
+    app = create_app(settings, NAIVE_APP_ID, topic_partitions=6, key_serializer="json", value_serializer="json")
+    volume = app.Table("naive-volume", default=float, partitions=6).tumbling(1.0)
     decoder = decoder_for(Trade)
 
-    @app.agent(app.topic(settings.topic("md.trades.v1")), name="naive-bars")
+    source = app.topic(settings.topic("md.trades.v1"), key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="naive-bars")
     async def per_event(stream: faust.StreamT) -> None:
         async for event in stream.events():
             trade = decoder.decode(event.message.value)
-            volume[event.message.key] += float(trade.size)
+            volume[f"{trade.exchange}:{trade.symbol}"] += float(trade.size)
             NAIVE_TRADES.inc()
 
     return app

@@ -13,6 +13,7 @@ from aiokafka import TopicPartition
 from pipeline.contracts import decoder_for, encode, load_registry
 from pipeline.contracts.records import Alert, Record, Silence
 from pipeline.kafka import make_consumer, make_producer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ async def read_all(settings: Settings, name: str, record_type: type[R]) -> list[
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await log_end_offsets(settings.kafka, tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000)

@@ -20,8 +20,8 @@ from aiokafka.errors import KafkaError
 from pipeline.alerting.clock import Clock
 from pipeline.contracts import encode, load_registry
 from pipeline.contracts.records import ConsumerLag
-from pipeline.kafka import make_consumer
 from pipeline.kafka.clients import client_options
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def default_groups(settings: Settings) -> list[str]:
     return ["marketprism-sink", f"{settings.topic_prefix}aggregator", f"{settings.topic_prefix}anomaly"]
 
 
-async def measure(settings: Settings, admin: AIOKafkaAdminClient, consumer, group: str, at: int) -> list[ConsumerLag]:  # type: ignore[no-untyped-def]
+async def measure(settings: Settings, admin: AIOKafkaAdminClient, group: str, at: int) -> list[ConsumerLag]:
     """One record per topic the group has committed offsets on (none when the group never committed)."""
     # Ask for the registry's partitions by name: brokers differ in answering "all partitions" (Tansu fails it).
     wanted = [TopicPartition(settings.topic(t.name), p) for t in load_registry() for p in range(t.partitions)]
@@ -42,7 +42,7 @@ async def measure(settings: Settings, admin: AIOKafkaAdminClient, consumer, grou
     committed = {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
     if not committed:
         return []
-    ends = await consumer.end_offsets(list(committed))
+    ends = await log_end_offsets(settings.kafka, committed)
     per_topic: dict[str, list[TopicPartition]] = defaultdict(list)
     for tp in committed:
         per_topic[tp.topic].append(tp)
@@ -73,15 +73,13 @@ async def run_probe(
 ) -> None:
     """Measure every ``interval_s`` until ``stop``; broker errors are logged and retried next round."""
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    consumer = make_consumer(settings.kafka, group_id=None)
     await admin.start()
-    await consumer.start()
     try:
         while not stop.is_set():
             at = clock.now_us()
             for group in groups:
                 try:
-                    records = await measure(settings, admin, consumer, group, at)
+                    records = await measure(settings, admin, group, at)
                 except KafkaError as exc:
                     log.warning("lag of group %s not measured: %s", group, exc)
                     continue
@@ -93,5 +91,4 @@ async def run_probe(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
     finally:
-        await consumer.stop()
         await admin.close()

@@ -33,6 +33,7 @@ from pipeline.alerting.sources import SOURCES, Source
 from pipeline.contracts import DecodeError, decoder_for, encode
 from pipeline.contracts.records import Alert, AlertAction, RuleEngineCheckpoint, Silence
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class RuleEngineRunner:
     async def _position_inputs(self, consumer, offsets: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
         tps = [tp for name in self._input_topics() for tp in control.partitions(self.settings, name)]
         consumer.assign(tps)
-        self._ends = await consumer.end_offsets(tps)
+        self._ends = await log_end_offsets(self.settings.kafka, tps)
         for tp in tps:
             name = tp.topic.removeprefix(self.settings.topic_prefix)
             stored = offsets.get(f"{name}:{tp.partition}")

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from pipeline.anomaly.forecasting import ThresholdForecast
 from pipeline.contracts import Anomaly, FeedMetrics
 from pipeline.kafka import client_options
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class HealthMonitor:
                 ]
                 if not tps:
                     continue
-                ends = await consumer.end_offsets(tps)
+                ends = await log_end_offsets(self.settings.kafka, tps)
                 lag = 0
                 for tp in tps:
                     committed = await consumer.committed(tp)

@@ -36,13 +36,14 @@ EXPECTED_RULES: dict[str, tuple[str, ...]] = {
     "malformed_frames": ("DeadLetterRate",),
 }
 # Other alerts an incident rightly causes (they are not false alarms): a stalled symbol's message rate collapses, a
-# price that was frozen or diverging jumps when it resumes, a lagging venue's trades arrive too late for its bars.
+# price that was frozen or diverging jumps when it resumes, a lagging venue's trades arrive too late for its bars
+# and its feed lag is forecast to breach its limit, a reconnecting venue replays trades (lag again).
 CONSEQUENCES: dict[str, tuple[str, ...]] = {
     "feed_stall": ("MessageRateCollapse",),
     "frozen_price": ("PriceSpikeAnomaly",),
     "venue_divergence": ("PriceSpikeAnomaly",),
-    "disconnect_storm": ("FeedStalled", "MessageRateCollapse"),
-    "latency_increase": ("DeadLetterRate",),
+    "disconnect_storm": ("FeedStalled", "MessageRateCollapse", "CapacityBreachPredicted"),
+    "latency_increase": ("DeadLetterRate", "CapacityBreachPredicted"),
 }
 # States of an alert that has fired: inhibited or silenced alerts were raised too, only not notified.
 RAISED = frozenset({"firing", "silenced", "acked", "flapping"})
@@ -143,7 +144,10 @@ def _symbol_tokens(stream: str) -> set[str]:
 
 def _concerns(label: _Label, labels: dict[str, str]) -> bool:
     """Whether an alert's labels point at the incident's venue (and symbol, where the alert names one)."""
-    if labels.get("exchange", label.venue) != label.venue:
+    exchange = labels.get("exchange")
+    if exchange is None and labels.get("series_id", "").startswith("health:"):  # health:<exchange>:<stream>:...
+        exchange = labels["series_id"].split(":")[1]
+    if (exchange or label.venue) != label.venue:
         return False
     if not label.symbol:
         return True

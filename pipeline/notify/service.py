@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pipeline.contracts import Alert, DecodeError, Notification, decoder_for
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
 from pipeline.kafka.admin import describe
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.notify.base import Batch, Clock, NotifyError, SystemClock
 from pipeline.notify.config import NotifierConfig
 from pipeline.notify.durations import micros
@@ -154,7 +155,7 @@ class NotifyService:
         self, consumer: AIOKafkaConsumer, tps: list[TopicPartition], dlq: DeadLetterPublisher
     ) -> Backlog:
         """Read both topics to the end offsets they had at start."""
-        ends = await consumer.end_offsets(tps)
+        ends = await log_end_offsets(self._settings.kafka, tps)
         backlog = Backlog()
         while True:
             behind = [tp for tp in tps if await consumer.position(tp) < ends[tp]]

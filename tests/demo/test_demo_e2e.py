@@ -27,6 +27,10 @@ pytestmark = pytest.mark.slow  # ~3 wall minutes: bounded by the scenario's 150 
 # Alerts whose rule counts events over a window resolve only when the window has passed the last event: a
 # dead-letter burst (DeadLetterRate, 5 minutes) cannot resolve inside a 2.5-minute scenario.
 RESOLVE_AFTER_RUN = {"malformed_frames"}
+# The one alert tolerated without an incident behind it: the anomaly worker's health forecaster may extrapolate the
+# memory ramp of the demo's ten processes starting up into a 2 GiB breach (seen once, at --speed 2). The fix belongs
+# in pipeline/anomaly (no forecast from a series' start-up ramp), not in a rule.
+TOLERATED_UNEXPLAINED = ("CapacityBreachPredicted{series_id=health:memory_bytes}",)
 
 
 def _ours(state: Path, port: int) -> list[str]:
@@ -85,6 +89,8 @@ def test_demo_catches_every_incident_stores_everything_and_leaves_nothing(tmp_pa
                   if i["resolved_after_end_s"] is None and i["kind"] not in RESOLVE_AFTER_RUN]  # fmt: skip
     assert unresolved == []
     assert all(i["notified_s"] is not None for i in incidents), "every raised alert was notified"
+    # no false alarm: every raised alert is an incident's expected alert or one of its known consequences
+    assert [a for a in summary["unexplained_alerts"] if a not in TOLERATED_UNEXPLAINED] == []
 
     records = summary["records"]
     assert all(records[t] > 0 for t in ("trades", "bars_1s", "feed_metrics", "alerts", "notifications", "dlq"))

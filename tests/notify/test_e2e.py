@@ -16,6 +16,7 @@ from aiokafka import TopicPartition
 
 from pipeline.contracts import DeadLetter, Notification, decode
 from pipeline.kafka import RecordProducer, make_consumer, make_producer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.notify.bench import NotifierProcess
 from pipeline.notify.channels.base import IDEMPOTENCY_HEADER
 from pipeline.settings import Settings
@@ -50,7 +51,7 @@ async def read_topic(settings: Settings, name: str, record_type: type) -> list:
         tps = [TopicPartition(topic, p) for p in range(3)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await log_end_offsets(settings.kafka, tps)
         found = []
         for _ in range(200):
             if all([await consumer.position(tp) >= ends[tp] for tp in tps]):

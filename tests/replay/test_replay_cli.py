@@ -21,6 +21,7 @@ from pipeline.contracts import Trade, decode
 from pipeline.infra import free_port
 from pipeline.infra.services import port_open
 from pipeline.kafka.clients import make_consumer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.replay.capture import read_capture
 from pipeline.replay.server import local_url
 from pipeline.settings import Settings
@@ -56,7 +57,7 @@ async def _trades(settings: Settings) -> list[Trade]:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
+        end = await log_end_offsets(settings.kafka, partitions)
         out = []
         for tp in partitions:
             while await consumer.position(tp) < end[tp]:

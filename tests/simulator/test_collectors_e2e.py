@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from pipeline.collectors.venues import VENUES
 from pipeline.contracts import FeedMetrics, Trade, decode
 from pipeline.kafka.clients import make_consumer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings, VenueSettings
 from pipeline.simulator.cli import WS_PATHS
 from pipeline.simulator.scenario import Scenario, load_scenario, scenario_from
@@ -41,7 +42,7 @@ async def read_topic(settings: Settings, name: str, record_type: type[Any]) -> l
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
+        end = await log_end_offsets(settings.kafka, partitions)
         out: list[Any] = []
         for tp in partitions:
             while await consumer.position(tp) < end[tp]:

@@ -36,6 +36,7 @@ from pipeline.collectors.runtime import Collector
 from pipeline.contracts import Bbo, Trade, decode
 from pipeline.kafka import RecordProducer
 from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.replay.capture import CaptureLine
 from pipeline.settings import Settings
 
@@ -50,7 +51,7 @@ async def read_topic(settings: Settings, name: str, record_type: type[Any]) -> l
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
+        end = await log_end_offsets(settings.kafka, partitions)
         out: list[tuple[bytes, Any]] = []
         for tp in partitions:
             while await consumer.position(tp) < end[tp]:

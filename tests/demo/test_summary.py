@@ -1,0 +1,77 @@
+"""The demo summary's matching of incidents (simulator labels) to alerts (``ops.alerts.v1`` records)."""
+
+from __future__ import annotations
+
+from pipeline.contracts import Alert, Notification
+from pipeline.demo.summary import _episodes, _Label, _outcome, _unexplained
+
+S = 1_000_000
+T0 = 1_767_225_600 * S
+
+
+def alert(rule: str, state: str, labels: dict[str, str], fired_s: float | None, at_s: float,
+          resolved_s: float | None = None, fingerprint: str = "f1") -> Alert:  # fmt: skip
+    return Alert(
+        fingerprint=fingerprint, rule=rule, state=state, severity="P2", labels=labels, annotations={},  # type: ignore[arg-type]
+        ts_event=T0 + int(at_s * S), fired_at=None if fired_s is None else T0 + int(fired_s * S),
+        resolved_at=None if resolved_s is None else T0 + int(resolved_s * S),
+    )
+
+
+def label(kind: str, venue: str, symbol: str | None, raw: str | None, start_s: float, end_s: float) -> _Label:
+    return _Label(id=f"{kind}-1", kind=kind, venue=venue, symbol=symbol, start_us=T0 + int(start_s * S),
+                  end_us=T0 + int(end_s * S), raw_symbol=raw)  # fmt: skip
+
+
+def sent(fingerprint: str, at_s: float) -> Notification:
+    return Notification(
+        notification_id="n", idempotency_key="k", channel="webhook", receiver="demo", group_key="g", status="sent",
+        attempt=1, ts=T0 + int(at_s * S), fingerprints=[fingerprint],
+    )
+
+
+def test_a_stream_alert_matches_the_symbol_its_stream_names_with_latency_resolution_and_notification() -> None:
+    stall = label("feed_stall", "okx", "ETH-USDT", "ETH-USDT", 15, 75)
+    alerts = [
+        alert("FeedStalled", "pending", {"exchange": "okx", "stream": "books:BTC-USDT"}, None, 40, fingerprint="a"),
+        alert("FeedStalled", "firing", {"exchange": "okx", "stream": "books:BTC-USDT"}, 55, 55, fingerprint="a"),
+        alert("FeedStalled", "firing", {"exchange": "okx", "stream": "books:ETH-USDT"}, 60, 60, fingerprint="b"),
+        alert("FeedStalled", "resolved", {"exchange": "okx", "stream": "books:ETH-USDT"}, 60, 76, 76, "b"),
+    ]
+    outcome = _outcome(stall, _episodes(alerts), [sent("b", 60.5)])
+    assert (outcome.rule, outcome.fingerprint) == ("FeedStalled", "b")  # not the BTC-USDT stream that fired first
+    assert (outcome.latency_s, outcome.resolved_after_end_s, outcome.notified_s) == (45.0, 1.0, 45.5)
+
+
+def test_an_inhibited_alert_was_raised_and_a_pending_one_was_not() -> None:
+    checksum = label("bad_checksum", "kraken", "BTC-USD", "BTC/USD", 25, 25)
+    inhibited = [alert("ChecksumFailures", "silenced", {"exchange": "kraken", "stream": "book"}, 26, 26)]
+    assert _outcome(checksum, _episodes(inhibited), []).caught
+    pending = [alert("ChecksumFailures", "pending", {"exchange": "kraken", "stream": "book"}, None, 26)]
+    assert not _outcome(checksum, _episodes(pending), []).caught
+
+
+def test_alerts_before_the_incident_or_on_another_venue_do_not_count() -> None:
+    spike = label("price_spike", "binance", "BTC-USDT", "BTCUSDT", 55, 70)
+    alerts = [
+        alert("PriceSpikeAnomaly", "firing", {"exchange": "binance", "symbol": "BTC-USDT"}, 30, 30, fingerprint="a"),
+        alert("PriceSpikeAnomaly", "firing", {"exchange": "okx", "symbol": "BTC-USDT"}, 56, 56, fingerprint="b"),
+        alert("VolumeBurst", "firing", {"exchange": "binance", "symbol": "BTC-USDT"}, 56, 56, fingerprint="c"),
+    ]
+    assert not _outcome(spike, _episodes(alerts), []).caught
+
+
+def test_unexplained_alerts_are_those_no_incident_expects_or_causes() -> None:
+    stall = label("feed_stall", "okx", "ETH-USDT", "ETH-USDT", 15, 75)
+    latency = label("latency_increase", "binance_usdm", None, None, 10, 90)
+    alerts = [
+        alert("MessageRateCollapse", "firing", {"exchange": "okx", "stream": "trades:ETH-USDT"}, 50, 50, None, "a"),
+        alert("CapacityBreachPredicted", "firing", {"series_id": "health:binance_usdm:trades:collector:feed_lag_s"},
+              40, 40, None, "b"),
+        alert("CapacityBreachPredicted", "firing", {"series_id": "health:memory_bytes"}, 40, 40, None, "c"),
+        alert("VenueDisconnected", "firing", {"exchange": "kraken", "stream": "kraken-0"}, 20, 20, None, "d"),
+    ]  # fmt: skip
+    assert _unexplained([stall, latency], _episodes(alerts)) == [
+        "CapacityBreachPredicted{series_id=health:memory_bytes}",
+        "VenueDisconnected{exchange=kraken,stream=kraken-0}",
+    ]
