@@ -23,7 +23,7 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from faust.types import TP
+from faust.types import TP, TableT
 
 from pipeline.aggregation.feeds import FEED_METRICS_TOPIC, FeedsWorker
 from pipeline.aggregation.health import FeedHealthTracker
@@ -57,7 +57,7 @@ class AggregatorConfig:
 class TableStore:
     """Partition states in a Faust table: local value plus a changelog record on the same partition."""
 
-    def __init__(self, table: faust.Table):
+    def __init__(self, table: TableT[Any, Any]):
         self.table = table
 
     @staticmethod
@@ -140,7 +140,7 @@ def build_app(
 
     @app.agent(app.topic(trades_topic, bbo_topic), name="aggregator-bars")
     async def bars(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(config.batch_max, config.batch_within_s):
+        async for events in stream.take_events(config.batch_max, config.batch_within_s):  # type: ignore[attr-defined]
             await bars_worker.process(incoming(events))
 
     @app.agent(app.topic(summary_topic, settings.topic(FEED_METRICS_TOPIC)), name="aggregator-feeds")
@@ -156,18 +156,18 @@ def build_app(
         await bars_worker.tick()
         await feeds_worker.tick()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def revoked(sender: object, revoked: set[Any], **kwargs: Any) -> None:
         gone = sorted(tp.partition for tp in revoked if tp.topic == trades_topic)
         log.info("aggregator revoked %s partitions %s", trades_topic, gone)
         bars_worker.forget(gone)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def assigned(sender: object, assigned: set[Any], **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == trades_topic)
         log.info("aggregator assigned %s partitions %s", trades_topic, mine)
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def shutdown(sender: object, **kwargs: Any) -> None:
         await outputs.stop()
 
