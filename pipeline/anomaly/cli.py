@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.anomaly.ensemble import DetectorConfig
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,8 @@ def worker(
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
+    from pipeline.anomaly.ensemble import DetectorConfig  # River: loaded when the worker runs
+
     config = DetectorConfig(warmup=warmup, report_floor=report_floor)
     options = WorkerOptions(
         config=config,
@@ -76,6 +77,7 @@ def bench_nab(
     """Stream every NAB file through the detector, write NAB's result layout and score all profiles."""
     import time
 
+    from pipeline.anomaly.ensemble import DetectorConfig
     from pipeline.anomaly.nab import run_benchmark
 
     config = DetectorConfig()
