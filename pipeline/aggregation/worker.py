@@ -224,8 +224,8 @@ class BarWorker:
             return True
         for topic, last in ((self.trades_topic, engine.state.trade_offset), (self.bbo_topic, engine.state.bbo_offset)):
             high = self.highwater(topic, partition)
-            if high is None or last + 1 < high:
-                return False
+            if (high is None and last >= 0) or (high is not None and last + 1 < high):
+                return False  # unknown high-water mark of a topic we read from, or records left to read
         return True
 
     @staticmethod

@@ -49,10 +49,19 @@ async def all_expected_bars(settings: Settings, count: int) -> dict:  # type: ig
     messages = []
     for interval in ("1s", "1m"):
         want = len(expected[interval])
-        messages += await read_topic(
-            settings, f"md.bars.{interval}.v1", lambda m, w=want: len({x.key + x.value[:200] for x in m}) >= w,
-            wait_s=90,
-        )  # fmt: skip
+        got = []
+        try:
+            got = await read_topic(
+                settings, f"md.bars.{interval}.v1", lambda m, w=want: len({x.key + x.value[:200] for x in m}) >= w,
+                wait_s=120,
+            )  # fmt: skip
+        except TimeoutError:
+            got = await read_topic(settings, f"md.bars.{interval}.v1", lambda m: len(m) > 0, wait_s=10)
+            have = {(b.exchange, b.symbol, b.window_start) for b in bars_by_key(got).values()}
+            missing = sorted(set(expected[interval]) - have)
+            print(f"missing {interval} bars: {len(missing)}, first {missing[:10]}")  # diagnosis of a timeout
+            raise
+        messages += got
     bars = bars_by_key(messages)
     for interval in ("1s", "1m"):
         got = {(k[1], k[2], k[3]): bar_fields(b) for k, b in bars.items() if k[0] == interval}

@@ -20,7 +20,7 @@ from pipeline.contracts import DeadLetter, Trade, decode
 from pipeline.settings import Settings
 
 BASE = 1_699_999_980_000_000
-ARGS = ("--lateness-ms", "500", "--grace-ms", "500", "--idle-timeout-ms", "4000")
+ARGS = ("--lateness-ms", "500", "--grace-ms", "500", "--idle-timeout-ms", "3000")
 
 
 def make_trades(count: int, symbols: int, span_us: int, seed: int) -> list[Trade]:
