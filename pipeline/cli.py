@@ -280,12 +280,15 @@ def run(
         except SettingsError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
+    # each child serves /metrics on its own port: metrics_port, metrics_port + 1, ... (0: none)
+    effective = load_settings(config) if config is not None else settings()
     asyncio.run(
         supervise(
             config.resolve() if config else None,
             chosen,
-            log_dir or settings().state_dir / "run" / "logs",
+            log_dir or effective.state_dir / "run" / "logs",
             notify_routes.resolve() if notify_routes else None,
+            metrics_port=effective.metrics_port,
         )
     )
 

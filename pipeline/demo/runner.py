@@ -227,7 +227,13 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         children.start("worker", ["worker"], metrics_env())
         children.start("anomaly", ["anomaly", "--warmup", str(options.anomaly_warmup)], metrics_env())
         demo_rules = Path(__file__).with_name("rules.yaml")
-        children.start("alerts", ["alerts", "run", "--rules", str(demo_rules)], metrics_env())
+        # the lag probe's default groups, with the demo's own sink group
+        lag_groups = [SINK_GROUP, f"{run.prefix}aggregator", f"{run.prefix}anomaly"]
+        children.start(
+            "alerts",
+            ["alerts", "run", "--rules", str(demo_rules), *(a for g in lag_groups for a in ("--lag-group", g))],
+            metrics_env(),
+        )
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
 
         run._step(f"simulator ({options.scenario.name}, speed {options.speed:g}) and collectors")

@@ -59,6 +59,7 @@ async def supervise(
     components: Sequence[str],
     log_dir: Path,
     notify_routes: Path | None = None,
+    metrics_port: int = 0,
     backoff: Backoff = Backoff(),
     stable_s: float = 300.0,
 ) -> None:
@@ -78,9 +79,17 @@ async def supervise(
             args += ["--routes", str(notify_routes)]
         return args
 
+    # One host, one /metrics port per component: the configured port, then the next ones in `components` order.
+    ports = {name: str(metrics_port + i) if metrics_port else "0" for i, name in enumerate(components)}
+    for name, port in ports.items():
+        log.info("%s serves /metrics on port %s", name, port)
+
+    def start(name: str) -> Child:
+        return group.start(name, args_of(name), {"MARKETPRISM_METRICS_PORT": ports[name]})
+
     running: dict[str, tuple[Child, float, int]] = {}
     for name in components:
-        running[name] = (group.start(name, args_of(name)), time.monotonic(), 0)
+        running[name] = (start(name), time.monotonic(), 0)
     try:
         while not stop.is_set():
             for name, (child, started, attempts) in list(running.items()):
@@ -100,7 +109,7 @@ async def supervise(
                     await asyncio.wait_for(stop.wait(), delay)
                     break
                 except TimeoutError:
-                    running[name] = (group.start(name, args_of(name)), time.monotonic(), attempts)
+                    running[name] = (start(name), time.monotonic(), attempts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:
