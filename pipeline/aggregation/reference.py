@@ -80,6 +80,9 @@ class ReferenceTracker:
                     if abs(divergence_bps(mid, first)) > self.max_divergence_bps:
                         excluded[venue] = "diverging"
             included = [mid for venue, mid in fresh.items() if venue not in excluded]
+            if not included:  # no consensus (e.g. two venues against two): exclude nobody for diverging
+                excluded = {v: reason for v, reason in excluded.items() if reason != "diverging"}
+                included = list(fresh.values())
             price = median(included)
             out.append(
                 ReferencePrice(

@@ -121,3 +121,17 @@ async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_
         assert (ref.asset, ref.price, ref.excluded) == ("BTC-USD", "36501.5", {"kraken:BTC-USD": "diverging"})
     finally:
         await worker.stop()
+
+
+def test_reference_without_consensus_excludes_nobody_for_diverging() -> None:
+    """Two venues against two, each ~900 bps from the median: no majority to call anyone diverging."""
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50)
+    for partial in (
+        mid("binance", "BTC-USDT", "100", 0.1),
+        mid("coinbase", "BTC-USD", "100", 0.1),
+        mid("okx", "BTC-USDT", "120", 0.1),
+        mid("kraken", "BTC-USD", "120", 0.1),
+    ):
+        tracker.observe(partial)
+    (price,) = tracker.compute(T)
+    assert (price.price, price.venues, price.excluded) == ("110", 4, {})
