@@ -13,6 +13,7 @@ to ``ops.dlq.v1`` with reason ``decode``, ``invalid`` or ``late``, and are count
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -210,13 +211,26 @@ class BarWorker:
             if always_save or closed or before != (engine.trade_wm.value, engine.bbo_wm.value):
                 changed.append(partition)
             self._count(engine)
-        for bar in bars:
-            await self.outputs.producer.send(BAR_TOPICS[bar.interval], market_key(bar.exchange, bar.symbol), bar)
         if bars:
-            await self.outputs.producer.flush()  # bars are durable before the state that says they were emitted
+            await self._publish_bars(bars)
         for partition in changed:
             self.store.put(partition, engines[partition].snapshot())
         OPEN_WINDOWS.set(sum(e.open_windows() for e in self.engines.values()))
+
+    async def _publish_bars(self, bars: list[Bar]) -> None:
+        """Deliver the bars before the state that says they were emitted is saved; while the broker refuses,
+        retry the whole set with capped backoff (a bar delivered twice is identical: downstream dedups it)."""
+        producer = self.outputs.producer
+        for attempt in itertools.count():
+            failed_before = producer.failed
+            for bar in bars:
+                await producer.send(BAR_TOPICS[bar.interval], market_key(bar.exchange, bar.symbol), bar)
+            await producer.flush()
+            if producer.failed == failed_before:
+                return
+            delay = min(30.0, 0.5 * 2**attempt)
+            log.error("%d bar(s) not delivered; re-sending the set in %.1fs", producer.failed - failed_before, delay)
+            await asyncio.sleep(delay)
 
     def _caught_up(self, partition: int, engine: PartitionAggregator) -> bool:
         """Whether this worker has read every record the broker holds for the partition (both topics)."""

@@ -28,6 +28,7 @@ class RecordProducer:
         self._pending: set[asyncio.Future[object]] = set()
         self._max_in_flight = max_in_flight
         self.overflowed = 0
+        self.failed = 0  # records not produced: overflow, enqueue error or failed delivery
 
     async def start(self) -> None:
         await self._producer.start()
@@ -46,12 +47,14 @@ class RecordProducer:
     async def send_raw(self, topic: str, key: bytes, value: bytes) -> bool:
         if len(self._pending) >= self._max_in_flight:
             self.overflowed += 1
+            self.failed += 1
             PRODUCE_ERRORS.labels(topic=topic, reason="overflow").inc()
             return False
         full = self.topic(topic)
         try:
             future = await self._producer.send(full, value=value, key=key)
         except KafkaError as exc:
+            self.failed += 1
             PRODUCE_ERRORS.labels(topic=topic, reason=type(exc).__name__).inc()
             log.error("produce to %s failed: %s", full, exc)
             return False
@@ -62,6 +65,7 @@ class RecordProducer:
     def _delivered(self, future: asyncio.Future[object], topic: str) -> None:
         self._pending.discard(future)
         if future.cancelled() or future.exception() is not None:
+            self.failed += 1
             PRODUCE_ERRORS.labels(topic=topic, reason="delivery").inc()
             log.error("delivery to %s failed: %s", topic, None if future.cancelled() else future.exception())
         else:
