@@ -28,7 +28,6 @@ from rich.console import Console
 from rich.live import Live
 
 from pipeline.contracts import load_registry
-from pipeline.demo.children import ChildGroup
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.summary import DemoSummary, build_summary
 from pipeline.demo.view import WATCHED, DemoStats
@@ -37,6 +36,7 @@ from pipeline.infra.services import port_open
 from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_consumer
 from pipeline.settings import Settings
+from pipeline.supervisor.children import ChildGroup
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.demo.children import Child, ChildGroup
+from pipeline.supervisor.children import Child, ChildGroup
 
 log = logging.getLogger(__name__)
 

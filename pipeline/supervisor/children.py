@@ -1,4 +1,4 @@
-"""Child processes of the demo: started in their own process groups, stopped by PID, none left behind."""
+"""Child processes of `run` and the demo: started in their own process groups, stopped by PID, none left behind."""
 
 from __future__ import annotations
 
