@@ -20,9 +20,11 @@ from pipeline.contracts.records import Alert, ConsumerLag, DeadLetter, Trade
 from pipeline.kafka import make_consumer, make_producer
 from pipeline.settings import Settings
 
+# SinkFailing is proven at engine level only (test_core_rules): its input, ops.dlq.v1, carries wall-clock times that
+# never move the engine's event time, so through the broker its transition times depend on when the batch is read.
 REPRESENTATIVE = [
     "VenueDisconnected", "FeedLatencyHigh", "SpreadBlowout", "VenueDivergence", "VenueCloseDivergence",
-    "PriceSpikeAnomaly", "SinkFailing", "BarsStalled", "PipelineStalled", "CapacityBreachPredicted",
+    "PriceSpikeAnomaly", "BarsStalled", "PipelineStalled", "CapacityBreachPredicted",
 ]  # fmt: skip
 
 
