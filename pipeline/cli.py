@@ -79,6 +79,7 @@ class _State:
 
 @app.callback()
 def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
+    from pipeline.clock import configure as configure_clock
     from pipeline.observability.logs import configure_logging
 
     try:
@@ -88,6 +89,7 @@ def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
         raise typer.Exit(2) from exc
     ctx.obj = _State.settings
     configure_logging(_State.settings.log_level)
+    configure_clock(_State.settings.clock)  # pipeline time of this process (pipeline/clock.py)
 
 
 def settings() -> Settings:
@@ -306,11 +308,11 @@ def demo(
 ) -> None:
     """Run everything on the embedded defaults: broker, chdb, simulator with incidents, collectors, workers,
     sink, notifier; a live view until Ctrl-C or --duration, then a summary."""
-    from pipeline.demo.runner import DemoOptions, run_demo
+    from pipeline.demo.runner import DEMO_SCENARIO, DemoOptions, run_demo
 
     options = DemoOptions(
         duration_s=duration, speed=speed, sim_duration_s=sim_duration, seed=seed, view=view,
-        anomaly_warmup=anomaly_warmup, summary_json=summary_json, **({"scenario": scenario} if scenario else {}),
+        anomaly_warmup=anomaly_warmup, summary_json=summary_json, scenario=scenario or DEMO_SCENARIO,
     )
     try:
         summary = asyncio.run(run_demo(settings(), options, console))

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +69,21 @@ class InfraSettings(BaseModel):
     clickhouse_http_port: int = Field(default=18123, gt=0, lt=65536)
 
 
+class ClockSettings(BaseModel):
+    """Pipeline time (pipeline/clock.py): the wall clock unless ``origin_us`` is set; then the wall clock until
+    ``origin_us`` (epoch microseconds) and ``speed`` times faster from then on. Every process of one pipeline
+    must get the same values (``marketprism demo --speed`` sets them for its children)."""
+
+    speed: float = Field(default=1.0, gt=0, le=1000)
+    origin_us: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _origin_with_speed(self) -> ClockSettings:
+        if self.speed != 1 and self.origin_us is None:
+            raise ValueError("clock.speed other than 1 needs clock.origin_us (one time line for every process)")
+        return self
+
+
 def _default_venues() -> dict[str, VenueSettings]:
     return {
         "binance": VenueSettings(symbols=["BTC-USDT", "ETH-USDT"]),
@@ -95,6 +110,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".marketprism")
     infra: InfraSettings = Field(default_factory=InfraSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    clock: ClockSettings = Field(default_factory=ClockSettings)
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -1,9 +1,11 @@
 """The aggregation Faust app: wiring only (agents, table, timer); behaviour lives in the workers.
 
-- ``aggregator-bars``: ``md.trades.v1`` + ``md.bbo.v1`` (co-partitioned) in batches
+- ``aggregator-bars``: ``md.trade_batches.v1`` + ``md.bbo.v1`` (co-partitioned) in batches
   (``take_events``) -> :class:`~pipeline.aggregation.worker.BarWorker` -> ``md.bars.1s.v1``,
-  ``md.bars.1m.v1``, ``ops.dlq.v1``; partition state in the ``bar-state`` table (one changelog
-  value per input partition, written after the bars it closed were delivered).
+  ``md.bars.1m.v1``, ``ops.dlq.v1``; partition state in the ``bar-state-batches`` table (one
+  changelog value per input partition, written after the bars it closed were delivered). One Faust
+  event carries a collector's batch of trades of one market: Faust's per-record cost is paid per
+  batch, not per trade (docs/aggregation.md). ``md.trades.v1`` is not read here.
 - ``aggregator-feeds``: the internal summary topic + ``ops.feed_metrics.v1`` ->
   :class:`~pipeline.aggregation.feeds.FeedsWorker` -> ``ops.feed_metrics.v1`` (aggregator),
   ``md.reference.v1``.
@@ -14,31 +16,37 @@ Faust's own windowed tables are not used: they expire on wall-clock time (DESIGN
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.types import TP, TableT
 
 from pipeline.aggregation.feeds import FEED_METRICS_TOPIC, FeedsWorker
 from pipeline.aggregation.health import FeedHealthTracker
 from pipeline.aggregation.reference import ReferenceTracker
+from pipeline.aggregation.state import last_values
 from pipeline.aggregation.windows import WindowPolicy
 from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, Outputs, incoming, wall_clock_us
 from pipeline.contracts import load_registry
 from pipeline.kafka import RecordProducer, make_producer
-from pipeline.kafka.clients import client_options
+from pipeline.kafka.clients import client_options, make_consumer
 from pipeline.kafka.faust_app import create_app
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
 APP_ID = "aggregator"
+TRADE_BATCHES = "md.trade_batches.v1"
+STATE_TABLE = "bar-state-batches"  # offsets of TRADE_BATCHES, JSON states (was "bar-state": md.trades.v1, msgpack)
+STATE_MAX_BYTES = 16 * 1024 * 1024  # one partition state (open windows and their trade ids) per record
 SUMMARY_PARTITIONS = 3  # as ops.feed_metrics.v1: both keyed exchange:stream, so co-partitioned
 
 
@@ -49,29 +57,97 @@ class AggregatorConfig:
     batch_within_s: float = 0.05
     tick_s: float = 1.0
     commit_interval_s: float = 1.0
+    checkpoint_s: float = 0.5  # a partition state is written at most this often (records commit after it)
     health_settle_us: int = 2_000_000
     stale_after_us: int = 5_000_000
     max_divergence_bps: float = 50.0
 
 
 class TableStore:
-    """Partition states in a Faust table: local value plus a changelog record on the same partition."""
+    """Partition states on the Faust table's changelog: one record per state on partition *p*, key *p*.
 
-    def __init__(self, table: TableT[Any, Any]):
+    The worker writes the changelog itself with its own producer and waits for the broker's
+    acknowledgement before it releases the records the state covers for commit. Faust's own path
+    (``send_changelog``) buffers the record and Faust's pre-commit flush of that buffer gives up after
+    0.1 s without progress, so on a loaded machine Faust committed offsets whose state was not yet
+    on the broker: a restart or a new owner then skipped records (bars short of trades). States are
+    read back from the changelog too (its last record per partition, read to the true end:
+    :mod:`pipeline.aggregation.state`), not from the table Faust recovered, which on Tansu misses the
+    last versions written before a crash.
+    """
+
+    def __init__(self, table: TableT[Any, Any], kafka: KafkaSettings):
         self.table = table
+        self.kafka = kafka
+        self._producer: AIOKafkaProducer | None = None
 
     @staticmethod
     def key(partition: int) -> bytes:
         return str(partition).encode()
 
-    def get(self, partition: int) -> bytes | None:
-        value = self.table.data.get(self.key(partition))
-        return value if isinstance(value, bytes) else None
+    async def load(self, partitions: Sequence[int]) -> dict[int, bytes | None]:
+        topic = self.table.changelog_topic.get_topic_name()
+        values = await last_values(self.kafka, [TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: value for tp, value in values.items()}
 
-    def put(self, partition: int, value: bytes) -> None:
-        key = self.key(partition)
-        self.table.data[key] = value
-        self.table.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
+    async def save(self, states: dict[int, bytes]) -> bool:
+        if self._producer is None:
+            producer = make_producer(self.kafka, max_request_size=STATE_MAX_BYTES)
+            await producer.start()
+            self._producer = producer
+        topic = self.table.changelog_topic.get_topic_name()
+        try:
+            futures = [
+                await self._producer.send(topic, value, key=self.key(p), partition=p) for p, value in states.items()
+            ]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except KafkaError as exc:
+            log.error("state write to %s failed: %s", topic, exc)
+            return False
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.error("state write to %s failed: %s", topic, failed[0])
+            return False
+        for p, value in states.items():
+            self.table.data[self.key(p)] = value
+        return True
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+
+class EndOffsets:
+    """ListOffsets(latest) through one long-lived consumer (no group), started on first use."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def get(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if self._consumer is None:
+            consumer = make_consumer(self.settings.kafka, group_id=None)
+            await consumer.start()
+            self._consumer = consumer
+        async with asyncio.timeout(10):
+            ends = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+    async def start(self, topic: str, partition: int) -> int:
+        """The first offset the partition still holds (ListOffsets earliest)."""
+        if self._consumer is None:
+            consumer = make_consumer(self.settings.kafka, group_id=None)
+            await consumer.start()
+            self._consumer = consumer
+        tp = TopicPartition(topic, partition)
+        async with asyncio.timeout(10):
+            return int((await self._consumer.beginning_offsets([tp]))[tp])
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
 
 
 async def ensure_internal_topics(settings: Settings) -> None:
@@ -96,21 +172,23 @@ def build_app(
 ) -> faust.App:
     config = config or AggregatorConfig()
     registry = load_registry()
-    partitions = registry.get("md.trades.v1").partitions
+    partitions = registry.get(TRADE_BATCHES).partitions
     if registry.get("md.bbo.v1").partitions != partitions:
-        raise ValueError("md.trades.v1 and md.bbo.v1 must have the same partition count (co-partitioned)")
+        raise ValueError(f"{TRADE_BATCHES} and md.bbo.v1 must have the same partition count (co-partitioned)")
     options: dict[str, Any] = {
         "topic_partitions": partitions,
         "broker_commit_interval": config.commit_interval_s,
         "broker_max_poll_records": config.batch_max,
         "stream_buffer_maxsize": max(4096, config.batch_max * 2),
-        "producer_max_request_size": 16 * 1024 * 1024,
+        "producer_max_request_size": STATE_MAX_BYTES,
+        "stream_wait_empty": False,  # records wait for their checkpoint, not for a rebalance
     }
     app = create_app(settings, APP_ID, **(options | overrides))
-    trades_topic, bbo_topic = settings.topic("md.trades.v1"), settings.topic("md.bbo.v1")
+    trades_topic, bbo_topic = settings.topic(TRADE_BATCHES), settings.topic("md.bbo.v1")
     summary_topic = settings.topic(SUMMARY_TOPIC)
-    table = app.Table("bar-state", partitions=partitions, key_type=bytes, value_type=bytes)
+    table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes)
     outputs = Outputs(lambda: RecordProducer(make_producer(settings.kafka), settings.topic_prefix))
+    store = TableStore(table, settings.kafka)
 
     def assignment() -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
@@ -121,15 +199,24 @@ def build_app(
         except (AssertionError, KeyError, AttributeError):  # not assigned / consumer not started
             return None
 
+    offsets_reader = EndOffsets(settings)
+
+    async def seek(topic: str, partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(topic, partition), offset)
+
     bars_worker = BarWorker(
         outputs,
-        TableStore(table),
+        store,
         config.policy,
         trades_topic,
         bbo_topic,
         clock=clock,
         assignment=assignment,
         highwater=highwater,
+        checkpoint_us=int(config.checkpoint_s * 1_000_000),
+        end_offsets=offsets_reader.get,
+        seek=seek,
+        log_start=offsets_reader.start,
     )
     feeds_worker = FeedsWorker(
         outputs,
@@ -141,7 +228,7 @@ def build_app(
     @app.agent(app.topic(trades_topic, bbo_topic), name="aggregator-bars")
     async def bars(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_max, config.batch_within_s):  # type: ignore[attr-defined]
-            await bars_worker.process(incoming(events))
+            await bars_worker.process(incoming(events, app.consumer))
 
     @app.agent(app.topic(summary_topic, settings.topic(FEED_METRICS_TOPIC)), name="aggregator-feeds")
     async def feeds(stream: faust.StreamT) -> None:
@@ -170,6 +257,8 @@ def build_app(
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def shutdown(sender: object, **kwargs: Any) -> None:
         await outputs.stop()
+        await offsets_reader.stop()
+        await store.stop()
 
     app.bars_worker = bars_worker  # type: ignore[attr-defined]
     return app

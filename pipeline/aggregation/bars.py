@@ -1,10 +1,13 @@
 """OHLCV aggregation of trades into one window, as an ``initialize / add / merge / result`` object.
 
-Arithmetic is exact ``Decimal`` (a 200-digit context that traps inexact results); open/high/low/
-close keep the venue's price string. Open and close are the trades with the smallest and largest
-``(ts_event, seq)``, where ``seq`` is the arrival position (the topic offset), so out-of-order
-trades land where their event time says. ``vwap`` is ``quote_volume / volume`` rounded half-even to
-12 decimal places (the ``Bar`` contract).
+Arithmetic is exact and cheap: a decimal string is an integer mantissa and a scale (number of
+fraction digits: ``"0.00120000"`` is ``(120000, 8)``), sums keep the largest scale seen and
+products add scales, so every sum is exactly what ``Decimal`` would give, trailing zeros included
+(``Decimal`` is ~10x slower per trade). Open/high/low/close keep the venue's price string. Open and
+close are the trades with the smallest and largest ``(ts_event, seq)``, where ``seq`` is the
+arrival position (topic offset and index in the batch), so out-of-order trades land where their
+event time says. ``vwap`` is ``quote_volume / volume`` rounded half-even to 12 decimal places (the
+``Bar`` contract), computed on integers.
 """
 
 from __future__ import annotations
@@ -17,12 +20,50 @@ import msgspec
 from pipeline.contracts import Bar
 
 EXACT = decimal.Context(prec=200, rounding=ROUND_HALF_EVEN, traps=[decimal.Inexact, decimal.InvalidOperation])
-_DIVIDE = decimal.Context(prec=200, rounding=ROUND_HALF_EVEN)
-VWAP_QUANTUM = Decimal("1e-12")
+VWAP_DIGITS = 12
+POW10 = [10**i for i in range(160)]
+
+
+def parse(text: str) -> tuple[int, int]:
+    """``"36512.010"`` -> ``(36512010, 3)``: the exact mantissa and scale of a decimal string."""
+    dot = text.find(".")
+    if dot < 0:
+        return int(text), 0
+    return int(text.replace(".", "", 1)), len(text) - dot - 1
+
+
+def scaled_text(mantissa: int, scale: int) -> str:
+    """``(120000, 8)`` -> ``"0.00120000"`` (what ``format(Decimal, "f")`` gives for the same value)."""
+    if scale == 0:
+        return str(mantissa)
+    sign, digits = ("-", str(-mantissa)) if mantissa < 0 else ("", str(mantissa))
+    digits = digits.rjust(scale + 1, "0")
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
+
+
+def fmt(value: Decimal) -> str:
+    """A decimal as a plain string (never exponent notation), keeping its exponent."""
+    return format(value, "f")
+
+
+def _add(a: int, a_scale: int, b: int, b_scale: int) -> tuple[int, int]:
+    if a_scale == b_scale:
+        return a + b, a_scale
+    if a_scale > b_scale:
+        return a + b * POW10[a_scale - b_scale], a_scale
+    return a * POW10[b_scale - a_scale] + b, b_scale
+
+
+def _less(a: int, a_scale: int, b: int, b_scale: int) -> bool:
+    if a_scale == b_scale:
+        return a < b
+    if a_scale > b_scale:
+        return a < b * POW10[a_scale - b_scale]
+    return a * POW10[b_scale - a_scale] < b
 
 
 class OhlcvState(msgspec.Struct, array_like=True):
-    """Running OHLCV of one window (also its changelog form)."""
+    """Running OHLCV of one window (also its changelog form): sums as (mantissa, scale) integers."""
 
     open_ts: int
     open_seq: int
@@ -32,56 +73,66 @@ class OhlcvState(msgspec.Struct, array_like=True):
     close_seq: int
     close: str
     last_trade_id: str
-    high: Decimal
+    high: int
+    high_scale: int
     high_text: str
-    low: Decimal
+    low: int
+    low_scale: int
     low_text: str
-    volume: Decimal
-    quote_volume: Decimal
-    buy_volume: Decimal
-    sell_volume: Decimal
+    volume: int
+    volume_scale: int
+    quote_volume: int
+    quote_scale: int
+    buy_volume: int
+    buy_scale: int
+    sell_volume: int
+    sell_scale: int
     count: int
 
 
-def fmt(value: Decimal) -> str:
-    """A decimal as a plain string (never exponent notation), keeping its exponent."""
-    return format(value, "f")
-
-
 class OhlcvAggregation:
-    """Aggregates trades of one window; stateless itself, it works on :class:`OhlcvState`."""
+    """Aggregates trades of one window; stateless itself, it works on :class:`OhlcvState`.
+
+    ``price``/``size`` are the parsed ``(mantissa, scale)`` of ``price_text`` and the size string.
+    """
 
     @staticmethod
-    def initialize(ts: int, seq: int, price_text: str, price: Decimal, size: Decimal, side: str, trade_id: str
-                   ) -> OhlcvState:
-        quote = EXACT.multiply(price, size)
-        zero = Decimal(0)
+    def initialize(ts: int, seq: int, price_text: str, price: int, price_scale: int, size: int, size_scale: int,
+                   side: str, trade_id: str) -> OhlcvState:
+        buy = side == "buy"
         return OhlcvState(
-            open_ts=ts, open_seq=seq, open=price_text, first_trade_id=trade_id,
-            close_ts=ts, close_seq=seq, close=price_text, last_trade_id=trade_id,
-            high=price, high_text=price_text, low=price, low_text=price_text,
-            volume=size, quote_volume=quote,
-            buy_volume=size if side == "buy" else zero, sell_volume=size if side == "sell" else zero,
-            count=1,
+            ts, seq, price_text, trade_id, ts, seq, price_text, trade_id,
+            price, price_scale, price_text, price, price_scale, price_text,
+            size, size_scale, price * size, price_scale + size_scale,
+            size if buy else 0, size_scale if buy else 0, 0 if buy else size, 0 if buy else size_scale,
+            1,
         )  # fmt: skip
 
     @staticmethod
-    def add(state: OhlcvState, ts: int, seq: int, price_text: str, price: Decimal, size: Decimal, side: str,
-            trade_id: str) -> None:
-        if (ts, seq) < (state.open_ts, state.open_seq):
+    def add(state: OhlcvState, ts: int, seq: int, price_text: str, price: int, price_scale: int, size: int,
+            size_scale: int, side: str, trade_id: str) -> None:
+        if ts < state.open_ts or (ts == state.open_ts and seq < state.open_seq):
             state.open_ts, state.open_seq, state.open, state.first_trade_id = ts, seq, price_text, trade_id
-        if (ts, seq) > (state.close_ts, state.close_seq):
+        if ts > state.close_ts or (ts == state.close_ts and seq > state.close_seq):
             state.close_ts, state.close_seq, state.close, state.last_trade_id = ts, seq, price_text, trade_id
-        if price > state.high:
-            state.high, state.high_text = price, price_text
-        if price < state.low:
-            state.low, state.low_text = price, price_text
-        state.volume = EXACT.add(state.volume, size)
-        state.quote_volume = EXACT.add(state.quote_volume, EXACT.multiply(price, size))
-        if side == "buy":
-            state.buy_volume = EXACT.add(state.buy_volume, size)
+        if _less(state.high, state.high_scale, price, price_scale):
+            state.high, state.high_scale, state.high_text = price, price_scale, price_text
+        elif _less(price, price_scale, state.low, state.low_scale):
+            state.low, state.low_scale, state.low_text = price, price_scale, price_text
+        if size_scale == state.volume_scale:
+            state.volume += size
         else:
-            state.sell_volume = EXACT.add(state.sell_volume, size)
+            state.volume, state.volume_scale = _add(state.volume, state.volume_scale, size, size_scale)
+        quote_scale = price_scale + size_scale
+        if quote_scale == state.quote_scale:
+            state.quote_volume += price * size
+        else:
+            state.quote_volume, state.quote_scale = _add(state.quote_volume, state.quote_scale, price * size,
+                                                         quote_scale)  # fmt: skip
+        if side == "buy":
+            state.buy_volume, state.buy_scale = _add(state.buy_volume, state.buy_scale, size, size_scale)
+        else:
+            state.sell_volume, state.sell_scale = _add(state.sell_volume, state.sell_scale, size, size_scale)
         state.count += 1
 
     @staticmethod
@@ -95,20 +146,30 @@ class OhlcvAggregation:
         if (other.close_ts, other.close_seq) > (into.close_ts, into.close_seq):
             into.close_ts, into.close_seq, into.close = other.close_ts, other.close_seq, other.close
             into.last_trade_id = other.last_trade_id
-        if other.high > into.high:
-            into.high, into.high_text = other.high, other.high_text
-        if other.low < into.low:
-            into.low, into.low_text = other.low, other.low_text
-        into.volume = EXACT.add(into.volume, other.volume)
-        into.quote_volume = EXACT.add(into.quote_volume, other.quote_volume)
-        into.buy_volume = EXACT.add(into.buy_volume, other.buy_volume)
-        into.sell_volume = EXACT.add(into.sell_volume, other.sell_volume)
+        if _less(into.high, into.high_scale, other.high, other.high_scale):
+            into.high, into.high_scale, into.high_text = other.high, other.high_scale, other.high_text
+        if _less(other.low, other.low_scale, into.low, into.low_scale):
+            into.low, into.low_scale, into.low_text = other.low, other.low_scale, other.low_text
+        into.volume, into.volume_scale = _add(into.volume, into.volume_scale, other.volume, other.volume_scale)
+        into.quote_volume, into.quote_scale = _add(into.quote_volume, into.quote_scale, other.quote_volume,
+                                                   other.quote_scale)  # fmt: skip
+        into.buy_volume, into.buy_scale = _add(into.buy_volume, into.buy_scale, other.buy_volume, other.buy_scale)
+        into.sell_volume, into.sell_scale = _add(into.sell_volume, into.sell_scale, other.sell_volume,
+                                                 other.sell_scale)  # fmt: skip
         into.count += other.count
         return into
 
     @staticmethod
-    def vwap(state: OhlcvState) -> Decimal:
-        return _DIVIDE.divide(state.quote_volume, state.volume).quantize(VWAP_QUANTUM, rounding=ROUND_HALF_EVEN)
+    def vwap(state: OhlcvState) -> str:
+        """``quote_volume / volume`` rounded half-even to 12 places, exactly, as a decimal string."""
+        # quote / 10^qs / (volume / 10^vs) * 10^12 = quote * 10^(vs + 12) / (volume * 10^qs)
+        numerator = state.quote_volume * POW10[state.volume_scale + VWAP_DIGITS]
+        denominator = state.volume * POW10[state.quote_scale]
+        quotient, remainder = divmod(numerator, denominator)
+        twice = 2 * remainder
+        if twice > denominator or (twice == denominator and quotient % 2 == 1):
+            quotient += 1
+        return scaled_text(quotient, VWAP_DIGITS)
 
     @staticmethod
     def result(state: OhlcvState, exchange: str, symbol: str, interval: str, start: int, end: int, **book: object
@@ -123,12 +184,12 @@ class OhlcvAggregation:
             high=state.high_text,
             low=state.low_text,
             close=state.close,
-            volume=fmt(state.volume),
-            quote_volume=fmt(state.quote_volume),
-            vwap=fmt(OhlcvAggregation.vwap(state)),
+            volume=scaled_text(state.volume, state.volume_scale),
+            quote_volume=scaled_text(state.quote_volume, state.quote_scale),
+            vwap=OhlcvAggregation.vwap(state),
             trade_count=state.count,
-            buy_volume=fmt(state.buy_volume),
-            sell_volume=fmt(state.sell_volume),
+            buy_volume=scaled_text(state.buy_volume, state.buy_scale),
+            sell_volume=scaled_text(state.sell_volume, state.sell_scale),
             first_trade_id=state.first_trade_id,
             last_trade_id=state.last_trade_id,
             **book,  # type: ignore[arg-type]

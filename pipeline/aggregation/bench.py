@@ -1,20 +1,27 @@
 """``marketprism bench aggregate``: trades/s per worker and bar latency, with baselines from the same run.
 
 Contenders, each on its own topic prefix with the same preloaded trades:
-- raw: an aiokafka ``getmany`` consumer decoding each Trade (the ceiling of any consumer here);
-- naive: a Faust agent with one event per trade updating a windowed table (``naive.py``);
-- worker: ``marketprism worker`` (batched ``take_events`` + the event-time engine).
-Throughput of the Faust contenders is read from their Prometheus counters of applied trades
-(polled every 100 ms), from the first non-zero reading to the last, so process start and group
-join are not counted (Tansu does not answer the admin OffsetFetch that committed offsets need). Bar latency: trades at
-``rate``/s with ``ts_event = now``; a 1s window's watermark passes its end + grace when a trade
-stamped ``window_end + lateness + grace`` arrives, i.e. at that wall time; latency is the time the
-bar is read from its topic minus that instant.
+- raw: an aiokafka ``getmany`` consumer decoding each Trade of ``md.trades.v1`` (the ceiling of any
+  consumer here), and the same consumer decoding the ``md.trade_batches.v1`` records;
+- naive: a Faust agent with one event per trade of ``md.trades.v1`` updating a windowed table (``naive.py``);
+- worker: ``marketprism worker`` (``md.trade_batches.v1`` in ``take_events`` batches + the event-time engine).
+The batches are formed as the collectors' output forms them (one batch per market per linger, 20 ms)
+for trades arriving at ``load_rate``/s over ``symbols`` markets. Throughput of the Faust contenders
+is read from their Prometheus counters of applied trades (polled every 100 ms), from the first
+non-zero reading to the last, so process start and group join are not counted (Tansu does not
+answer the admin OffsetFetch that committed offsets need); their CPU time over the same interval
+comes from ``psutil``, so trades per CPU-second are reported too (the machine is shared).
+Bar latency: trades at ``rate``/s with ``ts_event = now``, batched as above (so the linger is
+included); a 1s window's watermark passes its end + grace with the first trade stamped at or after
+``window_end + lateness + grace``, made at that wall time; latency is the bar record's timestamp
+(set by the worker's producer when it sends the bar) minus that instant, so a slow reader in the
+bench process does not count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import platform
@@ -27,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from pipeline.aggregation.app import ensure_internal_topics
-from pipeline.contracts import Bar, Trade, decoder_for, encode, load_registry, market_key
+from pipeline.contracts import Bar, BatchTrade, Trade, TradeBatch, decoder_for, encode, load_registry, market_key
 from pipeline.infra import free_port
 from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_consumer, make_producer
@@ -41,6 +49,8 @@ WORKER_METRIC = ("marketprism_aggregation_records_total{", 'stream="trades"', 'r
 NAIVE_METRIC = ("marketprism_aggregation_naive_trades_total",)
 LATENESS_US = 500_000
 GRACE_US = 500_000
+LINGER_US = 20_000  # the collectors' output: at most one batch per market per 20 ms
+BATCHES = "md.trade_batches.v1"
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,60 @@ class BenchPlan:
     rate: int
     seconds: int
     repeats: int
+    load_rate: int = 50_000
+    naive_trades: int = 0  # trades the naive agent is measured on (0: all; it is ~20x slower)
+
+
+@dataclass
+class Rate:
+    """A throughput measurement: trades per wall second and per CPU second of the measured process."""
+
+    per_s: float
+    per_cpu_s: float
+
+
+def _batch(trades: list[Trade]) -> TradeBatch:
+    first = trades[0]
+    return TradeBatch(
+        exchange=first.exchange, symbol=first.symbol, raw_symbol=first.raw_symbol,
+        trades=[BatchTrade(trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
+                           ts_recv=t.ts_recv) for t in trades],
+    )  # fmt: skip
+
+
+class Batcher:
+    """The collectors' batching rule on a virtual clock: a market's trades wait until ``LINGER_US`` after
+    its previous batch (a market quiet that long sends at once)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[bytes, list[Trade]] = {}
+        self.last: dict[bytes, int] = {}
+
+    def add(self, trade: Trade, now_us: int) -> list[TradeBatch]:
+        key = market_key(trade.exchange, trade.symbol)
+        self.pending.setdefault(key, []).append(trade)
+        return self.due(now_us)
+
+    def due(self, now_us: int) -> list[TradeBatch]:
+        out = []
+        for key in [k for k in self.pending if self.last.get(k, -LINGER_US) + LINGER_US <= now_us]:
+            out.append(_batch(self.pending.pop(key)))
+            self.last[key] = now_us
+        return out
+
+    def flush(self) -> list[TradeBatch]:
+        out = [_batch(trades) for trades in self.pending.values()]
+        self.pending.clear()
+        return out
+
+
+def batches_at(trades: list[Trade], rate: int) -> list[TradeBatch]:
+    """``trades`` as the collectors would batch them arriving at ``rate``/s."""
+    batcher = Batcher()
+    out: list[TradeBatch] = []
+    for i, t in enumerate(trades):
+        out += batcher.add(t, i * 1_000_000 // rate)
+    return out + batcher.flush()
 
 
 def _prefixed(settings: Settings) -> Settings:
@@ -65,7 +129,7 @@ def _trades(count: int, symbols: int, start_us: int, step_us: int) -> list[Trade
     ]  # fmt: skip
 
 
-async def _preload(settings: Settings, trades: list[Trade]) -> None:
+async def _preload(settings: Settings, trades: list[Trade], batches: list[TradeBatch]) -> None:
     await apply(settings.kafka, load_registry(), settings.topic_prefix)
     producer = make_producer(settings.kafka)
     await producer.start()
@@ -73,26 +137,32 @@ async def _preload(settings: Settings, trades: list[Trade]) -> None:
         topic = settings.topic("md.trades.v1")
         for t in trades:
             await producer.send(topic, encode(t), key=market_key(t.exchange, t.symbol))
+        topic = settings.topic(BATCHES)
+        for b in batches:
+            await producer.send(topic, encode(b), key=market_key(b.exchange, b.symbol))
         await producer.flush()
     finally:
         await producer.stop()
 
 
-async def raw_consume(settings: Settings, count: int) -> float:
-    """Trades/s of a plain aiokafka consumer decoding every record."""
-    decoder = decoder_for(Trade)
-    consumer = make_consumer(settings.kafka, settings.topic("md.trades.v1"), group_id=None, max_poll_records=10_000)
+async def raw_consume(settings: Settings, count: int, batched: bool) -> Rate:
+    """Trades/s of a plain aiokafka consumer decoding every record (trades or trade batches)."""
+    decoder = decoder_for(TradeBatch if batched else Trade)  # type: ignore[arg-type]
+    topic = settings.topic(BATCHES if batched else "md.trades.v1")
+    consumer = make_consumer(settings.kafka, topic, group_id=None, max_poll_records=10_000)
     await consumer.start()
     try:
         seen = 0
-        started = None
+        started = cpu = None
         while seen < count:
             for batch in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
-                started = started or time.perf_counter()
+                if started is None:
+                    started, cpu = time.perf_counter(), time.process_time()
                 for message in batch:
-                    decoder.decode(message.value)
-                seen += len(batch)
-        return count / (time.perf_counter() - (started or time.perf_counter()))
+                    record = decoder.decode(message.value)
+                    seen += len(record.trades) if batched else 1  # type: ignore[attr-defined]
+        wall = time.perf_counter() - (started or time.perf_counter())
+        return Rate(count / wall, count / (time.process_time() - (cpu or 0.0)))
     finally:
         await consumer.stop()
 
@@ -121,9 +191,14 @@ async def _applied(client: httpx.AsyncClient, url: str, metric: tuple[str, ...])
     )
 
 
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def faust_throughput(
     settings: Settings, command: list[str], metric: tuple[str, ...], count: int, state: Path
-) -> float:
+) -> Rate:
     """Trades/s of a Faust worker process, from its Prometheus counter (first non-zero reading to the last)."""
     port = free_port()
     with (state / f"{Path(command[0]).name}-{command[-1]}.log").open("wb") as output:
@@ -131,22 +206,23 @@ async def faust_throughput(
             *command, env=_env(settings, state, port), stdout=output, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}/metrics"
+    watched = psutil.Process(process.pid)
     try:
-        first: tuple[float, float] | None = None
+        first: tuple[float, float, float] | None = None
         async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(900):
             while True:
                 if process.returncode is not None:
                     raise RuntimeError(f"{command[-2:]} exited with {process.returncode} before applying {count}")
                 done = await _applied(client, url, metric)
-                now = time.perf_counter()
+                now, cpu = time.perf_counter(), _cpu_s(watched)
                 if first is None and done > 0:
-                    first = (now, done)
+                    first = (now, done, cpu)
                 if done >= count and first is not None:
                     break
                 await asyncio.sleep(0.1)
         if now - first[0] < 0.5:  # everything landed between two readings: no usable interval
-            return float("nan")
-        return (done - first[1]) / (now - first[0])
+            return Rate(float("nan"), float("nan"))
+        return Rate((done - first[1]) / (now - first[0]), (done - first[1]) / max(1e-9, cpu - first[2]))
     finally:
         await _stop(process)
 
@@ -161,54 +237,72 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
-async def bar_latency(settings: Settings, plan: BenchPlan, state: Path) -> list[float]:
-    """Bar latencies (ms) of 1s bars at ``plan.rate`` trades/s of live-stamped trades."""
+async def bar_latency(settings: Settings, plan: BenchPlan, state: Path) -> tuple[list[float], float]:
+    """Bar latencies (ms) of 1s bars at ``plan.rate`` trades/s of live-stamped trades, batched as the
+    collectors batch them; and the worker's CPU share (CPU-seconds per second) during the run."""
     await apply(settings.kafka, load_registry(), settings.topic_prefix)
     await ensure_internal_topics(settings)
     worker = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "marketprism"), "worker", env=_env(settings, state),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    watched = psutil.Process(worker.pid)
     producer = make_producer(settings.kafka)
     consumer = make_consumer(settings.kafka, settings.topic("md.bars.1s.v1"), group_id=None)
     await producer.start()
     await consumer.start()
     bar_decoder = decoder_for(Bar)
     latencies: list[float] = []
+    bars: list[tuple[int, int]] = []  # (record timestamp ms: when the worker produced it, window end µs)
     try:
         await asyncio.sleep(8)  # join the group before the measured stream starts
-        topic = settings.topic("md.trades.v1")
+        topic = settings.topic(BATCHES)
         started = time.time()
+        cpu_start = _cpu_s(watched)
         i = 0
         measure_from = int((started + 3) * 1e6)  # skip the first windows (group join, warm-up)
+        batcher = Batcher()
+
+        stamps: list[int] = []  # ts_event of each burst of trades made (= the wall time it was made)
 
         async def read() -> None:
             while True:
                 for batch in (await consumer.getmany(timeout_ms=200)).values():
-                    now_us = time.time_ns() // 1000
                     for message in batch:
                         bar = bar_decoder.decode(message.value)
                         if bar.window_start >= measure_from:
-                            latencies.append((now_us - (bar.window_end + LATENESS_US + GRACE_US)) / 1000)
+                            bars.append((message.timestamp, bar.window_end))
 
         reader = asyncio.create_task(read())
         while time.time() - started < plan.seconds:
             target = int((time.time() - started) * plan.rate)
+            now_us = time.time_ns() // 1000
+            ready: list[TradeBatch] = []
+            if i < target:
+                stamps.append(now_us)
             while i < target:
-                now_us = time.time_ns() // 1000
                 symbol = f"S{i % plan.symbols}-USDT"
                 t = Trade(exchange="binance", symbol=symbol, raw_symbol=symbol.replace("-", ""), trade_id=str(i),
                           price="100.5", size="0.1", side="buy", ts_event=now_us, ts_recv=now_us)  # fmt: skip
-                await producer.send(topic, encode(t), key=market_key(t.exchange, t.symbol))
+                ready += batcher.add(t, now_us)
                 i += 1
-            await asyncio.sleep(0.005)
+            ready += batcher.due(now_us)
+            for b in ready:
+                await producer.send(topic, encode(b), key=market_key(b.exchange, b.symbol))
+            await asyncio.sleep(0.002)
+        cpu_share = (_cpu_s(watched) - cpu_start) / (time.time() - started)
         await asyncio.sleep(3)
         reader.cancel()
+        for produced_ms, window_end in bars:
+            # the watermark passed end + grace with the first trade stamped >= end + lateness + grace
+            at = bisect.bisect_left(stamps, window_end + LATENESS_US + GRACE_US)
+            if at < len(stamps):
+                latencies.append(produced_ms - stamps[at] / 1000)
     finally:
         await producer.stop()
         await consumer.stop()
         await _stop(worker)
-    return latencies
+    return latencies, cpu_share
 
 
 def _median(values: list[float]) -> float:
@@ -221,35 +315,52 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] if ordered else float("nan")
 
 
+def _runs(values: list[Rate]) -> str:
+    return ", ".join(f"{v.per_s:.0f}" for v in values)
+
+
 async def run_bench(settings: Settings, plan: BenchPlan) -> str:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     base = int(time.time() * 1e6) - 3_600_000_000
     trades = _trades(plan.trades, plan.symbols, base, 100)  # 10k trades per second of event time
+    batches = batches_at(trades, plan.load_rate)
     marketprism = str(Path(sys.executable).parent / "marketprism")
-    results: dict[str, list[float]] = {"raw": [], "naive": [], "worker": []}
+    results: dict[str, list[Rate]] = {"raw": [], "raw batches": [], "naive": [], "worker": []}
     state = settings.state_dir / "bench-aggregate"
     state.mkdir(parents=True, exist_ok=True)
     for _ in range(plan.repeats):
         run = _prefixed(settings)
-        await _preload(run, trades)
-        results["raw"].append(await raw_consume(run, plan.trades))
+        await _preload(run, trades, batches)
+        results["raw"].append(await raw_consume(run, plan.trades, batched=False))
+        results["raw batches"].append(await raw_consume(run, plan.trades, batched=True))
         await ensure_internal_topics(run)
         worker = [marketprism, "worker"]
         results["worker"].append(await faust_throughput(run, worker, WORKER_METRIC, plan.trades, state))
         naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warn"]
-        results["naive"].append(await faust_throughput(run, naive, NAIVE_METRIC, plan.trades, state))
-    latencies = await bar_latency(_prefixed(settings), plan, state)
-    raw, naive_rate, worker_rate = (_median(results[k]) for k in ("raw", "naive", "worker"))
+        naive_count = plan.naive_trades or plan.trades
+        results["naive"].append(await faust_throughput(run, naive, NAIVE_METRIC, naive_count, state))
+    latencies, cpu_share = await bar_latency(_prefixed(settings), plan, state)
+    median = {k: Rate(_median([r.per_s for r in v]), _median([r.per_cpu_s for r in v])) for k, v in results.items()}
+    names = {
+        "raw": "raw aiokafka getmany+decode, md.trades.v1",
+        "raw batches": "raw aiokafka getmany+decode, batches",
+        "naive": "naive Faust per-event agent",
+        "worker": "marketprism worker (batches)",
+    }
     lines = [
         f"bench aggregate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
-        f"{os.cpu_count()} cores, {plan.trades} trades over {plan.symbols} symbols, {plan.repeats} run(s)",
-        f"raw aiokafka getmany+decode : {raw:10.0f} trades/s  (runs: {', '.join(f'{v:.0f}' for v in results['raw'])})",
-        f"naive Faust per-event agent : {naive_rate:10.0f} trades/s  "
-        f"(runs: {', '.join(f'{v:.0f}' for v in results['naive'])})",
-        f"marketprism worker          : {worker_rate:10.0f} trades/s  "
-        f"(runs: {', '.join(f'{v:.0f}' for v in results['worker'])})",
-        f"worker / naive = {worker_rate / naive_rate:.1f}x, worker / raw = {worker_rate / raw:.2f}x",
-        f"bar latency at {plan.rate} trades/s ({len(latencies)} 1s bars): "
+        f"{os.cpu_count()} cores, {plan.trades} trades over {plan.symbols} symbols, {plan.repeats} run(s); "
+        f"batches as formed at {plan.load_rate} trades/s: {len(batches)} records, "
+        f"{plan.trades / len(batches):.1f} trades/batch",
+        *(
+            f"{names[k]:42s}: {median[k].per_s:9.0f} trades/s {median[k].per_cpu_s:9.0f} trades/CPU-s  "
+            f"(runs: {_runs(results[k])})"
+            for k in names
+        ),
+        f"worker / naive = {median['worker'].per_s / median['naive'].per_s:.1f}x "
+        f"(per CPU-s {median['worker'].per_cpu_s / median['naive'].per_cpu_s:.1f}x), "
+        f"worker / raw = {median['worker'].per_s / median['raw'].per_s:.2f}x",
+        f"bar latency at {plan.rate} trades/s ({len(latencies)} 1s bars, worker CPU {cpu_share:.2f} CPU-s/s): "
         f"p50 {_percentile(latencies, 50):.0f} ms, p99 {_percentile(latencies, 99):.0f} ms",
     ]
     return "\n".join(lines)

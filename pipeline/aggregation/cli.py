@@ -30,12 +30,16 @@ def worker_command(
 
     from pipeline.aggregation.app import AggregatorConfig, build_app, ensure_internal_topics
     from pipeline.aggregation.windows import WindowPolicy
+    from pipeline.clock import from_settings
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
     policy = WindowPolicy(lateness_ms * 1000, grace_ms * 1000, idle_timeout_ms * 1000)
     asyncio.run(ensure_internal_topics(settings))
-    app = build_app(settings, AggregatorConfig(policy=policy, batch_max=batch_max))
+    # pipeline time: idle timeouts and feed health (the tick stays once a wall second: what it ships is bucketed by
+    # pipeline second, so an accelerated clock only makes each tick cover more of it)
+    clock = from_settings(settings.clock)
+    app = build_app(settings, AggregatorConfig(policy=policy, batch_max=batch_max), clock=clock.now_us)
     serve_metrics(settings.metrics_port)
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
@@ -47,10 +51,13 @@ def bench_aggregate(
     rate: Annotated[int, typer.Option(help="trades/s for the bar latency run")] = 10_000,
     seconds: Annotated[int, typer.Option(help="duration of the bar latency run")] = 20,
     repeats: Annotated[int, typer.Option(help="throughput runs per contender (median reported)")] = 3,
+    load_rate: Annotated[int, typer.Option(help="trades/s the preloaded batches are formed at")] = 50_000,
+    naive_trades: Annotated[int, typer.Option(help="trades the slow naive agent is measured on (0: all)")] = 0,
 ) -> None:
     """Trades/s per worker and bar latency, next to a raw aiokafka consumer and a naive Faust agent."""
     from pipeline.aggregation.bench import BenchPlan, run_bench
 
     settings: Settings = ctx.obj
-    report = asyncio.run(run_bench(settings, BenchPlan(trades, symbols, rate, seconds, repeats)))
+    plan = BenchPlan(trades, symbols, rate, seconds, repeats, load_rate, naive_trades)
+    report = asyncio.run(run_bench(settings, plan))
     typer.echo(report)

@@ -1,12 +1,13 @@
 """One partition's deterministic aggregation state: open windows, watermarks, dedup, offsets.
 
-``PartitionAggregator`` turns the trades and BBOs of one input partition (``md.trades.v1`` and
-``md.bbo.v1`` partition *p*: same key, same partition count) into closed 1s and 1m bars. Given the
-same records in the same per-topic order it emits the same bars, whatever the batch boundaries:
-lateness is decided per record against the watermark at that record, and windows close when the
-watermark has passed them. ``snapshot`` / ``restore`` give the state as one msgpack value (the
-Faust table's changelog value); it carries the last offset applied per topic, so records replayed
-after a crash are skipped instead of counted twice.
+``PartitionAggregator`` turns the trades and BBOs of one input partition (``md.trade_batches.v1``
+and ``md.bbo.v1`` partition *p*: same key, same partition count) into closed 1s and 1m bars. Given
+the same records in the same per-topic order it emits the same bars, whatever the processing batch
+boundaries: lateness is decided per trade against the watermark at that trade (trades in arrival
+order: batch offset, then position in the batch), and windows close when the watermark has passed
+them. ``snapshot`` / ``restore`` give the state as one JSON value (the Faust table's changelog
+value); it carries the last offset applied per topic, so records replayed after a crash are
+skipped instead of counted twice.
 
 Rules: a trade is *late* when its 1s window is closed (``window_end + grace <= trade watermark``,
 or the window was already emitted); a *duplicate* (same exchange, symbol, trade_id as a trade in an
@@ -19,7 +20,6 @@ A window without trades yields no bar.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Literal
 
 import msgspec
@@ -27,9 +27,10 @@ import msgspec
 from pipeline.aggregation.bars import OhlcvAggregation, OhlcvState
 from pipeline.aggregation.book import BookAggregation, BookState, Quote
 from pipeline.aggregation.windows import INTERVALS, NO_WATERMARK, Watermark, WindowPolicy, window_start
-from pipeline.contracts import Bar, Bbo, Trade
+from pipeline.contracts import Bar, BatchTrade, Bbo, Trade, TradeBatch
 
 SECOND = INTERVALS["1s"]
+SEQ_BITS = 20  # a trade's arrival position: batch offset << SEQ_BITS | index in the batch
 MINUTE = INTERVALS["1m"]
 
 Verdict = Literal["ok", "late", "duplicate", "replayed", "invalid"]
@@ -64,8 +65,8 @@ class PartitionState(msgspec.Struct):
     symbols: dict[str, SymbolState] = {}
 
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(PartitionState)
+_encoder = msgspec.json.Encoder()  # JSON, not msgpack: sums are integers of any size
+_decoder = msgspec.json.Decoder(PartitionState)
 
 
 @dataclass
@@ -105,38 +106,83 @@ class PartitionAggregator:
         return sym
 
     def add_trade(self, offset: int, trade: Trade, now_us: int) -> Verdict:
-        if offset <= self.state.trade_offset:
+        """One trade as a batch of one at ``offset`` (hand-made sequences in tests)."""
+        batch = TradeBatch(
+            exchange=trade.exchange, symbol=trade.symbol, raw_symbol=trade.raw_symbol,
+            trades=[BatchTrade(trade_id=trade.trade_id, price=trade.price, size=trade.size, side=trade.side,
+                               ts_event=trade.ts_event, ts_recv=trade.ts_recv)],
+        )  # fmt: skip
+        rejected = self.add_trades(offset, batch, now_us)
+        return "replayed" if rejected is None else rejected[0][1] if rejected else "ok"
+
+    def add_trades(self, offset: int, batch: TradeBatch, now_us: int) -> list[tuple[int, Verdict]] | None:
+        """Apply the trades of the batch record at ``offset``; ``None`` when the record was already applied,
+        else the ``(index, verdict)`` of each trade not counted (``late``, ``duplicate``, ``invalid``).
+
+        The hot loop of the worker: prices and sizes are parsed to integer mantissas once, the watermark
+        is a local, and a trade's arrival position is ``offset << SEQ_BITS | index``.
+        """
+        state = self.state
+        if offset <= state.trade_offset:
             self.counts.replayed += 1
-            return "replayed"
-        self.state.trade_offset = offset
+            return None
+        state.trade_offset = offset
         self.last_trade_wall = now_us
-        price, size = Decimal(trade.price), Decimal(trade.size)
-        if price <= 0 or size <= 0:
-            return "invalid"
-        ts = trade.ts_event
-        start = ts - ts % SECOND
-        key = f"{trade.exchange}:{trade.symbol}"
-        sym = self._symbol(key, trade.exchange, trade.symbol)
-        if start + SECOND + self.policy.grace_us <= self.trade_wm.value or start < sym.closed_through:
-            return "late"
+        key = f"{batch.exchange}:{batch.symbol}"
+        sym = self._symbol(key, batch.exchange, batch.symbol)
         seen = self._seen[key]
-        if trade.trade_id in seen:
-            self.counts.duplicates += 1
-            return "duplicate"
-        seen.add(trade.trade_id)
-        window = sym.seconds.get(start)
-        if window is None:
-            window = sym.seconds[start] = SecondWindow(None, [], [])
-        if window.ohlcv is None:
-            window.ohlcv = OhlcvAggregation.initialize(
-                ts, offset, trade.price, price, size, trade.side, trade.trade_id
-            )
-        else:
-            OhlcvAggregation.add(window.ohlcv, ts, offset, trade.price, price, size, trade.side, trade.trade_id)
-        window.trade_ids.append(trade.trade_id)
-        self.trade_wm.observe(ts)
-        self.counts.trades += 1
-        return "ok"
+        seconds = sym.seconds
+        closed_through = sym.closed_through
+        lateness = self.trade_wm.lateness_us
+        watermark = self.trade_wm.value
+        horizon = SECOND + self.policy.grace_us
+        base = offset << SEQ_BITS
+        rejected: list[tuple[int, Verdict]] = []
+        initialize, add = OhlcvAggregation.initialize, OhlcvAggregation.add
+        ok = duplicates = 0
+        for index, trade in enumerate(batch.trades):
+            price_text, size_text = trade.price, trade.size
+            dot = price_text.find(".")
+            if dot < 0:
+                price, price_scale = int(price_text), 0
+            else:
+                price, price_scale = int(price_text.replace(".", "", 1)), len(price_text) - dot - 1
+            dot = size_text.find(".")
+            if dot < 0:
+                size, size_scale = int(size_text), 0
+            else:
+                size, size_scale = int(size_text.replace(".", "", 1)), len(size_text) - dot - 1
+            if price <= 0 or size <= 0:
+                rejected.append((index, "invalid"))
+                continue
+            ts = trade.ts_event
+            start = ts - ts % SECOND
+            if start + horizon <= watermark or start < closed_through:
+                rejected.append((index, "late"))
+                continue
+            trade_id = trade.trade_id
+            if trade_id in seen:
+                duplicates += 1
+                rejected.append((index, "duplicate"))
+                continue
+            seen.add(trade_id)
+            window = seconds.get(start)
+            if window is None:
+                window = seconds[start] = SecondWindow(None, [], [])
+            if window.ohlcv is None:
+                window.ohlcv = initialize(ts, base | index, price_text, price, price_scale, size, size_scale,
+                                          trade.side, trade_id)  # fmt: skip
+            else:
+                add(window.ohlcv, ts, base | index, price_text, price, price_scale, size, size_scale, trade.side,
+                    trade_id)  # fmt: skip
+            window.trade_ids.append(trade_id)
+            if ts - lateness > watermark:
+                watermark = ts - lateness
+            ok += 1
+        self.trade_wm.value = watermark
+        self.counts.trades += ok
+        self.counts.duplicates += duplicates
+        return rejected
 
     def add_bbo(self, offset: int, bbo: Bbo, now_us: int) -> Verdict:
         if offset <= self.state.bbo_offset:
@@ -160,6 +206,10 @@ class PartitionAggregator:
         return "ok"
 
     # ------------------------------------------------------------ closing
+
+    def idle(self, now_us: int) -> bool:
+        """Whether the partition received no record for the idle timeout (wall clock)."""
+        return now_us - max(self.last_trade_wall, self.last_bbo_wall) >= self.policy.idle_timeout_us
 
     def effective_watermark(self, now_us: int, caught_up: bool = True) -> int:
         """The watermark windows close at now (advancing idle watermarks to the wall clock).

@@ -15,7 +15,9 @@ parse error), connectivity 15 (0 when the collector says disconnected, minus 7.5
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pipeline.aggregation.summaries import FeedPartial
 from pipeline.aggregation.windows import SECOND_US, window_start
@@ -25,6 +27,16 @@ log = logging.getLogger(__name__)
 
 LAG_SAMPLES = 2000
 MAX_CATCHUP_US = 60 * SECOND_US  # a stream seen again after a long pause resumes with the last minute
+
+
+class Timed(Protocol):
+    """Anything with venue and receipt times (a trade of a batch, a record)."""
+
+    @property
+    def ts_event(self) -> int: ...
+
+    @property
+    def ts_recv(self) -> int: ...
 
 
 def _clamp(value: float) -> float:
@@ -74,6 +86,27 @@ class FeedStatsCollector:
         partial.messages += 1
         if ts_recv > partial.last_recv:
             partial.last_recv = ts_recv
+
+    def observe_many(self, exchange: str, stream: str, records: Sequence[Timed]) -> None:
+        """:meth:`observe` for records of one stream (a trade batch), with one bucket look-up per second."""
+        partial: FeedPartial | None = None
+        buckets = self._buckets
+        for record in records:
+            ts_recv = record.ts_recv
+            bucket = ts_recv - ts_recv % SECOND_US
+            if partial is None or partial.bucket != bucket:
+                partial = buckets.get((exchange, stream, bucket))
+                if partial is None:
+                    partial = FeedPartial(exchange, stream, bucket, 0, [], ts_recv)
+                    buckets[(exchange, stream, bucket)] = partial
+            lag = ts_recv - record.ts_event
+            if len(partial.lags) < LAG_SAMPLES:
+                partial.lags.append(lag)
+            else:
+                partial.lags[partial.messages % LAG_SAMPLES] = lag
+            partial.messages += 1
+            if ts_recv > partial.last_recv:
+                partial.last_recv = ts_recv
 
     def drain(self) -> list[FeedPartial]:
         partials, self._buckets = list(self._buckets.values()), {}

@@ -3,23 +3,27 @@
 One :class:`BarWorker` per process. For each batch of events (Faust ``take_events``) it decodes the
 records, applies them to the partition's :class:`~pipeline.aggregation.engine.PartitionAggregator`,
 closes the windows the watermark passed, publishes the bars and *waits for their delivery*, then
-writes the partition state to the state store (the Faust table changelog). Faust commits an offset
-only after flushing that changelog, so a restarted worker restores a state at or after its committed
-offset and skips the replayed records it already counted: bars are emitted at least once and are
-identical when emitted again. Bad records (undecodable, non-positive price/size) and late trades go
+writes the partition state to the state store (the Faust table changelog) at most once per checkpoint
+interval. Records are acknowledged to Faust only once a written state covers them, and Faust commits
+an offset only after flushing that changelog, so a restarted worker restores a state at or after its
+committed offset and skips the replayed records it already counted: bars are emitted at least once
+and are identical when emitted again. Bad records (undecodable, non-positive price/size) and late trades go
 to ``ops.dlq.v1`` with reason ``decode``, ``invalid`` or ``late``, and are counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
+
+from aiokafka.errors import KafkaError
 
 from pipeline.aggregation.bars import EXACT, fmt
 from pipeline.aggregation.engine import PartitionAggregator
@@ -27,7 +31,7 @@ from pipeline.aggregation.health import FeedStatsCollector
 from pipeline.aggregation.reference import asset_of
 from pipeline.aggregation.summaries import MidPartial, Summary, encode_summary
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.contracts import Bar, Bbo, DecodeError, Trade, decoder_for, market_key
+from pipeline.contracts import Bar, Bbo, DecodeError, Trade, TradeBatch, decoder_for, encode, market_key
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
 from pipeline.observability.metrics import counter, gauge
 
@@ -38,10 +42,20 @@ BAR_TOPICS = {"1s": "md.bars.1s.v1", "1m": "md.bars.1m.v1"}
 
 RECORDS = counter("aggregation_records_total", "Records applied to bar windows by result", ["stream", "result"])
 BARS = counter("aggregation_bars_total", "Bars published", ["interval"])
+GAPS = counter("aggregation_offset_gaps_total", "Stale records skipped (offset past the next expected) and re-read")
 OPEN_WINDOWS = gauge("aggregation_open_windows", "Open bar windows on this worker")
 
-_trade_decoder = decoder_for(Trade)
+_batch_decoder = decoder_for(TradeBatch)
 _bbo_decoder = decoder_for(Bbo)
+
+
+def _trade_of(batch: TradeBatch, index: int) -> Trade:
+    """The ``md.trades.v1`` form of one trade of a batch (what a dead letter carries)."""
+    t = batch.trades[index]
+    return Trade(
+        exchange=batch.exchange, symbol=batch.symbol, raw_symbol=batch.raw_symbol, trade_id=t.trade_id,
+        price=t.price, size=t.size, side=t.side, ts_event=t.ts_event, ts_recv=t.ts_recv,
+    )  # fmt: skip
 
 
 def wall_clock_us() -> int:
@@ -51,19 +65,23 @@ def wall_clock_us() -> int:
 class StateStore(Protocol):
     """Where partition states live (the Faust table; a dict in unit tests)."""
 
-    def get(self, partition: int) -> bytes | None: ...
+    async def load(self, partitions: Sequence[int]) -> dict[int, bytes | None]: ...
 
-    def put(self, partition: int, value: bytes) -> None: ...
+    async def save(self, states: dict[int, bytes]) -> bool:
+        """Write partition states; True once every one is acknowledged by the broker."""
+        ...
 
 
 @dataclass(frozen=True)
 class Incoming:
-    """One consumed record: its topic (full name), partition, offset and raw value."""
+    """One consumed record: its topic (full name), partition, offset and raw value; ``release`` marks it
+    safe to commit (called once the partition state that covers it is written)."""
 
     topic: str
     partition: int
     offset: int
     value: bytes
+    release: Callable[[], object] | None = None
 
 
 class Outputs:
@@ -109,6 +127,10 @@ class BarWorker:
         clock: Callable[[], int] = wall_clock_us,
         assignment: Callable[[], set[tuple[str, int]]] | None = None,
         highwater: Callable[[str, int], int | None] | None = None,
+        checkpoint_us: int = 0,
+        end_offsets: Callable[[list[tuple[str, int]]], Awaitable[dict[tuple[str, int], int]]] | None = None,
+        seek: Callable[[str, int, int], Awaitable[None]] | None = None,
+        log_start: Callable[[str, int], Awaitable[int]] | None = None,
     ):
         self.outputs = outputs
         self.store = store
@@ -118,7 +140,13 @@ class BarWorker:
         self.clock = clock
         self.assignment = assignment
         self.highwater = highwater
+        self.checkpoint_us = checkpoint_us
+        self.end_offsets = end_offsets
+        self.seek = seek
+        self.log_start = log_start
         self.engines: dict[int, PartitionAggregator] = {}
+        self._held: dict[int, list[Callable[[], object]]] = {}  # partition -> releases of applied records
+        self._saved_at: dict[int, int] = {}  # partition -> clock of its last checkpoint
         self.feed = FeedStatsCollector()
         self.mids: dict[tuple[str, str], Bbo] = {}
         self._lock = asyncio.Lock()
@@ -127,54 +155,97 @@ class BarWorker:
         """Drop in-memory state of revoked partitions (the next owner restores it from the table)."""
         for partition in partitions:
             self.engines.pop(partition, None)
+            self._held.pop(partition, None)  # never released: the new owner re-reads them, and skips
+            self._saved_at.pop(partition, None)
 
-    def _engine(self, partition: int, now: int) -> PartitionAggregator:
-        engine = self.engines.get(partition)
-        if engine is None:
-            engine = self.engines[partition] = PartitionAggregator.restore(self.store.get(partition), self.policy, now)
-        return engine
+    async def _restore(self, partitions: Iterable[int], now: int) -> None:
+        """Load the engines of newly seen partitions from the state store (all at once: one read)."""
+        missing = sorted({p for p in partitions if p not in self.engines})
+        if missing:
+            states = await self.store.load(missing)
+            for partition in missing:
+                self.engines[partition] = PartitionAggregator.restore(states.get(partition), self.policy, now)
 
     async def process(self, batch: Sequence[Incoming]) -> None:
         await self.outputs.start()
         async with self._lock:
             now = self.clock()
             touched: dict[int, PartitionAggregator] = {}
-            dead: list[tuple[str, str, Incoming, str | None]] = []
+            dead: list[tuple[str, str, Incoming, str | None, bytes]] = []
             assigned = self.assignment() if self.assignment is not None else None
+            if assigned is not None:  # buffered before a revocation: the new owner processes it
+                batch = [item for item in batch if (item.topic, item.partition) in assigned]
+            await self._restore((item.partition for item in batch), now)
+            gaps: dict[tuple[str, int], int] = {}
             for item in batch:
-                if assigned is not None and (item.topic, item.partition) not in assigned:
-                    continue  # buffered before a revocation: the new owner processes it
                 engine = touched.get(item.partition)
                 if engine is None:
-                    engine = touched[item.partition] = self._engine(item.partition, now)
-                if item.topic == self.trades_topic:
+                    engine = touched[item.partition] = self.engines[item.partition]
+                is_trades = item.topic == self.trades_topic
+                expected = (engine.state.trade_offset if is_trades else engine.state.bbo_offset) + 1
+                if expected > 0 and item.offset > expected and self.seek is not None:
+                    gaps.setdefault((item.topic, item.partition), expected)
+                    GAPS.inc()
+                    continue  # stale (see _seek_back): not applied, not released, read again after the seek
+                if item.release is not None:
+                    self._held.setdefault(item.partition, []).append(item.release)
+                if is_trades:
                     try:
-                        trade = _trade_decoder.decode(item.value)
+                        trades = _batch_decoder.decode(item.value)
                     except DecodeError as exc:
-                        dead.append(("decode", f"not a Trade: {exc}", item, None))
+                        dead.append(("decode", f"not a TradeBatch: {exc}", item, None, item.value))
                         continue
-                    verdict = engine.add_trade(item.offset, trade, now)
-                    if verdict != "replayed":
-                        self.feed.observe(trade.exchange, "trades", trade.ts_event, trade.ts_recv)
-                    if verdict == "late":
-                        dead.append(("late", self._late_reason(engine, trade), item, trade.exchange))
-                    elif verdict == "invalid":
-                        dead.append(("invalid", "price and size must be positive", item, trade.exchange))
+                    rejected = engine.add_trades(item.offset, trades, now)
+                    if rejected is None:
+                        continue  # replayed after a restart: already counted
+                    self.feed.observe_many(trades.exchange, "trades", trades.trades)
+                    for index, verdict in rejected:
+                        if verdict == "late":
+                            trade = _trade_of(trades, index)
+                            dead.append(("late", self._late_reason(engine, trade), item, trade.exchange, encode(trade)))
+                        elif verdict == "invalid":
+                            error = "price and size must be positive"
+                            dead.append(("invalid", error, item, trades.exchange, encode(_trade_of(trades, index))))
                 else:
                     try:
                         bbo = _bbo_decoder.decode(item.value)
                     except DecodeError as exc:
-                        dead.append(("decode", f"not a Bbo: {exc}", item, None))
+                        dead.append(("decode", f"not a Bbo: {exc}", item, None, item.value))
                         continue
                     if engine.add_bbo(item.offset, bbo, now) != "replayed":
                         self.feed.observe(bbo.exchange, "bbo", bbo.ts_event, bbo.ts_recv)
                         self.mids[(bbo.exchange, bbo.symbol)] = bbo
-            for reason, error, item, exchange in dead:
+            if gaps:
+                await self._seek_back(gaps)
+            for reason, error, item, exchange, payload in dead:
                 await self.outputs.dead_letters.publish(
-                    reason, error, item.value, exchange=exchange, topic=item.topic, partition=item.partition,
+                    reason, error, payload, exchange=exchange, topic=item.topic, partition=item.partition,
                     offset=item.offset,
                 )  # fmt: skip
-            await self._close(touched, now, always_save=True)
+            await self._close(touched, now)
+
+    async def _seek_back(self, gaps: dict[tuple[str, int], int]) -> None:
+        """Send the consumer back to the next expected offset of partitions that got records past it.
+
+        After a rebalance Faust seeks to the committed offset, but events fetched before can still be
+        buffered in the stream: applied first, they would make the engine skip the re-read records as
+        replayed (bars short of trades). The offsets of these topics have no holes, so a jump means
+        stale events: they are skipped and the partition is read again from the expected offset, or
+        from the log start when retention removed it (the engine then continues from there).
+        """
+        assert self.seek is not None
+        for (topic, partition), offset in gaps.items():
+            start = (await self.log_start(topic, partition)) if self.log_start is not None else 0
+            if offset < start:
+                log.warning("%s[%d]: records %d..%d are gone (retention); continuing at %d", topic, partition,
+                            offset, start - 1, start)  # fmt: skip
+                state = self.engines[partition].state
+                if topic == self.trades_topic:
+                    state.trade_offset = start - 1
+                else:
+                    state.bbo_offset = start - 1
+                offset = start
+            await self.seek(topic, partition, offset)
 
     def _late_reason(self, engine: PartitionAggregator, trade: Trade) -> str:
         return (
@@ -187,7 +258,7 @@ class BarWorker:
         await self.outputs.start()
         async with self._lock:
             now = self.clock()
-            await self._close(self.engines, now, always_save=False)
+            await self._close(self.engines, now)
             summaries: list[tuple[bytes, Summary]] = [
                 (f"{p.exchange}:{p.stream}".encode(), p) for p in self.feed.drain()
             ]
@@ -201,20 +272,35 @@ class BarWorker:
             for key, summary in summaries:
                 await self.outputs.producer.send_raw(SUMMARY_TOPIC, key, encode_summary(summary))
 
-    async def _close(self, engines: dict[int, PartitionAggregator], now: int, always_save: bool) -> None:
+    async def _close(self, engines: dict[int, PartitionAggregator], now: int) -> None:
+        """Close due windows, publish their bars (delivered), then checkpoint the partitions that are due.
+
+        A partition's state is written at most once per ``checkpoint_us`` (it is the costly part: the
+        whole partition state, dedup ids included); its applied records are released for commit only
+        after that write, so the committed offset never passes the state. A crash replays at most one
+        interval of records, which the restored state skips or re-applies to identical bars.
+        """
         bars: list[Bar] = []
-        changed: list[int] = []
+        due: list[int] = []
+        idle = [p for p, engine in engines.items() if engine.idle(now) and self._caught_up(p, engine)]
+        caught_up = await self._confirm_caught_up(idle) if idle else set()
         for partition, engine in engines.items():
             before = (engine.trade_wm.value, engine.bbo_wm.value)
-            closed = engine.close_windows(now, self._caught_up(partition, engine))
+            closed = engine.close_windows(now, partition in caught_up)
             bars += closed
-            if always_save or closed or before != (engine.trade_wm.value, engine.bbo_wm.value):
-                changed.append(partition)
+            changed = closed or before != (engine.trade_wm.value, engine.bbo_wm.value) or partition in self._held
+            if changed and now - self._saved_at.get(partition, -self.checkpoint_us) >= self.checkpoint_us:
+                due.append(partition)
             self._count(engine)
         if bars:
             await self._publish_bars(bars)
-        for partition in changed:
-            self.store.put(partition, engines[partition].snapshot())
+        if due and await self.store.save({partition: engines[partition].snapshot() for partition in due}):
+            for partition in due:
+                self._saved_at[partition] = now
+                for release in self._held.pop(partition, ()):
+                    release()
+        elif due:  # not acknowledged: nothing is released (so nothing commits past it); the next close retries
+            log.error("partition state(s) %s not written; records stay uncommitted", due)
         OPEN_WINDOWS.set(sum(e.open_windows() for e in self.engines.values()))
 
     async def _publish_bars(self, bars: list[Bar]) -> None:
@@ -231,6 +317,33 @@ class BarWorker:
             delay = min(30.0, 0.5 * 2**attempt)
             log.error("%d bar(s) not delivered; re-sending the set in %.1fs", producer.failed - failed_before, delay)
             await asyncio.sleep(delay)
+
+    async def _confirm_caught_up(self, partitions: list[int]) -> set[int]:
+        """The idle partitions whose every record the broker holds was applied, asked of the broker now.
+
+        The consumer's high-water marks come with its last fetch: when its fetching stalls (an
+        overloaded machine, a rebalance starting) they are stale, and a partition that only looks
+        idle would follow the wall clock and close windows early (bars that a replay would not give).
+        ListOffsets is asked fresh; on Tansu it under-reports the end (base offset of the last batch
+        + 1), which only errs toward "not caught up" by at most the batch just fetched.
+        """
+        if self.end_offsets is None:
+            return set(partitions)
+        wanted = [(topic, p) for p in partitions for topic in (self.trades_topic, self.bbo_topic)]
+        try:
+            ends = await self.end_offsets(wanted)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("end offsets unavailable (%s): idle partitions wait", exc)
+            return set()
+        out = set()
+        for p in partitions:
+            state = self.engines[p].state if p in self.engines else None
+            if state is not None and all(
+                last + 1 >= ends.get((topic, p), 0)
+                for topic, last in ((self.trades_topic, state.trade_offset), (self.bbo_topic, state.bbo_offset))
+            ):
+                out.add(p)
+        return out
 
     def _caught_up(self, partition: int, engine: PartitionAggregator) -> bool:
         """Whether this worker has read every record the broker holds for the partition (both topics)."""
@@ -259,6 +372,13 @@ class BarWorker:
                 BARS.labels(interval=interval).inc(n)
 
 
-def incoming(events: Sequence[Any]) -> list[Incoming]:
-    """Faust events as :class:`Incoming` records."""
-    return [Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in events]
+def incoming(events: Sequence[Any], consumer: Any) -> list[Incoming]:
+    """Faust events as :class:`Incoming` records, each holding its message unacknowledged (one extra
+    reference) until :meth:`BarWorker._close` releases it after the checkpoint that covers it."""
+    out = []
+    for event in events:
+        message = event.message
+        message.incref()
+        out.append(Incoming(message.topic, message.partition, message.offset, message.value,
+                            functools.partial(message.ack, consumer)))  # fmt: skip
+    return out

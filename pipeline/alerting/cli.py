@@ -24,6 +24,7 @@ from pipeline.alerting import control
 from pipeline.alerting.errors import RuleLoadError
 from pipeline.alerting.matchers import parse_matcher
 from pipeline.alerting.rules import RuleSet, load_rules, parse_duration
+from pipeline.clock import from_settings, process_clock
 from pipeline.contracts.records import AlertAction, Silence
 from pipeline.settings import Settings
 
@@ -50,7 +51,7 @@ def _rules(rules: list[Path] | None, no_core: bool) -> RuleSet:
 
 
 def _now() -> int:
-    return time.time_ns() // 1000
+    return process_clock().now_us()  # pipeline time (pipeline/clock.py), as the rule engine's
 
 
 def _when(us: int | None) -> str:
@@ -101,7 +102,7 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await RuleEngineRunner(settings, ruleset, options).run(stop)
+        await RuleEngineRunner(settings, ruleset, options, clock=from_settings(settings.clock)).run(stop)
 
     asyncio.run(main())
 

@@ -4,6 +4,7 @@ time its truth can change with no new sample (absence, hold and window expiry)."
 from __future__ import annotations
 
 import operator
+from bisect import bisect_right
 from collections.abc import Callable
 from decimal import Decimal
 from statistics import median
@@ -49,6 +50,10 @@ class LeafState(msgspec.Struct):
     points: list[tuple[int, float]] = []
 
 
+def _ts(point: tuple[int, float]) -> int:
+    return point[0]
+
+
 def accepts(leaf: Leaf, sample: Sample) -> bool:
     if leaf.source != sample.source or not all_match(leaf.matchers, sample.labels):
         return False
@@ -69,8 +74,11 @@ def update(leaf: Leaf, state: LeafState, sample: Sample) -> None:
             return
         if value is None:
             return
-        state.points.append((sample.ts, value))
-        state.points = [p for p in state.points if p[0] > sample.ts - leaf.window]
+        points = state.points
+        points.append((sample.ts, value))
+        cutoff = sample.ts - leaf.window
+        if points[0][0] <= cutoff:  # points are in time order: drop the expired head in one slice
+            del points[: bisect_right(points, cutoff, key=_ts)]
     elif isinstance(leaf, AnomalyScore):
         state.value = sample.metrics["score"]
     elif isinstance(leaf, Forecast):
@@ -116,7 +124,9 @@ def evaluate_leaf(leaf: Leaf, state: LeafState, at: int, peers: Peers | None, me
             return False, state.value
         return _hysteresis(state, state.value, leaf.op, leaf.value, leaf.recovery), state.value
     if isinstance(leaf, Sum):
-        total = sum(v for ts, v in state.points if ts > at - leaf.window)
+        points = state.points
+        first = bisect_right(points, at - leaf.window, key=_ts) if points and points[0][0] <= at - leaf.window else 0
+        total = sum(v for _, v in points[first:]) if first else sum(v for _, v in points)
         return OPS[leaf.op](total, leaf.value), total
     if isinstance(leaf, Rate):
         points = [p for p in state.points if p[0] > at - leaf.window]
@@ -160,7 +170,10 @@ def next_change(leaf: Leaf, state: LeafState, after: int) -> int:
     elif isinstance(leaf, AnomalyScore | Forecast) or (isinstance(leaf, Threshold) and leaf.hold is not None):
         candidates.append(state.last_ts + (leaf.hold or 0))
     elif isinstance(leaf, Sum | Rate):  # points are in time order: the first still inside the window leaves first
-        candidates.extend(next(([ts + leaf.window] for ts, _ in state.points if ts + leaf.window > after), []))
+        points, edge = state.points, after - leaf.window
+        first = bisect_right(points, edge, key=_ts) if points and points[0][0] <= edge else 0
+        if first < len(points):
+            candidates.append(points[first][0] + leaf.window)
     later = [c for c in candidates if c > after]
     return min(later) if later else NEVER
 

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from pipeline.alerting.clock import Clock
+from pipeline.clock import Clock
 from pipeline.contracts import encode, load_registry
 from pipeline.contracts.records import ConsumerLag
 from pipeline.kafka.clients import client_options
@@ -31,7 +31,8 @@ LAG_TOPIC = "ops.consumer_lag.v1"
 
 def default_groups(settings: Settings) -> list[str]:
     """The groups MarketPrism runs: the ClickHouse sink and the aggregation and anomaly Faust apps."""
-    return ["marketprism-sink", f"{settings.topic_prefix}aggregator", f"{settings.topic_prefix}anomaly"]
+    prefix = settings.topic_prefix
+    return [f"{prefix}marketprism-sink", f"{prefix}aggregator", f"{prefix}anomaly"]
 
 
 async def measure(settings: Settings, admin: AIOKafkaAdminClient, group: str, at: int) -> list[ConsumerLag]:
@@ -89,6 +90,6 @@ async def run_probe(
                     )
             await producer.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+                await asyncio.wait_for(stop.wait(), interval_s / clock.speed)  # interval_s of pipeline time
     finally:
         await admin.close()

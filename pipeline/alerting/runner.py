@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from pipeline.alerting import control
-from pipeline.alerting.clock import Clock, SystemClock
 from pipeline.alerting.engine import AlertEngine
 from pipeline.alerting.errors import BadInput
 from pipeline.alerting.lagprobe import default_groups, run_probe
 from pipeline.alerting.metrics import ACTIVE, BAD_INPUTS, CHECKPOINTS, EVENT_TIME, INPUTS, REPLAYED, TRANSITIONS
 from pipeline.alerting.rules import RuleSet
 from pipeline.alerting.sources import SOURCES, Source
+from pipeline.clock import Clock, SystemClock
 from pipeline.contracts import DecodeError, decoder_for, encode
 from pipeline.contracts.records import Alert, AlertAction, RuleEngineCheckpoint, Silence
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
@@ -116,7 +116,9 @@ class RuleEngineRunner:
         producer = make_producer(self.settings.kafka, max_request_size=CHECKPOINT_MAX_BYTES)
         await producer.start()
         dlq = DeadLetterPublisher(RecordProducer(producer, self.settings.topic_prefix), "alerting")
-        consumer = make_consumer(self.settings.kafka, group_id=None)
+        # Tansu holds a fetch for its whole max wait when little data is there: aiokafka's 500 ms default would be
+        # most of the condition -> notification latency (docs/benchmarks.md, notifier section)
+        consumer = make_consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=100)
         await consumer.start()
         probe: asyncio.Task[None] | None = None
         try:

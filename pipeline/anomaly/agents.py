@@ -2,11 +2,14 @@
 
 - ``bars`` agent: ``md.bars.1s.v1`` + ``md.bars.1m.v1`` -> one detector per series -> ``ops.anomalies.v1``.
 - ``feed`` agent: ``ops.feed_metrics.v1`` -> feed lag/rate/staleness detectors, and feed lag forecasts.
-- ``dlq`` agent: counts ``ops.dlq.v1`` records for the DLQ-rate health series.
-- a timer samples the other health series (consumer lag, process memory, disk) and publishes
-  time-to-threshold forecasts (:mod:`pipeline.anomaly.health`).
+- ``reference`` agent: ``md.reference.v1`` -> one divergence detector per venue x symbol.
+- ``dlq`` agent: subscribes ``ops.dlq.v1`` so that exactly one worker owns its partition 0, which makes it
+  the one that samples the cluster-wide health series (DLQ rate from end offsets, consumer lag).
+- a timer samples the health series this worker owns (cluster-wide ones as above; process memory and disk
+  of the host by the holder of the host lock) and publishes time-to-threshold forecasts
+  (:mod:`pipeline.anomaly.health`).
 
-Model state lives in two Faust tables (one per source partition count) checkpointed by
+Model state lives in three Faust tables (one per source topic family) checkpointed by
 :class:`~pipeline.anomaly.checkpoint.Checkpointer`. Undecodable inputs go to ``ops.dlq.v1``.
 """
 
@@ -25,7 +28,9 @@ from pipeline.anomaly.checkpoint import Checkpointer
 from pipeline.anomaly.ensemble import DetectorConfig
 from pipeline.anomaly.health import HealthMonitor, HealthThresholds
 from pipeline.anomaly.registry import SeriesRegistry
+from pipeline.clock import from_settings
 from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_for
+from pipeline.contracts.records import ReferencePrice
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_producer
 from pipeline.kafka.faust_app import create_app
 from pipeline.observability.metrics import counter
@@ -34,6 +39,7 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 APP_ID = "anomaly"
+CHECKPOINT_BATCH_BYTES = 512 * 1024
 ANOMALY_TOPIC = "ops.anomalies.v1"
 SCORED = counter("anomaly_points_total", "Series points scored and learned", ["source"])
 PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records published", ["kind"])
@@ -43,8 +49,8 @@ PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records pub
 class WorkerOptions:
     config: DetectorConfig = field(default_factory=DetectorConfig)
     report_floor: float = 0.475
-    checkpoint_every: int = 60
-    checkpoint_interval_s: float = 30.0
+    checkpoint_every: int = 300
+    checkpoint_interval_s: float = 120.0
     health_interval_s: float = 10.0
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     watch_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # other groups' lag: group -> topics
@@ -93,22 +99,35 @@ class Outputs:
 
 def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> faust.App:
     """The anomaly worker's Faust app with its agents, tables and health timer."""
-    app = create_app(settings, APP_ID, **overrides)
+    # Checkpoints are ~13 KiB each: with Faust's default 16 KiB batches every one is its own produce request, and
+    # on a loaded broker the changelog then falls behind, Faust's producer buffer fills and every agent waits.
+    app = create_app(settings, APP_ID, **({"producer_max_batch_size": CHECKPOINT_BATCH_BYTES} | overrides))
     outputs = Outputs(settings)
     bars_topic_names = (settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"))
     bars_topic = app.topic(*bars_topic_names)
     feed_topic = app.topic(settings.topic("ops.feed_metrics.v1"))
     dlq_topic = app.topic(settings.topic("ops.dlq.v1"))
+    reference_topic = app.topic(settings.topic("md.reference.v1"))
     bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes)
     feed_table = app.Table("feed-models", partitions=3, key_type=bytes, value_type=bytes)
     bar_ckpt = Checkpointer(bar_table, options.checkpoint_every, options.checkpoint_interval_s)
     feed_ckpt = Checkpointer(feed_table, options.checkpoint_every, options.checkpoint_interval_s)
+    reference_table = app.Table("reference-models", partitions=3, key_type=bytes, value_type=bytes)
+    reference_ckpt = Checkpointer(reference_table, options.checkpoint_every, options.checkpoint_interval_s)
     bar_registry = SeriesRegistry(options.config, options.report_floor, loader=bar_ckpt.load)
     feed_registry = SeriesRegistry(options.config, options.report_floor, loader=feed_ckpt.load)
-    sources = [bars_topic_names[0], bars_topic_names[1], feed_topic.get_topic_name(), dlq_topic.get_topic_name()]
-    health = HealthMonitor(settings, options.thresholds, groups={app.conf.id: sources, **options.watch_groups})
+    reference_registry = SeriesRegistry(options.config, options.report_floor, loader=reference_ckpt.load)
+    dlq_name = dlq_topic.get_topic_name()
+    sources = [
+        bars_topic_names[0], bars_topic_names[1], feed_topic.get_topic_name(), dlq_name,
+        reference_topic.get_topic_name(),
+    ]
+    clock = from_settings(settings.clock)  # pipeline time stamps the health samples (taken every wall interval)
+    health = HealthMonitor(settings, options.thresholds, groups={app.conf.id: sources, **options.watch_groups},
+                           clock=lambda: clock.now_us() / 1e6)
     decode_bar = decoder_for(Bar).decode
     decode_feed = decoder_for(FeedMetrics).decode
+    decode_reference = decoder_for(ReferencePrice).decode
 
     async def dead_letter(event: faust.EventT, exc: Exception) -> None:
         message = event.message
@@ -149,16 +168,32 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
                 feed_ckpt.maybe_save(state)
             yield None
 
+    @app.agent(reference_topic)
+    async def reference(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        await outputs.start()
+        async for event in stream.events():
+            try:
+                ref = decode_reference(event.value or b"")
+            except DecodeError as exc:
+                await dead_letter(event, exc)
+                continue
+            anomalies, touched = reference_registry.on_reference(ref)
+            SCORED.labels(source="reference").inc(len(touched))
+            await outputs.publish(anomalies)
+            for state in touched:
+                reference_ckpt.maybe_save(state)
+            yield None
+
     @app.agent(dlq_topic)
     async def dlq(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for _ in stream.events():
-            health.on_dead_letter()
+        async for _ in stream.events():  # the records are counted from end offsets by the partition-0 owner
             yield None
 
     @app.timer(options.health_interval_s)
     async def sample_health() -> None:
         await outputs.start()
-        await outputs.publish(await health.sample())
+        owns_cluster = any(tp.topic == dlq_name and tp.partition == 0 for tp in app.assignor.assigned_actives())
+        await outputs.publish(await health.sample(cluster=owns_cluster))
 
     @app.service
     class _OutputsService(Service):

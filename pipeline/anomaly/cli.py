@@ -1,5 +1,6 @@
-"""Command line of the anomaly component: ``marketprism anomaly`` (the worker) and its benchmarks
-(``marketprism bench nab DIR``, ``marketprism bench anomaly``)."""
+"""Command line of the anomaly component: ``marketprism anomaly`` (the worker), ``marketprism anomaly evaluate``
+(recall and false anomalies against the simulator's labels) and its benchmarks (``marketprism bench nab DIR``,
+``marketprism bench anomaly``)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,16 @@ def worker(
     ctx: typer.Context,
     report_floor: Annotated[float, typer.Option(help="publish scores at or above this")] = 0.475,
     warmup: Annotated[int, typer.Option(help="points a series must see before it reports")] = 150,
-    checkpoint_every: Annotated[int, typer.Option(help="checkpoint a series after this many updates")] = 60,
-    checkpoint_interval: Annotated[float, typer.Option(help="... or after this many seconds")] = 30.0,
+    checkpoint_every: Annotated[int, typer.Option(help="checkpoint a series after this many updates")] = 300,
+    checkpoint_interval: Annotated[float, typer.Option(help="... or after this many seconds")] = 120.0,
     health_interval: Annotated[float, typer.Option(help="seconds between health samples")] = 10.0,
     watch_group: Annotated[
         list[str] | None, typer.Option(help="forecast this group's lag: GROUP=topic[,topic...] (repeatable)")
     ] = None,
 ) -> None:
     """Run the anomaly worker until stopped (SIGTERM/SIGINT)."""
+    if ctx.invoked_subcommand is not None:
+        return  # a sub-command (evaluate), not the worker
     import faust
 
     from pipeline.anomaly.agents import WorkerOptions, build_app
@@ -105,3 +108,75 @@ def bench_anomaly(
     for name, value, note in result.rows():
         table.add_row(name, value, note)
     console.print(table)
+
+
+@anomaly_app.command("evaluate")
+def evaluate_cmd(
+    ctx: typer.Context,
+    labels: Annotated[Path, typer.Option(help="the simulator's labels JSONL (marketprism simulate --labels)")],
+    dump_in: Annotated[
+        Path | None, typer.Option("--from-dump", help="evaluate a directory written by --dump instead of the broker")
+    ] = None,
+    dump: Annotated[Path | None, typer.Option(help="write what was read (anomalies.jsonl, series.txt) here")] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help="also record the worker's input topics here (for --replay)")
+    ] = None,
+    replay_dir: Annotated[
+        Path | None,
+        typer.Option("--replay", help="score a recording made with --inputs through the detectors instead"),
+    ] = None,
+    report_floor: Annotated[float, typer.Option(help="--replay: the worker's --report-floor")] = 0.475,
+    warmup: Annotated[int, typer.Option(help="--replay: the worker's --warmup")] = 150,
+    policy: Annotated[str, typer.Option(help="--replay: per-metric policy, 'current' or 'v1' (docs/anomaly.md)")] = (
+        "current"
+    ),
+    follow: Annotated[bool, typer.Option(help="keep reading until Ctrl-C/SIGTERM or the broker stops")] = False,
+    within: Annotated[float, typer.Option(help="detected when an anomaly comes at most this many s after start")] = 5.0,
+    slack: Annotated[float, typer.Option(help="s after an incident's end whose anomalies are not false")] = 60.0,
+    lead: Annotated[float, typer.Option(help="the span starts this many s before the first incident")] = 300.0,
+    from_us: Annotated[int | None, typer.Option(help="evaluate from this simulated time (epoch us)")] = None,
+    to_us: Annotated[int | None, typer.Option(help="... up to this one (e.g. where a worker stopped)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the evaluation as JSON")] = None,
+) -> None:
+    """Recall and latency per simulator incident, and false anomalies per series-hour (docs/anomaly.md)."""
+    import asyncio
+
+    import orjson
+
+    from pipeline.anomaly.ensemble import DetectorConfig
+    from pipeline.anomaly.evaluate import Capture, Options, capture, evaluate, read_labels, replay
+
+    settings: Settings = ctx.obj
+    if replay_dir is not None:
+        config = DetectorConfig(warmup=warmup, report_floor=report_floor)
+        from pipeline.anomaly.registry import METRIC_POLICY, POLICY_V1
+
+        if policy not in ("current", "v1"):
+            raise typer.BadParameter("expected current or v1", param_hint="--policy")
+        captured = replay(replay_dir, config, report_floor, METRIC_POLICY if policy == "current" else POLICY_V1)
+        console.print(f"replayed {replay_dir} through the detectors: {config}", markup=False, highlight=False)
+        if dump is not None:
+            captured.dump(dump)
+    elif dump_in is not None:
+        captured = Capture.load(dump_in)
+    else:
+        captured = asyncio.run(capture(settings, follow=follow, dump=dump, inputs=inputs))
+    ev = evaluate(
+        read_labels(labels), captured.anomalies, captured.series, Options(
+            within_s=within, slack_s=slack, lead_s=lead, from_us=from_us, to_us=to_us
+        ),
+    )
+    table = Table("incident", "kind", "venue", "symbol", f"<= {within:g} s", "latency s", "series", "detector")
+    for r in ev.incidents:
+        if r.scored:
+            table.add_row(
+                r.label.id, r.label.kind, r.label.venue, r.label.symbol or "*", "yes" if r.detected else "no",
+                "" if r.latency_s is None else f"{r.latency_s:.1f}", r.series_id or "", r.detector or "",
+            )
+    console.print(table, width=max(console.width, 160))
+    from pipeline.anomaly.evaluate import report_lines
+
+    for line in report_lines(ev):
+        console.print(line, markup=False, highlight=False)
+    if json_out is not None:
+        json_out.write_bytes(orjson.dumps(ev.as_dict(), option=orjson.OPT_INDENT_2))

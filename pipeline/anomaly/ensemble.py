@@ -56,6 +56,11 @@ class DetectorConfig:
     seasonal_bucket_s: float = 1800.0
     seasonal_alpha: float = 0.05
     detectors: tuple[str, ...] = ("robust", "predictive", "hst", "seasonal")
+    # Minimum effect size: a score at or above the floor is only reported when the value stands at least
+    # max(min_effect, min_effect_rel * |median|) from the rolling median (0: off, as on NAB). Series whose
+    # noise is spiky but whose incidents are large (feed staleness, message rate) use it (registry.METRIC_POLICY).
+    min_effect: float = 0.0
+    min_effect_rel: float = 0.0
 
 
 class TailCalibrator:
@@ -146,12 +151,15 @@ class SeriesDetector:
         }
         detector = max(zs, key=zs.__getitem__)
         score = z_to_score(zs[detector], c.z_half) if self.warm else 0.0
+        median, lower, upper = self.robust.expected()
+        effect = max(c.min_effect, c.min_effect_rel * abs(median))
+        if score >= c.report_floor and effect > 0.0 and abs(value - median) < effect:
+            score = min(score, c.report_floor * 0.99)  # too small a change to matter: learned, not reported
         if self.cooldown > 0:
             self.cooldown -= 1
             score *= c.refractory_damp
         elif score >= c.report_floor:
             self.cooldown = c.refractory
-        median, lower, upper = self.robust.expected()
         expected: float | None = median
         if detector == "predictive" and score >= c.report_floor:
             expected = self.predictive.forecast()

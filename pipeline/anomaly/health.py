@@ -6,14 +6,25 @@ from the broker), resident memory of our processes and disk use of the state dir
 :class:`~pipeline.anomaly.forecasting.ThresholdForecast`; when a crossing is predicted within the
 horizon, an ``Anomaly(kind="forecast", time_to_threshold_s=...)`` is published, its score the
 urgency ``1 - seconds / horizon`` so a rule can fire before the breach.
+
+Each series is produced once however many workers run: feed series by the worker owning the feed
+record's partition; the cluster-wide series (DLQ rate from the DLQ topic's end offsets, consumer-group
+lag) by the worker owning partition 0 of ``ops.dlq.v1``; the host series (``health:<host>:memory_bytes``,
+``health:<host>:disk_percent``) by the one worker per host and broker/prefix holding :class:`HostLock`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import socket
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -62,6 +73,37 @@ def forecast_record(
     )
 
 
+class HostLock:
+    """An advisory lock per host and deployment (broker + topic prefix): its holder reports the host series.
+
+    ``flock`` is released by the kernel when the holder dies, so another worker on the host takes over at its
+    next sample."""
+
+    def __init__(self, settings: Settings, directory: Path | None = None):
+        key = f"{settings.kafka.bootstrap_servers}|{settings.topic_prefix}".encode()
+        name = f"marketprism-anomaly-host-{os.getuid()}-{hashlib.sha256(key).hexdigest()[:16]}.lock"
+        self.path = (directory or Path(tempfile.gettempdir())) / name
+        self._fd: int | None = None
+
+    def held(self) -> bool:
+        """Whether this process holds the lock (tries to take it when not)."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class HealthMonitor:
     """Keeps one forecaster per health series and turns predicted crossings into forecast records."""
 
@@ -71,14 +113,17 @@ class HealthMonitor:
         thresholds: HealthThresholds,
         groups: Mapping[str, Sequence[str]] | None = None,
         clock: Callable[[], float] = time.time,
+        host_lock: HostLock | None = None,
     ):
         self.settings = settings
         self.groups = dict(groups or {})
         self.thresholds = thresholds
         self.clock = clock
         self.forecasters: dict[str, ThresholdForecast] = {}
-        self.dead_letters = 0
+        self.host = socket.gethostname()
+        self.host_lock = host_lock or HostLock(settings)
         self._last_sample: float | None = None
+        self._last_dlq_end: int | None = None
         self._group_consumers: dict[str, AIOKafkaConsumer] = {}
 
     def _forecaster(self, series_id: str, threshold: float) -> ThresholdForecast:
@@ -107,25 +152,56 @@ class HealthMonitor:
                                  t_s, errors / (m.interval_us / 1e6), exchange=m.exchange, stream=m.stream))
         return [a for a in out if a is not None]
 
-    def on_dead_letter(self) -> None:
-        self.dead_letters += 1
-
-    async def sample(self) -> list[Anomaly]:
-        """One sample of the process/broker health series (called by the worker's timer)."""
+    async def sample(self, cluster: bool = True) -> list[Anomaly]:
+        """One sample of the health series this worker owns (called by the worker's timer): the host series
+        when it holds the host lock, the cluster-wide ones (DLQ rate, consumer lag) when ``cluster``."""
         now = self.clock()
         values: list[tuple[str, str, float, float]] = []
-        if self._last_sample is not None and now > self._last_sample:
-            values.append(("health:dlq_per_s", "dlq_per_s", self.thresholds.dlq_per_s,
-                           self.dead_letters / (now - self._last_sample)))
-        self.dead_letters = 0
-        self._last_sample = now
-        values.append(("health:memory_bytes", "memory_bytes", self.thresholds.memory_bytes, float(process_memory())))
-        disk = psutil.disk_usage(str(self.settings.state_dir if self.settings.state_dir.exists() else "."))
-        values.append(("health:disk_percent", "disk_percent", self.thresholds.disk_percent, disk.percent))
-        for group, lag in (await self.consumer_lags()).items():
-            values.append((f"health:consumer_lag:{group}", "consumer_lag", self.thresholds.consumer_lag, float(lag)))
+        if self.host_lock.held():
+            values.append((f"health:{self.host}:memory_bytes", "memory_bytes", self.thresholds.memory_bytes,
+                           float(process_memory())))
+            disk = psutil.disk_usage(str(self.settings.state_dir if self.settings.state_dir.exists() else "."))
+            values.append((f"health:{self.host}:disk_percent", "disk_percent", self.thresholds.disk_percent,
+                           disk.percent))
+        if cluster:
+            dlq_end = await self.dlq_end()
+            if dlq_end is not None:
+                if self._last_dlq_end is not None and self._last_sample is not None and now > self._last_sample:
+                    rate = max(0, dlq_end - self._last_dlq_end) / (now - self._last_sample)
+                    values.append(("health:dlq_per_s", "dlq_per_s", self.thresholds.dlq_per_s, rate))
+                self._last_dlq_end = dlq_end
+                self._last_sample = now
+            for group, lag in (await self.consumer_lags()).items():
+                values.append(
+                    (f"health:consumer_lag:{group}", "consumer_lag", self.thresholds.consumer_lag, float(lag))
+                )
+        else:
+            self._last_dlq_end = self._last_sample = None  # another worker owns them now
         out = [self._observe(sid, metric, threshold, now, value) for sid, metric, threshold, value in values]
         return [a for a in out if a is not None]
+
+    async def dlq_end(self) -> int | None:
+        """Records ever written to ``ops.dlq.v1`` (sum of its partitions' end offsets), None when unavailable."""
+        topic = self.settings.topic("ops.dlq.v1")
+        try:
+            consumer = await self._consumer(None)
+            partitions = consumer.partitions_for_topic(topic) if topic in await consumer.topics() else None
+            if not partitions:
+                return None
+            ends = await log_end_offsets(self.settings.kafka, [TopicPartition(topic, p) for p in partitions])
+        except KafkaError as exc:
+            log.warning("DLQ end offsets unavailable: %s", exc)
+            return None
+        return sum(ends.values())
+
+    async def _consumer(self, group: str | None) -> AIOKafkaConsumer:
+        key = group or ""
+        consumer = self._group_consumers.get(key)
+        if consumer is None:
+            consumer = AIOKafkaConsumer(**client_options(self.settings.kafka), group_id=group, enable_auto_commit=False)
+            await consumer.start()
+            self._group_consumers[key] = consumer
+        return consumer
 
     async def consumer_lags(self) -> dict[str, int]:
         """Total lag (end offset - committed offset) of each watched group over its topics.
@@ -136,13 +212,7 @@ class HealthMonitor:
         lags: dict[str, int] = {}
         for group, topics in self.groups.items():
             try:
-                consumer = self._group_consumers.get(group)
-                if consumer is None:
-                    consumer = AIOKafkaConsumer(
-                        **client_options(self.settings.kafka), group_id=group, enable_auto_commit=False
-                    )
-                    await consumer.start()
-                    self._group_consumers[group] = consumer
+                consumer = await self._consumer(group)
                 known = await consumer.topics()
                 tps = [
                     TopicPartition(t, p) for t in topics if t in known for p in consumer.partitions_for_topic(t) or ()
@@ -163,6 +233,7 @@ class HealthMonitor:
         for consumer in self._group_consumers.values():
             await consumer.stop()
         self._group_consumers.clear()
+        self.host_lock.release()
 
 
 def process_memory() -> int:

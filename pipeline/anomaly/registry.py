@@ -1,20 +1,54 @@
-"""The series registry: which series a Bar or FeedMetrics record feeds, their values, and their detectors.
+"""The series registry: which series a Bar, FeedMetrics or ReferencePrice record feeds, their values, and
+their detectors.
 
 A series is ``venue x symbol x metric`` for bars (``binance:BTC-USDT:1s:log_return``, ``...:volume``,
-``...:trade_count``, ``...:spread_bps``) and ``venue x stream x metric`` for feed health
-(``binance:trades:feed:lag_p99_s``, ``...:rate``, ``...:staleness_s``). Log returns are computed from
-the exact decimal closes; only the ratio becomes a float for the models.
+``...:trade_count``, ``...:spread_bps``, ``...:frozen_bars``), ``venue x symbol`` for the cross-venue
+divergence from ``md.reference.v1`` (``okx:BTC-USDT:divergence_bps``) and ``venue x stream x source x
+metric`` for feed health (``binance:trades:collector:lag_p99_s``, ``...:rate``, ``...:staleness_s``).
+Log returns are computed from the exact decimal closes; only the ratio becomes a float for the models.
+``frozen_bars`` is the length of the current run of bars that traded at one price equal to the previous
+close (scored by :class:`~pipeline.anomaly.runs.RunLengthDetector`); every other series by a
+:class:`~pipeline.anomaly.ensemble.SeriesDetector` with the metric's policy (:data:`METRIC_POLICY`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from pipeline.anomaly.ensemble import DetectorConfig, Scored, SeriesDetector
+from pipeline.anomaly.runs import RunConfig, RunLengthDetector
 from pipeline.contracts import Anomaly, Bar, FeedMetrics
+from pipeline.contracts.records import ReferencePrice
+
+FROZEN = "frozen_bars"
+# Per-metric policy on top of the worker's DetectorConfig: minimum effect sizes (docs/anomaly.md). Feed series
+# are spiky (staleness and message rates of Poisson-like streams, scheduling jitter in lags) while the incidents
+# worth a report are large: a stream 5 s stale, a rate halved or doubled, a second of extra lag. Returns and volume
+# of majors are heavy-tailed: a 1 s move under 20 bps or a single large trade (under 11x the median volume) is
+# ordinary trading, not an incident; nor is a spread or trade count that moves by less than half / all of its
+# median, or a venue 15 bps off the others. Each report also starts the series' refractory period, so a report
+# on a meaningless move (a spread 0.03 bps off) would blind the series to the incident that follows.
+METRIC_POLICY: dict[str, dict[str, Any]] = {
+    "feed_staleness_s": {"min_effect": 5.0},
+    "feed_rate": {"min_effect": 3.0, "min_effect_rel": 0.5},
+    "feed_lag_p99_s": {"min_effect": 1.0},
+    "divergence_bps": {"min_effect": 15.0},
+    "log_return": {"min_effect": 0.002},
+    "volume": {"min_effect_rel": 10.0},
+    "trade_count": {"min_effect_rel": 1.0},
+    "spread_bps": {"min_effect_rel": 0.5},
+}
+# The policy the first hour-long simulator run used (docs/benchmarks.md), kept to reproduce it with --policy v1.
+POLICY_V1: dict[str, dict[str, Any]] = {
+    "feed_staleness_s": {"min_effect": 2.0},
+    "feed_rate": {"min_effect": 2.0, "min_effect_rel": 0.5},
+    "feed_lag_p99_s": {"min_effect": 0.25},
+    "divergence_bps": {"min_effect": 5.0},
+}
 
 
 @dataclass
@@ -23,7 +57,7 @@ class SeriesState:
 
     series_id: str
     metric: str
-    detector: SeriesDetector
+    detector: SeriesDetector | RunLengthDetector
     exchange: str | None = None
     symbol: str | None = None
     stream: str | None = None
@@ -41,8 +75,19 @@ class Observation:
     ts_event: int
 
 
-def bar_observations(bar: Bar, prev_close: str | None) -> list[Observation]:
-    """The metric values of one closed bar (log return needs the previous close of the series)."""
+def flat_unchanged(bar: Bar, prev_close: str | None) -> bool:
+    """Whether the bar traded at one price only, equal to the previous close (exact decimals)."""
+    if prev_close is None or bar.trade_count == 0:
+        return False
+    try:
+        return Decimal(bar.high) == Decimal(bar.low) == Decimal(bar.close) == Decimal(prev_close)
+    except InvalidOperation:
+        return False
+
+
+def bar_observations(bar: Bar, prev_close: str | None, frozen_run: int = 0) -> list[Observation]:
+    """The metric values of one closed bar (log return needs the previous close of the series, the frozen run
+    the length of the run of flat unchanged bars this one ends)."""
     base = f"{bar.exchange}:{bar.symbol}:{bar.interval}"
     ts = bar.window_end
     out = [
@@ -56,6 +101,8 @@ def bar_observations(bar: Bar, prev_close: str | None) -> list[Observation]:
             ratio = Decimal(0)
         if ratio > 0:
             out.append(Observation(f"{base}:log_return", "log_return", math.log(float(ratio)), ts))
+        if bar.trade_count > 0:
+            out.append(Observation(f"{base}:{FROZEN}", FROZEN, float(frozen_run), ts))
     if bar.spread_mean_bps is not None:
         out.append(Observation(f"{base}:spread_bps", "spread_bps", bar.spread_mean_bps, ts))
     return out
@@ -74,18 +121,50 @@ def feed_observations(metrics: FeedMetrics) -> list[Observation]:
     return out
 
 
+def reference_observations(ref: ReferencePrice) -> list[tuple[str, str, Observation]]:
+    """(exchange, symbol, observation) per venue of a reference price: its divergence from the median in bps."""
+    out = []
+    for venue, bps in sorted(ref.divergence_bps.items()):
+        exchange, sep, symbol = venue.partition(":")
+        if sep and math.isfinite(bps):
+            out.append((exchange, symbol, Observation(f"{venue}:divergence_bps", "divergence_bps", bps, ref.ts_event)))
+    return out
+
+
 Loader = Callable[[str], SeriesState | None]
 
 
 class SeriesRegistry:
     """Series states by id, created on first sight (or restored by ``loader`` from a checkpoint)."""
 
-    def __init__(self, config: DetectorConfig, report_floor: float, loader: Loader | None = None):
+    def __init__(
+        self,
+        config: DetectorConfig,
+        report_floor: float,
+        loader: Loader | None = None,
+        policy: dict[str, dict[str, Any]] | None = None,
+        run_config: RunConfig | None = None,
+    ):
         self.config = config
         self.report_floor = report_floor
         self.loader = loader
+        self.policy = METRIC_POLICY if policy is None else policy
+        self.run_config = run_config or RunConfig(report_floor=report_floor, warmup=min(60, config.warmup))
         self.series: dict[str, SeriesState] = {}
         self.restored = 0
+        self._configs: dict[str, DetectorConfig] = {}
+
+    def config_for(self, metric: str) -> DetectorConfig:
+        """The worker's detector configuration with the metric's policy applied."""
+        config = self._configs.get(metric)
+        if config is None:
+            config = self._configs[metric] = replace(self.config, **self.policy.get(metric, {}))
+        return config
+
+    def new_detector(self, metric: str) -> SeriesDetector | RunLengthDetector:
+        if metric == FROZEN:
+            return RunLengthDetector(self.run_config)
+        return SeriesDetector(self.config_for(metric))
 
     def state(
         self, series_id: str, metric: str, exchange: str | None = None, symbol: str | None = None,
@@ -96,9 +175,11 @@ class SeriesRegistry:
             state = self.loader(series_id) if self.loader else None
             if state is not None:
                 self.restored += 1
+                # the learned state is restored; the policy (thresholds, effect sizes) is today's
+                state.detector.config = self.run_config if metric == FROZEN else self.config_for(metric)  # type: ignore[assignment]
             else:
                 state = SeriesState(
-                    series_id, metric, SeriesDetector(self.config), exchange=exchange, symbol=symbol, stream=stream
+                    series_id, metric, self.new_detector(metric), exchange=exchange, symbol=symbol, stream=stream
                 )
             self.series[series_id] = state
         return state
@@ -107,12 +188,27 @@ class SeriesRegistry:
         """Score and learn every series of one bar; returns the anomalies and the touched states."""
         market = f"{bar.exchange}:{bar.symbol}:{bar.interval}"
         anchor = self.state(f"{market}:volume", "volume", exchange=bar.exchange, symbol=bar.symbol)
-        observations = bar_observations(bar, anchor.prev_close)
+        if bar.window_end <= anchor.last_ts:
+            return [], []  # a replayed or duplicated bar: its features were already taken
+        run = int(anchor.extra.get(FROZEN, 0))
+        run = run + 1 if flat_unchanged(bar, anchor.prev_close) else 0
+        observations = bar_observations(bar, anchor.prev_close, run)
         anchor.prev_close = bar.close
+        anchor.extra[FROZEN] = float(run)
         return self._score(observations, exchange=bar.exchange, symbol=bar.symbol)
 
     def on_feed_metrics(self, metrics: FeedMetrics) -> tuple[list[Anomaly], list[SeriesState]]:
         return self._score(feed_observations(metrics), exchange=metrics.exchange, stream=metrics.stream)
+
+    def on_reference(self, ref: ReferencePrice) -> tuple[list[Anomaly], list[SeriesState]]:
+        """Score and learn each venue's divergence from the cross-venue reference."""
+        anomalies: list[Anomaly] = []
+        touched: list[SeriesState] = []
+        for exchange, symbol, obs in reference_observations(ref):
+            a, t = self._score([obs], exchange=exchange, symbol=symbol)
+            anomalies += a
+            touched += t
+        return anomalies, touched
 
     def _score(
         self, observations: list[Observation], exchange: str, symbol: str | None = None, stream: str | None = None

@@ -104,6 +104,17 @@ class FrameResult:
     # books by resubscribing (OKX, Kraken, Coinbase); and books found crossed (no Bbo published).
     resubscribe: list[str] = field(default_factory=list)
     crossed: int = 0
+    # Added (additive): further streams a frame carried data for when it spans several symbols (a
+    # Coinbase ``ticker``/``market_trades`` batch, a Kraken v2 ``data`` list); each of them counts the
+    # frame as a message and is fresh, so a stall of one symbol shows in that symbol's stream only.
+    more_streams: tuple[str, ...] = ()
+
+    def touch(self, stream: str) -> None:
+        """Record that the frame carried data for ``stream`` (the first such stream is ``stream``)."""
+        if self.stream is None:
+            self.stream = stream
+        elif stream != self.stream and stream not in self.more_streams:
+            self.more_streams = (*self.more_streams, stream)
 
 
 class Venue(ABC):

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 async def collect(
     settings: Settings, venues: list[str] | None = None, duration_s: float | None = None, queue_size: int = 100_000
 ) -> None:
+    from pipeline.clock import from_settings
     from pipeline.collectors.output import Output
     from pipeline.collectors.runtime import Collector, build_venues
     from pipeline.kafka import RecordProducer
@@ -33,7 +34,7 @@ async def collect(
         raise typer.BadParameter("no venue enabled (settings venues.<id>.enabled or --venue)")
     serve_metrics(settings.metrics_port)
     output = Output(RecordProducer(make_producer(settings.kafka), settings.topic_prefix), queue_size)
-    collector = Collector(settings, chosen, output)
+    collector = Collector(settings, chosen, output, clock=from_settings(settings.clock))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,9 +1,16 @@
 """Feed metrics of the collectors: Prometheus families and the per-second ``FeedMetrics`` records.
 
-Prometheus (``/metrics``) carries running totals per venue and stream; :class:`FeedStats` keeps
+Prometheus (``/metrics``) carries running totals per venue and stream (message and byte counts are
+added once per interval, at :meth:`FeedStats.flush`, not per frame); :class:`FeedStats` keeps
 the same counts per one-second window and turns them into one ``FeedMetrics`` record
 (``source="collector"``) per stream per interval for ``ops.feed_metrics.v1``. Frames that belong to
 no data stream (acks, heartbeats, undecodable frames) count under the connection's name.
+
+Streams are named by the venue modules, one per (channel, symbol) as their plans declare them
+(``btcusdt@trade``, ``books:BTC-USDT``, ``level2:BTC-USD``, ``book:XBT/EUR``), so a stall of one symbol
+shows as that stream's ``staleness_us`` growing while the other symbols' streams stay fresh. A frame
+carrying data for several symbols counts one message (and freshness) in each of their streams; its
+bytes count under the first.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class FeedStats:
         self.frames = 0
         self.totals: Counter[str] = Counter()  # gaps, resyncs, checksum_failures, parse_errors since start
         self._children: dict[str, tuple[Any, Any, Any]] = {}  # stream -> Prometheus children (labels() is slow)
+        self._lag_slots: dict[str, tuple[Any, list[int]]] = {}  # stream -> (histogram observe, this interval's lags)
 
     def _metrics(self, stream: str) -> tuple[Any, Any, Any]:
         children = self._children.get(stream)
@@ -82,6 +90,7 @@ class FeedStats:
         window = self._windows.get(stream)
         if window is None:
             window = self._windows[stream] = _Window()
+            self._metrics(stream)  # the stream's series exist (at zero) from the start
         return window
 
     def plan(self, plan: ConnectionPlan) -> None:
@@ -103,15 +112,18 @@ class FeedStats:
         """Count one inbound frame; returns the stream it was counted under."""
         self.frames += 1
         stream = (result.stream if result is not None else None) or plan.name
-        self._carriers.setdefault(stream, set()).add(plan.name)
+        carriers = self._carriers.get(stream)
+        if carriers is None or plan.name not in carriers:
+            self._carriers.setdefault(stream, set()).add(plan.name)
         window = self._window(stream)
         window.messages += 1
         window.bytes += nbytes
         self._last_us[stream] = ts_recv
-        messages, size, _ = self._metrics(stream)
-        messages.inc()
-        size.inc(nbytes)
         if result is not None:
+            for other in result.more_streams:  # a frame spanning several symbols: one message in each
+                self._carriers.setdefault(other, set()).add(plan.name)
+                self._window(other).messages += 1
+                self._last_us[other] = ts_recv
             if result.gaps or result.resyncs or result.checksum_failures or result.crossed:
                 self.totals.update(
                     gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures,
@@ -146,15 +158,22 @@ class FeedStats:
         PARSE_ERRORS.labels(self.exchange, reason).inc()
 
     def lag(self, stream: str, lag_us: int) -> None:
-        self._metrics(stream)[2].observe(lag_us / 1e6)
-        lags = self._window(stream).lags
-        if len(lags) < MAX_LAG_SAMPLES:
-            lags.append(lag_us)
+        """One published record's ``ts_recv - ts_event`` (called per record: lookups cached per interval)."""
+        slot = self._lag_slots.get(stream)
+        if slot is None:
+            slot = self._lag_slots[stream] = (self._metrics(stream)[2].observe, self._window(stream).lags)
+        slot[0](lag_us / 1e6)
+        if len(slot[1]) < MAX_LAG_SAMPLES:
+            slot[1].append(lag_us)
 
     def flush(self, now_us: int, interval_us: int) -> list[FeedMetrics]:
         """One record per known stream for the interval that ends now; starts the next interval."""
         out = []
         for stream, window in self._windows.items():
+            if window.messages:
+                messages, size, _ = self._metrics(stream)
+                messages.inc(window.messages)
+                size.inc(window.bytes)
             lags = sorted(window.lags)
             last = self._last_us.get(stream)
             # a stream no connection carries (the per-record-kind lag streams, a REST resync) is up while the
@@ -182,4 +201,5 @@ class FeedStats:
                 )
             )
         self._windows = {stream: _Window() for stream in self._windows}
+        self._lag_slots.clear()
         return out

@@ -6,11 +6,21 @@ counts it (``marketprism_collector_queue_overflow_total``) and logs (at most onc
 task drains the queue into the :class:`~pipeline.kafka.RecordProducer` (batched, zstd, keyed
 ``exchange:symbol``); when the broker is away the pump waits and retries the producer start with
 backoff, and data flows again when the broker returns.
+
+Trades also go to ``md.trade_batches.v1`` (:class:`~pipeline.contracts.TradeBatch`, for consumers
+that pay per record, like the Faust aggregation worker). Each trade is published alone at once, as
+before, and added to its market's pending batch; a market's batch is published when it has waited
+``batch_linger_s`` since that market's previous batch (so a market sends at most one batch per
+linger: a market that was quiet for that long sends at once, adding no latency when idle, while under
+load its batch grows with the trade rate and bounds the record rate), or when it holds ``max_batch``
+trades. Every trade published to ``md.trades.v1`` is in exactly one batch, after the same dedup, in
+the same per-market order. ``drain`` publishes pending batches too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -20,12 +30,13 @@ from aiokafka.errors import KafkaError
 from pipeline.collectors.backoff import Backoff
 from pipeline.collectors.base import TOPIC_OF
 from pipeline.collectors.metrics import OVERFLOW, QUEUE_DEPTH
-from pipeline.contracts import FeedMetrics, Record, encode, market_key
+from pipeline.contracts import BatchTrade, FeedMetrics, Record, Trade, TradeBatch, encode, market_key
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
 
 log = logging.getLogger(__name__)
 
 FEED_METRICS_TOPIC = "ops.feed_metrics.v1"
+TRADE_BATCHES_TOPIC = "md.trade_batches.v1"
 DLQ_SOURCE = "collector"
 
 
@@ -37,12 +48,26 @@ class _Dead:
     exchange: str
 
 
-_Item = tuple[str, bytes, bytes] | _Dead
+_Item = tuple[str, bytes, bytes, Trade | None] | _Dead  # (topic, key, value, the trade when it is one)
 
 
 class Output:
-    def __init__(self, producer: RecordProducer, maxsize: int = 100_000, backoff: Backoff | None = None):
+    def __init__(
+        self,
+        producer: RecordProducer,
+        maxsize: int = 100_000,
+        backoff: Backoff | None = None,
+        max_batch: int = 1000,
+        batch_linger_s: float = 0.02,
+    ):
         self.producer = producer
+        self.max_batch = max_batch
+        self.batch_linger_s = batch_linger_s
+        self.batches = 0
+        self._pending: dict[bytes, list[Trade]] = {}  # market key -> trades waiting for its next batch
+        self._last_batch: dict[bytes, float] = {}  # market key -> monotonic time of its last batch
+        self._due = float("inf")  # when the earliest pending batch is due
+        self._undone = 0  # items taken from the queue whose task_done waits for the pending batches
         self.dlq = DeadLetterPublisher(producer, DLQ_SOURCE)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize)
         self._backoff = backoff or Backoff(0.5, 10.0)
@@ -67,11 +92,12 @@ class Output:
     def record(self, record: Record, value: bytes | None = None) -> bool:
         """Queue one market-data record (``value``: its encoding, when already made) keyed ``exchange:symbol``."""
         key = market_key(record.exchange, record.symbol)  # type: ignore[attr-defined]
-        return self._put((TOPIC_OF[type(record)], key, encode(record) if value is None else value), "record")
+        value = encode(record) if value is None else value
+        return self._put((TOPIC_OF[type(record)], key, value, record if type(record) is Trade else None), "record")
 
     def metric(self, record: FeedMetrics) -> bool:
         key = f"{record.exchange}:{record.stream}".encode()
-        return self._put((FEED_METRICS_TOPIC, key, encode(record)), "metric")
+        return self._put((FEED_METRICS_TOPIC, key, encode(record), None), "metric")
 
     def dead(self, reason: str, error: str, payload: str | bytes, exchange: str) -> bool:
         return self._put(_Dead(reason, error, payload, exchange), "dead_letter")
@@ -97,19 +123,78 @@ class Output:
         """Drain the queue into the producer until cancelled."""
         await self._start()
         queue = self._queue
+        linger = self.batch_linger_s
         while True:
-            item = await queue.get()
-            QUEUE_DEPTH.set(queue.qsize())
-            if isinstance(item, _Dead):
-                await self.dlq.publish(item.reason, item.error, item.payload, exchange=item.exchange)
+            if self._pending:  # take what is waiting; else wait for an item at most until a batch is due
+                item: _Item | None = None
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    wait = self._due - time.monotonic()
+                    if wait > 0:
+                        with contextlib.suppress(TimeoutError):
+                            item = await asyncio.wait_for(queue.get(), wait)
             else:
-                topic, key, value = item
-                await self.producer.send_raw(topic, key, value)
-            self.sent += 1
-            queue.task_done()
+                item = await queue.get()
+            if item is not None:
+                QUEUE_DEPTH.set(queue.qsize())
+                await self._send(item)
+                self._undone += 1
+                if not isinstance(item, _Dead) and (trade := item[3]) is not None:
+                    await self._add_to_batch(item[1], trade, linger)
+            now = time.monotonic()
+            if self._pending and now >= self._due:
+                await self._publish_due(now, linger)
+            if not self._pending:  # everything taken so far is with the producer, batches included
+                for _ in range(self._undone):
+                    queue.task_done()
+                self._undone = 0
+
+    async def _add_to_batch(self, key: bytes, trade: Trade, linger: float) -> None:
+        pending = self._pending.get(key)
+        if pending is not None and pending[0].raw_symbol != trade.raw_symbol:
+            await self._send_batch(key, self._pending.pop(key))  # keep the market's order
+            pending = None
+        if pending is None:
+            pending = self._pending[key] = []
+            self._due = min(self._due, self._last_batch.get(key, -linger) + linger)
+        pending.append(trade)
+        if len(pending) >= self.max_batch:
+            await self._send_batch(key, self._pending.pop(key))
+            self._last_batch[key] = time.monotonic()
+
+    async def _publish_due(self, now: float, linger: float) -> None:
+        due = float("inf")
+        for key in list(self._pending):
+            at = self._last_batch.get(key, -linger) + linger
+            if at <= now:
+                await self._send_batch(key, self._pending.pop(key))
+                self._last_batch[key] = now
+            else:
+                due = min(due, at)
+        self._due = due
+        if len(self._last_batch) > 4 * len(self._pending) + 10_000:  # forget long-quiet markets
+            self._last_batch = {k: v for k, v in self._last_batch.items() if now - v < linger}
+
+    async def _send(self, item: _Item) -> None:
+        if isinstance(item, _Dead):
+            await self.dlq.publish(item.reason, item.error, item.payload, exchange=item.exchange)
+        else:
+            await self.producer.send_raw(item[0], item[1], item[2])
+        self.sent += 1
+
+    async def _send_batch(self, key: bytes, trades: list[Trade]) -> None:
+        first = trades[0]
+        batch = TradeBatch(
+            exchange=first.exchange, symbol=first.symbol, raw_symbol=first.raw_symbol,
+            trades=[BatchTrade(trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
+                               ts_recv=t.ts_recv) for t in trades],
+        )  # fmt: skip
+        await self.producer.send_raw(TRADE_BATCHES_TOPIC, key, encode(batch))
+        self.batches += 1
 
     async def drain(self) -> None:
-        """Wait until everything queued so far was handed to the producer, then flush it."""
+        """Wait until everything queued so far (batches included) was handed to the producer, then flush it."""
         await self._queue.join()
         if self._started:
             await self.producer.flush()

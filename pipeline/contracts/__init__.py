@@ -11,6 +11,7 @@ from pipeline.contracts.records import (
     Alert,
     Anomaly,
     Bar,
+    BatchTrade,
     Bbo,
     BookUpdate,
     DeadLetter,
@@ -21,6 +22,7 @@ from pipeline.contracts.records import (
     OpenInterest,
     Record,
     Trade,
+    TradeBatch,
     market_key,
 )
 from pipeline.contracts.topics import Topic, TopicRegistry, load_registry
@@ -30,6 +32,7 @@ __all__ = [
     "Alert",
     "Anomaly",
     "Bar",
+    "BatchTrade",
     "Bbo",
     "BookUpdate",
     "DeadLetter",
@@ -43,6 +46,7 @@ __all__ = [
     "Topic",
     "TopicRegistry",
     "Trade",
+    "TradeBatch",
     "decode",
     "decoder_for",
     "encode",

@@ -7,6 +7,7 @@ from pipeline.contracts.records import (
     AlertAction,
     Anomaly,
     Bar,
+    BatchTrade,
     Bbo,
     BookUpdate,
     ConsumerLag,
@@ -21,6 +22,7 @@ from pipeline.contracts.records import (
     RuleEngineCheckpoint,
     Silence,
     Trade,
+    TradeBatch,
 )
 
 T0 = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z in microseconds
@@ -36,6 +38,21 @@ EXAMPLES: dict[type[Record], Record] = {
         side="buy",
         ts_event=T0,
         ts_recv=T0 + 1800,
+    ),
+    TradeBatch: TradeBatch(
+        exchange="binance",
+        symbol="BTC-USDT",
+        raw_symbol="BTCUSDT",
+        trades=[
+            BatchTrade(
+                trade_id="3245567890", price="36512.01000000", size="0.00120000", side="buy", ts_event=T0,
+                ts_recv=T0 + 1800,
+            ),
+            BatchTrade(
+                trade_id="3245567891", price="36512.00000000", size="0.25000000", side="sell", ts_event=T0 + 40,
+                ts_recv=T0 + 1800,
+            ),
+        ],
     ),
     BookUpdate: BookUpdate(
         exchange="okx",

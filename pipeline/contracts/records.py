@@ -20,6 +20,7 @@ SYMBOL_PATTERN = r"^[A-Z0-9]+-[A-Z0-9]+(-[A-Z0-9]+)*$"
 
 Decimal = Annotated[str, msgspec.Meta(pattern=DECIMAL_PATTERN, description="exact decimal string")]
 Micros = Annotated[int, msgspec.Meta(ge=0, description="epoch microseconds")]
+DurationMicros = Annotated[int, msgspec.Meta(ge=0, description="duration in microseconds")]
 Exchange = Literal["binance", "binance_usdm", "okx", "coinbase", "kraken"]
 Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN, description="normalised BASE-QUOTE[-PERP]")]
 Side = Literal["buy", "sell"]
@@ -43,6 +44,32 @@ class Trade(Record, frozen=True):
     side: Side
     ts_event: Micros
     ts_recv: Micros
+
+
+class BatchTrade(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=False):
+    """One trade inside a :class:`TradeBatch`: the fields of :class:`Trade` that vary per trade."""
+
+    trade_id: str
+    price: Decimal
+    size: Decimal
+    side: Side
+    ts_event: Micros
+    ts_recv: Micros
+
+
+class TradeBatch(Record, frozen=True):
+    """Trades of one market the collector published together, in their ``md.trades.v1`` order.
+
+    Every trade on ``md.trades.v1`` is in exactly one batch on ``md.trade_batches.v1`` (same key, same
+    partition count, after the same dedup); a batch holds the trades that were waiting together in the
+    collector's output queue (one venue frame's trades or more under load), so batches grow with the
+    load and add no latency when idle. For consumers that pay per record (Faust agents).
+    """
+
+    exchange: Exchange
+    symbol: Symbol
+    raw_symbol: str
+    trades: Annotated[list[BatchTrade], msgspec.Meta(min_length=1)]
 
 
 class BookUpdate(Record, frozen=True):
@@ -151,7 +178,7 @@ class Bar(Record, frozen=True):
     spread_mean_bps: float | None = None
     spread_max_bps: float | None = None
     mid_change_bps: float | None = None
-    crossed_us: Micros | None = None
+    crossed_us: DurationMicros | None = None
 
 
 class FeedMetrics(Record, frozen=True):
@@ -227,7 +254,9 @@ class Notification(Record, frozen=True):
     channel: str
     receiver: str
     group_key: str
-    status: Literal["sent", "failed", "retrying", "dead_lettered", "skipped_duplicate"]
+    # ``sending``: the intent, written (and flushed) before the first attempt; a key with an intent and no
+    # settled receipt was in flight when its notifier died (docs/notify.md, "Exactly once").
+    status: Literal["sent", "failed", "retrying", "dead_lettered", "skipped_duplicate", "sending"]
     attempt: Annotated[int, msgspec.Meta(ge=1)]
     ts: Micros
     fingerprints: list[str] = []
@@ -327,6 +356,7 @@ RECORD_TYPES: dict[str, type[Record]] = {
     cls.__name__: cls
     for cls in (
         Trade,
+        TradeBatch,
         BookUpdate,
         Bbo,
         Funding,

@@ -33,6 +33,7 @@ class _TopicSpec(msgspec.Struct, forbid_unknown_fields=True):
     cleanup_policy: Literal["delete", "compact"]
     description: str
     replication_factor: int = 1
+    sink: bool = True
 
 
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,6 +52,7 @@ class Topic:
     cleanup_policy: Literal["delete", "compact"]
     description: str
     replication_factor: int = 1
+    sink: bool = True  # stored in ClickHouse by the sink; false for a topic whose records another topic holds
 
     @property
     def schema_path(self) -> Path:
@@ -103,6 +105,7 @@ def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
                 cleanup_policy=item.cleanup_policy,
                 description=item.description,
                 replication_factor=item.replication_factor,
+                sink=item.sink,
             )
         )
     names = [t.name for t in topics]

@@ -4,6 +4,11 @@ a local webhook), each a ``marketprism`` child process; shows a live view and en
 
 Each run gets its own topic prefix (``demo<run id>.``) on the broker and a fresh embedded database, so
 the counts of one run are never mixed with another's.
+
+Every child runs on one shared pipeline clock (pipeline/clock.py, ``MARKETPRISM_CLOCK__*``): ordinary time until
+the origin, ``lead_s`` wall seconds after the components start (time for them to come up and the collectors to
+connect), then ``--speed`` times faster. The simulator starts the scenario at that origin, so venue timestamps,
+receipt times, windows, rule timers and notification timers all read simulated time at any speed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,11 +28,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psutil
 import yaml
 from aiokafka import TopicPartition
 from rich.console import Console
 from rich.live import Live
 
+from pipeline.clock import ScaledClock
 from pipeline.contracts import load_registry
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.summary import DemoSummary, build_summary
@@ -36,16 +44,20 @@ from pipeline.infra.services import port_open
 from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_consumer
 from pipeline.settings import Settings
-from pipeline.supervisor.children import ChildGroup
+from pipeline.supervisor.children import Child, ChildGroup
 
 log = logging.getLogger(__name__)
 
 SINK_GROUP = "demo-sink"
+DRAIN_MAX_S = 120.0  # wall seconds the workers get to work off their backlog after the scenario
 # Venue paths the simulator serves below its per-venue base URL (docs/simulator.md).
 SIM_WS_PATHS = {"okx": "/ws/v5/public", "kraken": "/v2"}
 # Every incident kind, each sized for its alert rule and over in time for the alert to resolve (the simulator's own
 # default scenario is fixed by its tests and sized for the simulator, not for the rules).
 DEMO_SCENARIO = Path(__file__).with_name("scenario.yaml")
+# Pipeline faults (the sink killed and restarted 100 s later) the runner injects itself, on the simulator's clock.
+DEMO_FAULTS = Path(__file__).with_name("faults.yaml")
+FAULT_CHILDREN = {"sink": "sink", "aggregation": "worker", "anomaly": "anomaly"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,8 @@ class DemoOptions:
     seed: int | None = None
     scenario: Path = DEMO_SCENARIO
     view: bool = True
-    drain_s: float = 5.0  # after the collectors stop: time for the workers to process what is in flight
+    drain_s: float = 5.0  # after the collectors stop: no new bar for this long = the workers are done (max 120 s)
+    lead_s: float = 15.0  # wall seconds from starting the components to the clock's origin (the scenario's start)
     # Points an anomaly series learns before it reports; the worker's production default (150) would keep every
     # series blind for the first 2.5 simulated minutes, i.e. through the whole demo scenario.
     anomaly_warmup: int = 40
@@ -145,13 +158,8 @@ async def _wait_sink_caught_up(
 
 async def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
     run = DemoRun(settings, options, console)
-    if options.speed != 1:
-        # venue timestamps follow simulated time, receipt times and feed metrics the wall clock
-        console.print(
-            f"[yellow]speed {options.speed:g}: simulated time drifts from the wall clock, so feed latency, "
-            "staleness and every rule mixing feed metrics with market data are off; alerts are exact at speed 1"
-            "[/yellow]"
-        )
+    wall_started = time.monotonic()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one status poll every few tenths of a second is no news
     home = run.home
     if home.exists():
         shutil.rmtree(home)
@@ -170,6 +178,10 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
     receiver = WebhookReceiver()
     stats = DemoStats()
     labels_path = home / "labels.jsonl"
+    fault_labels: list[dict[str, object]] = []  # pipeline faults injected (faults.yaml)
+    ready_before_s: float | None = None  # wall seconds between the collectors connecting and the scenario start
+    scenario_wall_s: float | None = None
+    drained = False  # the scenario ended and the workers worked off their backlog
     try:
         run._step(f"topics (prefix {run.prefix})")
         await apply(demo_settings.kafka, load_registry(), run.prefix)
@@ -219,10 +231,28 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
             )
         )
 
-        run._step("components: sink, aggregation, anomaly, rules, notifier")
+        # one time line for every child: wall time until the origin, then `speed` times faster
+        origin_us = (time.time_ns() // 1000 + int(options.lead_s * 1e6)) // 1_000_000 * 1_000_000 + 1_000_000
+        clock = ScaledClock(options.speed, origin_us)
+        children.env = {**children.env, "MARKETPRISM_CLOCK__SPEED": repr(options.speed),
+                        "MARKETPRISM_CLOCK__ORIGIN_US": str(origin_us)}
+        stats.to_wall_us = clock.wall_us
+        run._step(f"simulator ({options.scenario.name}) and components: sink, aggregation, anomaly, rules, "
+                  f"notifier (clock origin in {(origin_us - time.time_ns() // 1000) / 1e6:.0f}s, speed "
+                  f"{options.speed:g})")
+
         def metrics_env() -> dict[str, str]:
             return {"MARKETPRISM_METRICS_PORT": str(free_port())}
 
+        # the simulator first: it and the collectors are the long pole to the origin
+        sim_args = ["simulate", "--port", str(sim_port), "--speed", str(options.speed), "--labels",
+                    str(labels_path)]  # the scenario starts at the clock's origin
+        if options.seed is not None:
+            sim_args += ["--seed", str(options.seed)]
+        if options.sim_duration_s is not None:
+            sim_args += ["--duration", str(options.sim_duration_s)]
+        sim_args += ["--scenario", str(options.scenario)]
+        simulator = children.start("simulator", sim_args, metrics_env())
         children.start("sink", ["sink", "--group", SINK_GROUP], metrics_env())
         children.start("worker", ["worker"], metrics_env())
         children.start("anomaly", ["anomaly", "--warmup", str(options.anomaly_warmup)], metrics_env())
@@ -231,32 +261,39 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         lag_groups = [SINK_GROUP, f"{run.prefix}aggregator", f"{run.prefix}anomaly"]
         children.start(
             "alerts",
-            ["alerts", "run", "--rules", str(demo_rules), *(a for g in lag_groups for a in ("--lag-group", g))],
+            # lag probed every 5 s (production: 15 s) so the sink-down fault's SinkStalled resolves inside the run
+            ["alerts", "run", "--rules", str(demo_rules), "--lag-interval", "5s",
+             *(a for g in lag_groups for a in ("--lag-group", g))],
             metrics_env(),
         )
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
-
-        run._step(f"simulator ({options.scenario.name}, speed {options.speed:g}) and collectors")
-        sim_args = ["simulate", "--port", str(sim_port), "--speed", str(options.speed), "--labels",
-                    str(labels_path), "--start-now"]
-        if options.seed is not None:
-            sim_args += ["--seed", str(options.seed)]
-        if options.sim_duration_s is not None:
-            sim_args += ["--duration", str(options.sim_duration_s)]
-        sim_args += ["--scenario", str(options.scenario)]
-        simulator = children.start("simulator", sim_args, metrics_env())
         await asyncio.to_thread(_wait_port, sim_port, 60, lambda: simulator.alive)
         children.start("collect", ["collect"], metrics_env())
-
-        await _watch(run, demo_settings, stats, children, simulator, f"http://{base}/sim/status")
+        ready_us = await _collectors_connected(f"http://{base}/sim/status", list(symbols), wait_s=60)
+        ready_before_s = None if ready_us is None else (clock.wall_us(origin_us) - ready_us) / 1e6
+        if ready_before_s is not None and ready_before_s < 0:
+            log.warning("collectors connected %.1f wall s after the scenario started (raise lead_s)", -ready_before_s)
+        scenario_wall = time.monotonic()
+        sim_duration_s = options.sim_duration_s or float(yaml.safe_load(options.scenario.read_text())["duration_s"])
+        faults = asyncio.create_task(
+            _inject_faults(children, f"http://{base}/sim/status", sim_duration_s, fault_labels)
+        )
+        try:
+            drained = await _watch(run, demo_settings, stats, children, simulator, f"http://{base}/sim/status")
+        finally:
+            faults.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await faults
+        scenario_wall_s = time.monotonic() - scenario_wall
     finally:
         run._step("stopping: collectors, then workers once drained, then the sink once it has caught up")
         records: dict[str, int] = {}
         try:
             await _stop(children, ("collect", "simulator"))
-            await asyncio.sleep(options.drain_s)
+            if not drained:  # stopped early (duration, Ctrl-C): give what is in flight a moment
+                await asyncio.sleep(options.drain_s)
             await _stop(children, ("worker", "anomaly", "alerts", "notify"))
-            topics = [demo_settings.topic(t.name) for t in load_registry()]
+            topics = [demo_settings.topic(t.name) for t in load_registry() if t.sink]
             ends = await _read_all(demo_settings, topics)
             await _wait_sink_caught_up(demo_settings, ends, wait_s=120)
             for tp, (count, _) in ends.items():
@@ -269,8 +306,16 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
                 broker.stop()
         if killed:
             log.warning("had to SIGKILL: %s", ", ".join(killed))
+    with labels_path.open("ab") as out:  # the simulator has stopped: the pipeline faults join its labels
+        out.writelines(orjson.dumps(label) + b"\n" for label in fault_labels)
     summary = build_summary(home, labels_path, records, receiver, stats)
     summary.leftover_pids = children.leftovers()
+    summary.run = {
+        "speed": options.speed,
+        "wall_s": round(time.monotonic() - wall_started, 1),
+        "scenario_wall_s": None if scenario_wall_s is None else round(scenario_wall_s, 1),
+        "collectors_ready_before_start_s": None if ready_before_s is None else round(ready_before_s, 1),
+    }
     if options.summary_json is not None:
         options.summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
     return summary
@@ -289,18 +334,23 @@ async def _stop(children: ChildGroup, names: tuple[str, ...], wait_s: float = 30
 
 async def _watch(  # type: ignore[no-untyped-def]
     run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator, status_url: str
-) -> None:
-    """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C.
+) -> bool:
+    """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C; True when
+    the scenario ended and the workers drained.
 
     The collectors are stopped just before the scenario's end: the simulator then closes every connection, and
-    collectors still running would report every venue down (a demo must not cry wolf at its own shutdown)."""
+    collectors still running would report every venue down (a demo must not cry wolf at its own shutdown). Then
+    the view goes on until no new 1 s bar has come for ``drain_s``: the aggregation worker has worked off its
+    backlog (on a loaded machine, or at a high ``--speed``, it can be many seconds behind) and the workers after
+    it have had ``drain_s`` for the last bars."""
     topics = [settings.topic(t) for t in WATCHED]
     consumer = make_consumer(settings.kafka, *topics, group_id=f"{settings.topic_prefix}view")
     await consumer.start()
     started = time.monotonic()
     next_poll = 0.0
     margin_us = int(1.5e6 * max(run.options.speed, 1.0))  # 1.5 wall seconds of simulated time
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one status poll every half second is no news
+    draining_since: float | None = None  # when the collectors were stopped
+    last_bar = time.monotonic()
     try:
         async with httpx.AsyncClient(timeout=2.0) as http:
             with Live(stats.render("MarketPrism demo"), console=run.console, refresh_per_second=2,
@@ -310,29 +360,116 @@ async def _watch(  # type: ignore[no-untyped-def]
                     for tp, messages in batch.items():
                         name = tp.topic.removeprefix(settings.topic_prefix)
                         for message in messages:
-                            stats.add(name, message.value)
+                            stats.add(name, message.value, message.timestamp)
+                        if name == "md.bars.1s.v1":
+                            last_bar = time.monotonic()
                     if run.options.view:
                         live.update(stats.render("MarketPrism demo"))
                     now = time.monotonic()
-                    if run.options.duration_s is not None and now - started >= run.options.duration_s:
-                        return
-                    if not simulator.alive:
-                        return
+                    if draining_since is not None:
+                        if now - last_bar >= run.options.drain_s or now - draining_since >= DRAIN_MAX_S:
+                            log.info("drained in %.1fs", now - draining_since)
+                            return True
+                    elif not simulator.alive or (
+                        run.options.duration_s is not None and now - started >= run.options.duration_s
+                    ):
+                        return False
                     if now >= next_poll:
                         next_poll = now + 0.5
-                        if await _scenario_ending(http, status_url, margin_us):
-                            log.info("scenario ends: stopping the collectors")
+                        _sample(children, stats)
+                        if draining_since is None and await _scenario_ending(http, status_url, margin_us):
+                            log.info("scenario ends: stopping the collectors, draining the workers")
                             await _stop(children, ("collect",))
                             with contextlib.suppress(subprocess.TimeoutExpired):
                                 await asyncio.to_thread(simulator.process.wait, 60)
-                            return
-                    crashed = [c.name for c in children.dead() if c.name != "simulator"]
+                            draining_since = last_bar = time.monotonic()
+                    crashed = [c.name for c in children.dead() if c.name not in ("simulator", "collect")]
                     if crashed:
                         raise RuntimeError(
                             f"component(s) exited: {', '.join(crashed)} (logs in {run.home / 'logs'})"
                         )
     finally:
         await consumer.stop()
+
+
+async def _inject_faults(
+    children: ChildGroup, status_url: str, duration_s: float, labels: list[dict[str, object]]
+) -> None:
+    """Play ``faults.yaml`` on the simulator's clock and record a label (simulated start/end) per fault:
+    ``pause_component`` SIGSTOPs a child's process group at ``at_s`` and SIGCONTs it ``duration_s`` later;
+    ``kill_component`` SIGKILLs it and starts it again (same command) ``duration_s`` later. Cancelled: resumes
+    what it paused (a killed child stays down; the run is ending)."""
+    faults = yaml.safe_load(DEMO_FAULTS.read_text())["faults"] if DEMO_FAULTS.exists() else []
+    active: dict[str, tuple[dict[str, object], Child, int]] = {}  # fault id -> (fault, child, since us)
+    pending = sorted(faults, key=lambda f: f["at_s"])
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while pending or active:
+                await asyncio.sleep(0.2)
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    status = (await http.get(status_url)).json()
+                    if not status["started"]:
+                        continue
+                    now_us = int(status["now_us"])
+                    start_us = int(status["end_us"]) - int(duration_s * 1e6)
+                    while pending and now_us >= start_us + pending[0]["at_s"] * 1e6:
+                        fault = pending.pop(0)
+                        name = FAULT_CHILDREN[fault["component"]]
+                        child = next((c for c in children.children if c.name == name and c.alive), None)
+                        if child is None:
+                            continue
+                        if fault["kind"] == "kill_component":
+                            os.killpg(child.process.pid, signal.SIGKILL)
+                            await asyncio.to_thread(child.process.wait, 30)
+                            children.children.remove(child)  # down on purpose: not a crash
+                        else:
+                            os.killpg(child.process.pid, signal.SIGSTOP)
+                        active[fault["id"]] = (fault, child, now_us)
+                        log.info("fault %s: %s %s", fault["id"], fault["component"], fault["kind"])
+                    for fault_id, (fault, child, since_us) in list(active.items()):
+                        if now_us < since_us + float(fault["duration_s"]) * 1e6:  # type: ignore[arg-type]
+                            continue
+                        if fault["kind"] == "kill_component":
+                            children.start(child.name, child.argv[3:], {"MARKETPRISM_METRICS_PORT": str(free_port())})
+                        else:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.killpg(child.process.pid, signal.SIGCONT)
+                        del active[fault_id]
+                        log.info("fault %s over: %s back", fault_id, fault["component"])
+                        labels.append({"id": fault_id, "kind": f"{fault['component']}_down", "venue": "pipeline",
+                                       "symbol": None, "start_us": since_us, "end_us": now_us})
+    finally:
+        for fault, child, _ in active.values():
+            if fault["kind"] == "pause_component":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGCONT)
+
+
+async def _collectors_connected(status_url: str, venues: list[str], wait_s: float) -> int | None:
+    """Wait until the simulator has a connection on every venue; the wall time (epoch us) it had, or None."""
+    deadline = time.monotonic() + wait_s
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                connections = (await http.get(status_url)).json()["connections"]
+                if all(connections.get(v, 0) > 0 for v in venues):
+                    return time.time_ns() // 1000
+            await asyncio.sleep(0.2)
+    log.warning("not every venue connected to the simulator within %.0fs", wait_s)
+    return None
+
+
+def _sample(children: ChildGroup, stats: DemoStats) -> None:
+    """Record each child's resident memory (with its own children) if it is a new peak, and its CPU seconds."""
+    for child in children.children:
+        if not child.alive:
+            continue
+        with contextlib.suppress(psutil.Error):
+            procs = [psutil.Process(child.process.pid)]
+            procs += procs[0].children(recursive=True)
+            rss = sum(p.memory_info().rss for p in procs)
+            stats.peak_rss[child.name] = max(stats.peak_rss.get(child.name, 0), rss)
+            stats.cpu_s[child.name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
 
 
 async def _scenario_ending(http: httpx.AsyncClient, status_url: str, margin_us: int) -> bool:

@@ -1,8 +1,11 @@
-"""The demo's closing summary: incidents injected vs alerts raised (with latencies), rows per table."""
+"""The demo's closing summary: incidents injected vs alerts raised (with latencies), rows per table, per-stage
+latencies (frame -> trade -> bar -> alert -> notification, p50/p99 from record and broker timestamps) and the
+peak memory of each process."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -34,6 +37,8 @@ EXPECTED_RULES: dict[str, tuple[str, ...]] = {
     "latency_increase": ("FeedLatencyHigh",),
     "venue_divergence": ("VenueDivergence", "VenueCloseDivergence"),
     "malformed_frames": ("DeadLetterRate",),
+    # pipeline faults the demo runner injects (pipeline/demo/faults.yaml)
+    "sink_down": ("SinkStalled",),
 }
 # Other alerts an incident rightly causes (they are not false alarms): a stalled symbol's message rate collapses, a
 # price that was frozen or diverging jumps when it resumes, a lagging venue's trades arrive too late for its bars
@@ -86,9 +91,16 @@ class DemoSummary:
     duplicate_notifications: dict[str, int]
     query_hint: str
     unexplained: list[str] = field(default_factory=list)  # raised alerts no incident accounts for
-    # alert fired (its event time) -> first notification sent, per caught incident (wall clock = simulated at speed 1)
+    # alert fired (its event time) -> first notification sent, per caught incident (simulated ms)
     notification_latency_ms: list[float] = field(default_factory=list)
     leftover_pids: list[int] = field(default_factory=list)
+    # per stage: wall ms from the record's own pipeline-time stamp to the record on its topic: p50, p99, n
+    stage_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)  # per child process (with its own children)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per child process, until drained
+    # window end -> 1 s bar (wall ms) p50 per 30 simulated seconds of the run: when the aggregation fell behind
+    bar_lag_by_phase: dict[str, float] = field(default_factory=dict)
+    run: dict[str, object] = field(default_factory=dict)  # speed, wall seconds (set by the runner)
 
     @property
     def rows_match(self) -> bool:
@@ -107,6 +119,11 @@ class DemoSummary:
             "notification_latency_ms": self.notification_latency_ms,
             "unexplained_alerts": self.unexplained,
             "leftover_pids": self.leftover_pids,
+            "stage_latency_ms": self.stage_latency_ms,
+            "peak_rss_mib": self.peak_rss_mib,
+            "cpu_s": self.cpu_s,
+            "bar_lag_by_phase_ms": self.bar_lag_by_phase,
+            "run": self.run,
         }
 
     def print(self, console: Console) -> None:
@@ -131,11 +148,30 @@ class DemoSummary:
         )
         if self.unexplained:
             console.print(f"alerts no incident explains: {', '.join(self.unexplained)}")
+        if self.stage_latency_ms or self.peak_rss_mib:
+            perf = Table("stage / process", "p50 ms", "p99 ms", "n", "peak RSS MiB", "CPU s",
+                         title="latency (wall clock) and resources")
+            for stage, q in self.stage_latency_ms.items():
+                perf.add_row(stage, f"{q['p50']:.0f}", f"{q['p99']:.0f}", f"{q['n']:.0f}", "", "")
+            for name, mib in sorted(self.peak_rss_mib.items()):
+                perf.add_row(name, "", "", "", f"{mib:.0f}", f"{self.cpu_s.get(name, 0):.1f}")
+            console.print(perf)
         console.print(f"query the data: {self.query_hint}")
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99 (nearest rank) and the sample count."""
+    ordered = sorted(values)
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return {"p50": round(rank(0.50), 1), "p99": round(rank(0.99), 1), "n": len(ordered)}
+
+
+STAGES = ("frame_to_trade", "window_end_to_bar", "event_to_alert", "alert_to_notification")
 
 
 def _symbol_tokens(stream: str) -> set[str]:
@@ -251,6 +287,15 @@ def build_summary(
         query_hint=f'.venv/bin/marketprism --config {home / "config.yaml"} query "SELECT count() FROM trades"',
         unexplained=_unexplained(labels, episodes),
     )
+    summary.stage_latency_ms = {s: percentiles(stats.stage_ms[s]) for s in STAGES if stats.stage_ms.get(s)}
+    summary.peak_rss_mib = {name: round(rss / 2**20, 1) for name, rss in sorted(stats.peak_rss.items())}
+    summary.cpu_s = {name: round(cpu, 1) for name, cpu in sorted(stats.cpu_s.items())}
+    if stats.bar_lag:
+        first = min(end for end, _ in stats.bar_lag)
+        phases: dict[int, list[float]] = {}
+        for end, lag in stats.bar_lag:
+            phases.setdefault((end - first) // 30_000_000 * 30, []).append(lag)
+        summary.bar_lag_by_phase = {f"{start}s": percentiles(lags)["p50"] for start, lags in sorted(phases.items())}
     summary.notification_latency_ms = sorted(
         round((o.notified_s - o.latency_s) * 1000, 1)
         for o in summary.incidents

@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
+from pipeline.kafka.producer import KeyHashPartitioner
 from pipeline.settings import KafkaSettings
 
 
@@ -45,6 +46,7 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "max_batch_size": kafka.max_batch_size,
         "compression_type": kafka.compression_type,
         "enable_idempotence": False,
+        "partitioner": KeyHashPartitioner(),  # the default partitioning, key hashes memoised
     }
     return AIOKafkaProducer(**(options | overrides))
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import time
 
+from pipeline.clock import Clock, process_clock
 from pipeline.contracts import DeadLetter
 from pipeline.kafka.producer import RecordProducer
 from pipeline.observability.metrics import DEAD_LETTERS
@@ -18,9 +18,10 @@ MAX_PAYLOAD_CHARS = 65536
 class DeadLetterPublisher:
     """Logs, counts and publishes each dead letter, keyed by its source."""
 
-    def __init__(self, producer: RecordProducer, source: str):
+    def __init__(self, producer: RecordProducer, source: str, clock: Clock | None = None):
         self._producer = producer
         self._source = source
+        self._clock = clock or process_clock()  # pipeline time: alert rules count dead letters by it
 
     async def publish(
         self,
@@ -41,7 +42,7 @@ class DeadLetterPublisher:
             reason=reason,
             error=error[:2000],
             payload=text[:MAX_PAYLOAD_CHARS],
-            ts_recv=time.time_ns() // 1000,
+            ts_recv=self._clock.now_us(),
             topic=topic,
             partition=partition,
             offset=offset,

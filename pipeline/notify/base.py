@@ -8,11 +8,12 @@ a message; ``retryable`` says whether another attempt may succeed) derive from i
 
 from __future__ import annotations
 
-import time
 from typing import Literal, Protocol
 
 import msgspec
 
+from pipeline.clock import Clock as Clock  # the injected pipeline time (re-exported); tests drive a manual one
+from pipeline.clock import SystemClock as SystemClock
 from pipeline.contracts import Alert, Notification
 
 MICROS = 1_000_000
@@ -36,17 +37,6 @@ class ChannelError(NotifyError):
         self.retryable = retryable
 
 
-class Clock(Protocol):
-    """Injected time source (epoch microseconds); tests drive a manual one."""
-
-    def now(self) -> int: ...
-
-
-class SystemClock:
-    def now(self) -> int:
-        return time.time_ns() // 1000
-
-
 class GroupAlert(msgspec.Struct, frozen=True, kw_only=True):
     """One alert as a group holds it.
 
@@ -65,7 +55,7 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
     """One group due for notification, as it flows through the stages.
 
     ``integration`` (the receiver's channel, e.g. ``slack`` or ``slack#1``) is set by the fan-out;
-    ``idempotency_key`` and ``repeat_of`` by the dedup stage.
+    ``idempotency_key`` and ``redelivery`` by the dedup stage.
     """
 
     receiver: str
@@ -78,6 +68,9 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
     escalation: int = 0
     integration: str = ""
     idempotency_key: str = ""
+    # set by the dedup stage when a notifier died between this key's intent and its receipt: the message is sent
+    # again under the same key, marked so that a receiver can tell (and an idempotent one drops it)
+    redelivery: bool = False
 
     @property
     def firing(self) -> tuple[GroupAlert, ...]:

@@ -112,10 +112,21 @@ def bench_notify(
     alerts: Annotated[int, typer.Option(help="firing alerts to send")] = 200,
     rate: Annotated[float, typer.Option(help="alerts per second")] = 20.0,
     runs: Annotated[int, typer.Option(help="repetitions (the table ends with their medians)")] = 3,
+    from_metric: Annotated[
+        bool, typer.Option(help="measure from a metric condition holding for `for` (through `alerts run`)")
+    ] = False,
+    for_s: Annotated[float, typer.Option("--for", help="the rule's `for` in seconds (with --from-metric)")] = 1.0,
 ) -> None:
-    """Latency from an Alert firing record on ops.alerts.v1 to the webhook receiving it (group_wait 0)."""
+    """Latency from an Alert firing record on ops.alerts.v1 to the webhook receiving it (group_wait 0); with
+    --from-metric, from a FeedMetrics condition becoming true after `for` through the rule engine and notifier."""
+    _quiet_http_logs()
+    if from_metric:
+        from pipeline.notify import bench_chain
+
+        chain = [asyncio.run(bench_chain.run_chain_bench(ctx.obj, alerts, rate, for_s)) for _ in range(runs)]
+        console.print(bench_chain.table(chain))
+        return
     from pipeline.notify.bench import run_bench, table
 
-    _quiet_http_logs()
     results = [asyncio.run(run_bench(ctx.obj, alerts, rate)) for _ in range(runs)]
     console.print(table(results))

@@ -6,7 +6,9 @@ about, when an episode it was told about resolved (``send_resolved``), or when `
 has passed since the last message while an unacknowledged episode still fires. The key hashes
 (receiver, channel, group, active episodes, resolved episodes, and the previous key for a repeat):
 every replica and every restart computes the same key for the same state change, and a key already
-settled in the notification log is never sent again (a ``skipped_duplicate`` receipt says so).
+settled in the notification log is never sent again (a ``skipped_duplicate`` receipt says so). A key
+whose intent is in the log but not its receipt (its notifier died mid-send) is sent again under the
+same key, marked as a redelivery: an idempotent receiver (webhook ``Idempotency-Key``) drops it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pipeline.observability.metrics import counter
 log = logging.getLogger(__name__)
 
 DUPLICATES = counter("notify_duplicates_skipped_total", "Messages skipped because their key was settled", ["channel"])
+IN_DOUBT = counter(
+    "notify_redeliveries_total", "Messages sent again because a notifier died between intent and receipt", ["channel"]
+)
 
 
 def needs_update(entry: Entry | None, batch: Batch, now: int) -> tuple[bool, bool]:
@@ -62,7 +67,7 @@ class DedupStage:
         if not self._send_resolved:
             batch = msgspec.structs.replace(batch, alerts=batch.firing)
         entry = self._nflog.entry(batch.receiver, batch.integration, batch.group_key)
-        send, repeat = needs_update(entry, batch, self._clock.now())
+        send, repeat = needs_update(entry, batch, self._clock.now_us())
         if not send:
             return None
         previous = entry.key if repeat and entry is not None else None
@@ -70,6 +75,14 @@ class DedupStage:
         if self._nflog.settled(keyed.idempotency_key):
             DUPLICATES.labels(channel=batch.integration).inc()
             log.info("%s/%s: %s already settled, skipping", batch.receiver, batch.integration, keyed.idempotency_key)
-            await self._sink.receipt(receipt(keyed, "skipped_duplicate", 1, self._clock.now(), None, None))
+            await self._sink.receipt(receipt(keyed, "skipped_duplicate", 1, self._clock.now_us(), None, None))
             return None
+        if self._nflog.in_doubt(keyed.idempotency_key):
+            # a notifier died after announcing this send and before its receipt: the receiver may have it
+            IN_DOUBT.labels(channel=batch.integration).inc()
+            log.warning(
+                "%s/%s: %s was in flight when a notifier stopped; sending it again as a redelivery (same key)",
+                batch.receiver, batch.integration, keyed.idempotency_key,
+            )
+            keyed = msgspec.structs.replace(keyed, redelivery=True)
         return keyed

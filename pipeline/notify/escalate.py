@@ -48,7 +48,7 @@ class Escalator:
         return min((deadline for deadline, _ in self._pending.values()), default=None)
 
     def due(self) -> list[Due]:
-        now = self._clock.now()
+        now = self._clock.now_us()
         ready = sorted((d, k) for k, (d, _) in self._pending.items() if d <= now)
         found = []
         for _, key in ready:

@@ -104,7 +104,7 @@ class Dispatcher:
         key = group_key(route, labels)
         group = self._groups.get(key)
         if group is None:
-            now = self._clock.now()
+            now = self._clock.now_us()
             first = now + route.group_wait_us
             if episode_start(item.alert) + route.group_wait_us <= now:
                 first = now
@@ -117,7 +117,7 @@ class Dispatcher:
 
     def due(self) -> list[tuple[AggregationGroup, Batch]]:
         """Groups due now, each with its batch; they stay marked flushing until :meth:`flushed`."""
-        now = self._clock.now()
+        now = self._clock.now_us()
         found = []
         for group in self._groups.values():
             if group.flushing or group.next_flush > now:

@@ -1,6 +1,6 @@
 """Retry stage: calls the channel with capped, jittered exponential backoff (tenacity), publishes a
-receipt for every attempt on ``ops.notifications.v1`` (``retrying``, then ``sent`` or
-``dead_lettered``) and a dead letter on ``ops.dlq.v1`` once the last attempt failed or the channel
+receipt for every attempt on ``ops.notifications.v1`` (an intent ``sending`` first, ``retrying``,
+then ``sent`` or ``dead_lettered``) and a dead letter on ``ops.dlq.v1`` once the last attempt failed or the channel
 said retrying cannot help."""
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ class RetryStage:
         self._sleep = sleep
 
     async def exec(self, batch: Batch) -> Batch | None:
+        # The intent, durable before the first attempt: after a crash it tells "never tried" (send) from "maybe
+        # delivered" (send again marked as a redelivery, same key).
+        await self._sink.receipt(receipt(batch, "sending", 1, self._clock.now_us(), None, None))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._config.attempts),
             wait=wait_random_exponential(multiplier=self._config.initial, max=self._config.max),
@@ -81,18 +84,18 @@ class RetryStage:
         return None
 
     async def _attempt(self, batch: Batch) -> tuple[str | None, bool, int]:
-        started = self._clock.now()
+        started = self._clock.now_us()
         try:
             retryable, error = await self._channel.notify(batch)
         except ChannelError as exc:
             retryable, error = exc.retryable, str(exc)
-        elapsed = max(self._clock.now() - started, 0)
+        elapsed = max(self._clock.now_us() - started, 0)
         LATENCY.labels(channel=self._channel.kind).observe(elapsed / 1e6)
         return error, retryable, elapsed
 
     async def _record(self, batch: Batch, status: str, number: int, error: str | None, elapsed: int) -> None:
         ATTEMPTS.labels(channel=self._channel.kind, status=status).inc()
-        await self._sink.receipt(receipt(batch, status, number, self._clock.now(), error, elapsed))
+        await self._sink.receipt(receipt(batch, status, number, self._clock.now_us(), error, elapsed))
 
 
 def receipt(

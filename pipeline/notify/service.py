@@ -19,6 +19,7 @@ import logging
 import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from pipeline.clock import from_settings
 from pipeline.contracts import Alert, DecodeError, Notification, decoder_for
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
 from pipeline.kafka.admin import describe
@@ -28,7 +29,7 @@ from pipeline.notify.config import NotifierConfig
 from pipeline.notify.durations import micros
 from pipeline.notify.group import episode_start
 from pipeline.notify.lease import Lease
-from pipeline.notify.nflog import SETTLED, NotificationLog
+from pipeline.notify.nflog import INTENT, SETTLED, NotificationLog
 from pipeline.notify.notifier import Notifier
 from pipeline.observability.metrics import counter, gauge
 from pipeline.settings import Settings
@@ -51,7 +52,7 @@ def _ended(firing: Alert, latest: Alert) -> bool:
 
 
 class KafkaReceipts:
-    """Receipts to ``ops.notifications.v1`` (a settled one is flushed before the next message) and
+    """Receipts to ``ops.notifications.v1`` (an intent and a settled one are flushed before going on) and
     dead letters to ``ops.dlq.v1``; every receipt also updates the local notification log."""
 
     def __init__(self, producer: RecordProducer, dlq: DeadLetterPublisher, nflog: NotificationLog, alerts_topic: str):
@@ -64,8 +65,8 @@ class KafkaReceipts:
         self._nflog.observe(notification)
         if not await self._producer.send(NOTIFICATIONS_TOPIC, notification.notification_id.encode(), notification):
             log.error("receipt %s could not be queued", notification.notification_id)
-        if notification.status in SETTLED:
-            await self._producer.flush()
+        if notification.status in SETTLED or notification.status == INTENT:
+            await self._producer.flush()  # an intent is durable before the send it announces
 
     async def dead_letter(self, batch: Batch, error: str) -> None:
         await self._dlq.publish(
@@ -181,7 +182,7 @@ class NotifyService:
         active_at: int | None = None
         while not stop.is_set():
             await lease.poll()
-            now = self._clock.now()
+            now = self._clock.now_us()
             if not lease.held:
                 active_at = None
             elif active_at is None:
@@ -194,7 +195,8 @@ class NotifyService:
                 notifier.run_due()
                 deadline = notifier.next_deadline()
                 if deadline is not None:
-                    wait_ms = max(0, min(MAX_POLL_MS, (deadline - self._clock.now()) // 1000))
+                    due_ms = (deadline - self._clock.now_us()) / 1000 / self._clock.speed  # pipeline -> wall
+                    wait_ms = max(0, min(MAX_POLL_MS, int(due_ms)))
             GROUPS.set(len(notifier.dispatcher.groups))
             batch = await consumer.getmany(timeout_ms=wait_ms, max_records=1000)
             for messages in batch.values():
@@ -232,6 +234,6 @@ class NotifyService:
 async def serve(settings: Settings, config: NotifierConfig, stop: asyncio.Event) -> None:
     """Run the notifier until ``stop`` is set (the CLI sets it on SIGINT/SIGTERM)."""
     try:
-        await NotifyService(settings, config).run(stop)
+        await NotifyService(settings, config, from_settings(settings.clock)).run(stop)
     except TimeoutError as exc:
         raise NotifyError("topics did not appear; is the broker up and the registry applied?") from exc

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipeline.clock import ScaledClock
 from pipeline.simulator.base import ScenarioError, iso_us
 from pipeline.simulator.labels import LabelWriter
 from pipeline.simulator.scenario import DEFAULT_SCENARIO, load_scenario
@@ -47,6 +48,9 @@ def simulate(
         import time
 
         overrides["start"] = iso_us(time.time_ns() // 1000 // 1_000_000 * 1_000_000)
+    origin = ctx.obj.clock.origin_us if ctx.obj is not None else None
+    if origin is not None:  # the pipeline's shared clock (pipeline/clock.py): play from its origin at its speed
+        overrides["start"], speed = iso_us(origin), ctx.obj.clock.speed
     try:
         scn = load_scenario(scenario, **overrides)
     except ScenarioError as exc:
@@ -60,6 +64,8 @@ def simulate(
 
     async def serve() -> None:
         async with SimulatorServer(scn, host, port, speed, hold, on_label=writer) as server:
+            if origin is not None:
+                server.clock = ScaledClock(speed, origin)
             console.print(f"scenario {scn.name!r} seed {scn.seed}: {scn.duration_s:g} simulated s at speed {speed:g}")
             console.print("endpoint overrides for the collectors' settings (YAML):")
             console.print(settings_snippet(server.urls()), markup=False, highlight=False)

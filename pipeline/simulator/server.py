@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from pipeline.clock import ScaledClock
 from pipeline.observability.metrics import counter, gauge
 from pipeline.simulator.base import Frame
 from pipeline.simulator.engine import Engine
@@ -74,6 +75,8 @@ class SimulatorServer:
     ):
         self.engine = Engine(scenario, on_label=on_label)
         self.host, self.port, self.speed = host, port, speed
+        # the pipeline's shared clock (pipeline/clock.py), set before run(); None: one that starts when run() does
+        self.clock: ScaledClock | None = None
         self.close_at_end = close_at_end
         self.clients: dict[str, set[Client]] = {venue: set() for venue in self.engine.protocols}
         self.counts: dict[str, Counter[str]] = {venue: Counter() for venue in self.engine.protocols}
@@ -123,18 +126,17 @@ class SimulatorServer:
         self.started.set()
 
     async def run(self) -> None:
-        """Play the scenario to its end against the wall clock, then close every connection (or, with
+        """Play the scenario to its end against the (shared or own) clock, then close every connection (or, with
         ``close_at_end=False``, leave them open and silent until the server exits)."""
         await self.started.wait()
-        loop = asyncio.get_running_loop()
         engine = self.engine
-        wall0, sim0 = loop.time(), engine.start_us
+        clock = self.clock or ScaledClock.starting_now(self.speed or 1.0, engine.start_us)
         steps = 0
         while (t := engine.next_time()) is not None:
             if self.speed > 0:
-                delay = wall0 + (t - sim0) / 1_000_000 / self.speed - loop.time()
-                if delay > 0.001:
-                    await asyncio.sleep(delay)
+                delay = (t - clock.now_us()) / 1_000_000  # simulated seconds
+                if delay > 0.001 * self.speed:
+                    await clock.sleep(delay)
                     steps = 0
             for frame in engine.step():
                 self._dispatch(frame)

@@ -168,44 +168,70 @@ class BatchingSink(abc.ABC):
         """Release connections."""
 
     def add(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
-        self.add_many(topic, partition, ((offset, value),))
+        self.add_batch(topic, partition, [offset], [value])
 
     def add_many(self, topic: str, partition: int, records: Iterable[tuple[int, bytes | None]]) -> None:
-        """Buffer ``(offset, value)`` records of one partition, in offset order (the hot path)."""
+        """Buffer ``(offset, value)`` records of one partition, in offset order."""
+        pairs = list(records)
+        self.add_batch(topic, partition, [o for o, _ in pairs], [v for _, v in pairs])
+
+    def add_batch(self, topic: str, partition: int, offsets: list[int], values: list[bytes | None]) -> None:
+        """Buffer records of one partition given as parallel lists in offset order (the hot path: the
+        whole list is converted at once by :meth:`convert_batch`)."""
+        if not offsets:
+            return
         tp = TopicPartition(topic, partition)
+        self._next_offsets[tp] = offsets[-1] + 1
+        stored = self._stored.get(tp)
+        if stored is not None:
+            keep = [i for i, o in enumerate(offsets) if o not in stored]
+            if offsets[-1] > stored.last:
+                del self._stored[tp]
+            if len(keep) != len(offsets):
+                self.skipped += len(offsets) - len(keep)
+                offsets, values = [offsets[i] for i in keep], [values[i] for i in keep]
+        if None in values:  # tombstones of a compacted topic: nothing to store
+            keep = [i for i, v in enumerate(values) if v is not None]
+            self.skipped += len(values) - len(keep)
+            offsets, values = [offsets[i] for i in keep], [values[i] for i in keep]
+        if not offsets:
+            return
+        present: list[bytes] = values  # type: ignore[assignment]  # no None left
+        kept, rows, dead = self.convert_batch(topic, partition, offsets, present)
+        self._dead += dead
+        if not rows:
+            return
         batch = self._batches.get(tp)
         if batch is None:
             batch = self._batches[tp] = Batch(topic, partition)
-        stored = self._stored.get(tp)
-        convert = self.converter(topic, partition)
-        add_offset, add_row = batch.offsets.append, batch.rows.append
-        last, rows, size = -1, 0, 0
-        for offset, value in records:
-            last = offset
-            if stored is not None:
-                if offset in stored:
-                    self.skipped += 1
-                    continue
-                if offset > stored.last:
-                    del self._stored[tp]
-                    stored = None
-            if value is None:  # a tombstone of a compacted topic: nothing to store
-                self.skipped += 1
-                continue
-            try:
-                row = convert(offset, value)
-            except ConversionError as exc:
-                self._dead.append(DeadRecord(topic, partition, offset, value, exc.reason, exc.detail))
-                continue
-            add_offset(offset)
-            add_row(row)
-            rows += 1
-            size += len(value)
-        if last >= 0:
-            self._next_offsets[tp] = last + 1
+        if dead:
+            stored_offsets = set(kept)
+            size = sum(len(v) for o, v in zip(offsets, present, strict=True) if o in stored_offsets)
+        else:
+            size = sum(map(len, present))
+        batch.offsets += kept
+        batch.rows += rows
         batch.size += size
-        self.buffered_rows += rows
+        self.buffered_rows += len(rows)
         self.buffered_bytes += size
+
+    def convert_batch(
+        self, topic: str, partition: int, offsets: list[int], values: list[bytes]
+    ) -> tuple[list[int], list[Any], list[DeadRecord]]:
+        """Convert records of one partition: ``(offsets kept, their rows, dead letters)``. This default
+        converts one record at a time with :meth:`converter`; sinks override it to work on the list."""
+        convert = self.converter(topic, partition)
+        kept: list[int] = []
+        rows: list[Any] = []
+        dead: list[DeadRecord] = []
+        for offset, value in zip(offsets, values, strict=True):
+            try:
+                rows.append(convert(offset, value))
+            except ConversionError as exc:
+                dead.append(DeadRecord(topic, partition, offset, value, exc.reason, exc.detail))
+                continue
+            kept.append(offset)
+        return kept, rows, dead
 
     async def recover(self, tp: TopicPartition, committed: int) -> int:
         """Learn which offsets from ``committed`` on are already stored; returns how many."""

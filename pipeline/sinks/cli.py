@@ -46,12 +46,12 @@ def db_migrate(
     ] = None,
 ) -> None:
     """Apply the missing migrations (idempotent), then any --ttl changes."""
-    from pipeline.sinks.migrations import migrate, set_ttl
+    from pipeline.sinks.migrations import managed_topics, migrate, set_ttl
     from pipeline.sinks.schema import table_for
 
     settings = _settings(ctx)
     registry = load_registry()
-    tables = {table_for(t).name: table_for(t) for t in registry}
+    tables = {table_for(t).name: table_for(t) for t in registry if t.sink and t.name in managed_topics()}
     changes: list[tuple[str, int]] = []
     for item in ttl or []:
         name, _, days = item.partition("=")
@@ -84,6 +84,8 @@ def db_status(ctx: typer.Context) -> None:
         console.print(f"[yellow]pending migrations: {st.pending} (run `marketprism db migrate`)[/yellow]")
     for topic in st.topics_without_table:
         console.print(f"[yellow]topic {topic} has no table (add a migration)[/yellow]")
+    for topic in st.not_stored:
+        console.print(f"topic {topic} is not stored (registry `sink: false`)")
     for table, columns in st.missing_columns.items():
         console.print(f"[yellow]table {table} lacks record field(s) {columns} (add an AddColumns migration)[/yellow]")
     if st.pending or st.topics_without_table or st.missing_columns:
@@ -93,7 +95,13 @@ def db_status(ctx: typer.Context) -> None:
 def sink_command(
     ctx: typer.Context,
     topic: Annotated[list[str] | None, typer.Option(help="contract topic name (repeatable); default: all")] = None,
-    group: Annotated[str, typer.Option(help="consumer group id")] = "marketprism-sink",
+    group: Annotated[
+        str | None, typer.Option(help="consumer group id (default: the topic prefix + marketprism-sink)")
+    ] = None,
+    skip_topic: Annotated[
+        list[str] | None,
+        typer.Option(help="contract topic name not to store (repeatable), beside the registry's `sink: false`"),
+    ] = None,
     batch_rows: Annotated[int, typer.Option(min=1)] = 50_000,
     batch_ms: Annotated[int, typer.Option(min=1)] = 1000,
     max_buffer_mb: Annotated[int, typer.Option(min=1)] = 64,
@@ -103,19 +111,27 @@ def sink_command(
     """Consume the topics into ClickHouse, effectively once (see docs/sinks.md)."""
     from pipeline.observability.metrics import serve_metrics
     from pipeline.sinks.factory import make_sink
-    from pipeline.sinks.runner import RunnerOptions, SinkRunner
+    from pipeline.sinks.runner import RunnerOptions, SinkRunner, tune_gc
 
     settings = _settings(ctx)
     registry = load_registry()
     sink = make_sink(
-        settings.clickhouse_url, registry, settings.topic_prefix, run_migrations=migrate, retry_window_s=retry_window_s
+        settings.clickhouse_url,
+        registry,
+        settings.topic_prefix,
+        run_migrations=migrate,
+        retry_window_s=retry_window_s,
+        skip_topics=skip_topic or (),
     )
-    wanted = topic or [t.name for t in registry]
+    skipped = set(sink.skipped_topics)
+    wanted = topic or [t.name for t in registry if t.name not in skipped]
     known = {name.removeprefix(settings.topic_prefix) for name in sink.tables}
     unknown = [t for t in wanted if t not in known]
     if topic and unknown:
-        console.print(f"[red]no table for topic(s) {unknown}[/red]")
+        console.print(f"[red]no table for topic(s) {unknown} (or marked not to be stored)[/red]")
         raise typer.Exit(2)
+    if skipped:
+        log.info("not storing topic(s) %s (registry `sink: false` or --skip-topic)", sorted(skipped))
     for name in unknown:
         log.warning("topic %s has no ClickHouse table yet (add a migration); not consuming it", name)
     topics = [settings.topic(t) for t in wanted if t in known]
@@ -123,6 +139,7 @@ def sink_command(
         group_id=group, batch_rows=batch_rows, batch_interval_s=batch_ms / 1000, max_buffer_bytes=max_buffer_mb << 20
     )
     serve_metrics(settings.metrics_port)
+    tune_gc()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -180,8 +197,18 @@ def bench_sink(
     settings = _settings(ctx)
     with contextlib.suppress(KeyboardInterrupt):
         results = asyncio.run(run_bench(settings, rows, repeats, with_server=server))
-        table = RichTable("path", "median rows/s", "runs", "ratio vs raw chdb insert")
-        base = results[0].median
+        table = RichTable(
+            "path", "median rows/s", "runs", "ratio vs raw chdb insert", "rows per CPU-second", "CPU ratio vs raw"
+        )
+        base, cpu_base = results[0].median, results[0].cpu_median
         for r in results:
-            table.add_row(r.name, f"{r.median:,.0f}", ", ".join(f"{x:,.0f}" for x in r.runs), f"{r.median / base:.2f}")
+            table.add_row(
+                r.name,
+                f"{r.median:,.0f}",
+                ", ".join(f"{x:,.0f}" for x in r.runs),
+                f"{r.median / base:.2f}",
+                f"{r.cpu_median:,.0f}",
+                f"{r.cpu_median / cpu_base:.2f}",
+            )
         console.print(table)
+        console.print("rows per CPU-second: this process's CPU time (all threads; not the server's)")

@@ -17,7 +17,8 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -34,7 +35,7 @@ from pipeline.sinks.base import (
     SinkBackpressureError,
     UnavailableError,
 )
-from pipeline.sinks.migrations import managed_topics, migrate
+from pipeline.sinks.migrations import managed_topics, migrate, stored_names
 from pipeline.sinks.schema import (
     DECIMAL_INT_DIGITS,
     Table,
@@ -44,6 +45,7 @@ from pipeline.sinks.schema import (
     qualified,
     table_for,
 )
+from pipeline.sinks.validation import ListValidator
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class ClickHouseSink(BatchingSink):
         run_migrations: bool = True,
         retry_window_s: float = 10.0,
         max_backoff_s: float = 5.0,
+        skip_topics: Iterable[str] = (),
     ):
         super().__init__()
         self.database = database
@@ -70,10 +73,16 @@ class ClickHouseSink(BatchingSink):
         self.retry_window_s = retry_window_s
         self.max_backoff_s = max_backoff_s
         self._registry = registry
-        managed = managed_topics()
-        self.tables: dict[str, Table] = {f"{topic_prefix}{t.name}": table_for(t) for t in registry if t.name in managed}
+        managed = managed_topics() & stored_names(registry)
+        self.skipped_topics = sorted({t.name for t in registry if not t.sink} | set(skip_topics))
+        self.tables: dict[str, Table] = {
+            f"{topic_prefix}{t.name}": table_for(t)
+            for t in registry
+            if t.name in managed and t.name not in self.skipped_topics
+        }
         self._decoders = {name: decoder_for(t.record_type) for name, t in self.tables.items()}
         self._decimals = {name: decimal_fields(t.record_type) for name, t in self.tables.items()}
+        self._validators = {name: ListValidator(t.record_type) for name, t in self.tables.items()}
         self.rows_written = 0
 
     # ---- backend primitives
@@ -125,6 +134,44 @@ class ClickHouseSink(BatchingSink):
             return make_row(record, offset, value)
 
         return convert
+
+    def convert_batch(
+        self, topic: str, partition: int, offsets: list[int], values: list[bytes]
+    ) -> tuple[list[int], list[Any], list[DeadRecord]]:
+        """The whole list at once: decode every value (the contract's validation, string patterns
+        checked per column by :class:`~pipeline.sinks.validation.ListValidator`), check decimal
+        ranges column by column (only strings longer than 20 characters can be out of range), then let
+        the backend build the rows in one pass. Any record that fails sends the list through the
+        one-at-a-time path, which isolates it as a dead letter."""
+        table = self.tables.get(topic)
+        if table is None:
+            return super().convert_batch(topic, partition, offsets, values)
+        records = self._validators[topic].decode_all(values)
+        if records is None:
+            return super().convert_batch(topic, partition, offsets, values)
+        fields = self._decimals[topic]
+        for name, shape in fields:
+            if shape == "value":
+                if max(map(len, map(attrgetter(name), records))) > DECIMAL_INT_DIGITS:
+                    return super().convert_batch(topic, partition, offsets, values)
+            elif any(oversized_decimals(r, ((name, shape),)) for r in records):
+                return super().convert_batch(topic, partition, offsets, values)
+        try:
+            rows = self.rows_for(table, topic, partition, records, offsets, values)
+        except ConversionError:
+            return super().convert_batch(topic, partition, offsets, values)
+        return offsets, rows, []
+
+    def rows_for(
+        self, table: Table, topic: str, partition: int, records: list[Record], offsets: list[int], values: list[bytes]
+    ) -> list[Any]:
+        """Rows of validated records; backends with a faster whole-list path override this."""
+        make_row = self.row_maker(table, topic, partition)
+        return [make_row(r, o, v) for r, o, v in zip(records, offsets, values, strict=True)]
+
+    def payload_of(self, row: Any) -> bytes:
+        """What a dead letter carries for a row the table refused (backends keep the Kafka value if they can)."""
+        return row if isinstance(row, bytes) else repr(row).encode()
 
     async def stored_offsets(self, topic: str, partition: int, from_offset: int) -> list[int]:
         table = self.tables[topic]
@@ -211,7 +258,7 @@ class ClickHouseSink(BatchingSink):
             if len(rows) == 1:
                 b = batches[0]
                 refused.append(
-                    DeadRecord(b.topic, b.partition, b.first, _payload(b.rows[0]), "insert_rejected", str(exc))
+                    DeadRecord(b.topic, b.partition, b.first, self.payload_of(b.rows[0]), "insert_rejected", str(exc))
                 )
                 return
             for half in _halves(batches):
@@ -231,10 +278,6 @@ def _no_table(topic: str) -> Callable[[int, bytes], Any]:
         raise ConversionError("no_table", f"topic {topic} has no ClickHouse table")
 
     return convert
-
-
-def _payload(row: Any) -> bytes:
-    return row if isinstance(row, bytes) else repr(row).encode()
 
 
 def _halves(batches: list[Batch]) -> list[list[Batch]]:

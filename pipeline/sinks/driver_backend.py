@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import msgspec
+import msgspec.inspect as mi
 from clickhouse_driver import Client, errors
 
 from pipeline.contracts import Record
@@ -147,6 +149,21 @@ class ServerSink(ClickHouseSink):
     async def fetch(self, sql: str) -> list[tuple[Any, ...]]:
         return list(await self._call(self._client.execute, sql))
 
+    def rows_for(
+        self, table: Table, topic: str, partition: int, records: list[Record], offsets: list[int], values: list[bytes]
+    ) -> list[tuple[Any, ...]]:
+        """Rows of a whole list, field by field (``getattr``, no intermediate dicts) for flat records;
+        records with nested structs go through :meth:`row_maker`."""
+        columns = self._columns.get(table.name)
+        if columns is None or _nests_structs(table.record_type):
+            return super().rows_for(table, topic, partition, records, offsets, values)
+        meta = {"_topic": [topic] * len(records), "_partition": [partition] * len(records), "_offset": offsets}
+        try:
+            cols = [meta[name] if name in meta else [conv(getattr(r, name)) for r in records] for name, conv in columns]
+        except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+            raise ConversionError("unconvertible", f"{type(exc).__name__}: {exc}") from exc
+        return list(zip(*cols, strict=True))
+
     def row_maker(self, table: Table, topic: str, partition: int) -> Callable[[Record, int, bytes], tuple[Any, ...]]:
         """A tuple in the server table's column order, each value converted for its column type."""
         columns = self._columns.get(table.name)
@@ -170,6 +187,31 @@ class ServerSink(ClickHouseSink):
         await self._call(
             self._client.execute,
             f"INSERT INTO {qualified(self.database, table.name)} ({names}) VALUES",
-            rows,
+            list(zip(*rows, strict=True)),  # columns: the driver then skips its own per-row transposition
             settings=settings,
+            columnar=True,
         )
+
+
+@functools.cache
+def _nests_structs(record_type: type[Record]) -> bool:
+    """Whether a record has a field holding another struct (those rows go through ``to_builtins``)."""
+
+    def walk(t: Any) -> bool:
+        if isinstance(t, mi.Metadata):
+            return walk(t.type)
+        if isinstance(t, mi.StructType):
+            return True
+        if isinstance(t, mi.UnionType):
+            return any(walk(x) for x in t.types)
+        if isinstance(t, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)):
+            return walk(t.item_type)
+        if isinstance(t, mi.TupleType):
+            return any(walk(x) for x in t.item_types)
+        if isinstance(t, mi.DictType):
+            return walk(t.key_type) or walk(t.value_type)
+        return False
+
+    info = mi.type_info(record_type)
+    assert isinstance(info, mi.StructType)
+    return any(walk(f.type) for f in info.fields)

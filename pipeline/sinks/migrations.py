@@ -7,7 +7,9 @@ that has no table yet (add a :class:`Migration` for it: ``CreateTopicTables(vers
 
 Tables are rendered from the topic's record when the migration runs (:mod:`pipeline.sinks.schema`);
 a later optional field of a record gets an ``AddColumns`` migration, which is a no-op on a database
-whose table was created after the field existed.
+whose table was created after the field existed. A column whose type changed gets a
+``DurationColumn``-style migration that converts the stored values exactly and can be re-run from any
+point it was interrupted at. Topics the registry marks ``sink: false`` get no table.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ class CreateTopicTables:
     description: str = ""
 
     def statements(self, registry: TopicRegistry, database: str) -> list[str]:
-        names = {t.name for t in registry}
+        names = stored_names(registry)
         return [table_for(registry.get(t)).create_sql(database) for t in self.topics if t in names]
+
+    async def apply(self, db: Database, registry: TopicRegistry) -> None:
+        await _run(db, self.version, self.statements(registry, db.database))
 
     def summary(self) -> str:
         return self.description or f"tables for {', '.join(self.topics)}"
@@ -64,7 +69,7 @@ class AddColumns:
     description: str = ""
 
     def statements(self, registry: TopicRegistry, database: str) -> list[str]:
-        if self.topic not in {t.name for t in registry}:
+        if self.topic not in stored_names(registry):
             return []
         table = table_for(registry.get(self.topic))
         by_name = {c.name: c for c in table.columns}
@@ -76,8 +81,60 @@ class AddColumns:
     def summary(self) -> str:
         return self.description or f"{self.topic}: add {', '.join(self.fields)}"
 
+    async def apply(self, db: Database, registry: TopicRegistry) -> None:
+        await _run(db, self.version, self.statements(registry, db.database))
 
-Migration = CreateTopicTables | AddColumns
+
+@dataclass(frozen=True)
+class DurationColumn:
+    """A field first stored as ``DateTime64(6)`` (read as epoch microseconds) that is a duration in
+    microseconds: its column becomes the record's integer type holding the same microseconds, exactly.
+
+    ``CAST`` of a ``DateTime64`` to an integer yields seconds, so the values are copied raw into a new
+    column (``toUnixTimestamp64Micro``), the old column is dropped and the new one renamed. Each step
+    is chosen from the columns present, so a migration interrupted anywhere completes when re-run."""
+
+    version: int
+    topics: tuple[str, ...]
+    column: str
+    description: str = ""
+
+    def summary(self) -> str:
+        return self.description or f"{self.column}: DateTime64 -> integer microseconds in {', '.join(self.topics)}"
+
+    async def apply(self, db: Database, registry: TopicRegistry) -> None:
+        names = stored_names(registry)
+        for topic in self.topics:
+            if topic in names:
+                await self._retype(db, table_for(registry.get(topic)))
+
+    async def _retype(self, db: Database, table: Table) -> None:
+        target = qualified(db.database, table.name)
+        new = next(c for c in table.columns if c.name == self.column).type
+        tmp = f"{self.column}__v{self.version}"
+        types = await column_types(db, table.name)
+        sync = "SETTINGS mutations_sync = 2"
+        if self.column in types and "DateTime64" not in types[self.column]:
+            if tmp in types:
+                await _run(db, self.version, [f"ALTER TABLE {target} DROP COLUMN IF EXISTS `{tmp}`"])
+            return  # already converted (or created with the new type)
+        if self.column in types:
+            await _run(
+                db,
+                self.version,
+                [
+                    f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{tmp}` {new} AFTER `{self.column}`",
+                    f"ALTER TABLE {target} UPDATE `{tmp}` = toUnixTimestamp64Micro(`{self.column}`) "
+                    f"WHERE `{self.column}` IS NOT NULL {sync}",
+                    f"ALTER TABLE {target} DROP COLUMN `{self.column}` {sync}",
+                ],
+            )
+        elif tmp not in await column_types(db, table.name):
+            return  # the table has neither column: nothing to convert
+        await _run(db, self.version, [f"ALTER TABLE {target} RENAME COLUMN `{tmp}` TO `{self.column}`"])
+
+
+Migration = CreateTopicTables | AddColumns | DurationColumn
 
 MIGRATIONS: tuple[Migration, ...] = (
     CreateTopicTables(
@@ -103,11 +160,27 @@ MIGRATIONS: tuple[Migration, ...] = (
     CreateTopicTables(3, ("ops.silences.v1", "ops.alert_actions.v1", "ops.alerting_checkpoints.v1")),
     CreateTopicTables(4, ("md.reference.v1",)),
     CreateTopicTables(5, ("ops.consumer_lag.v1",)),
+    DurationColumn(
+        6, ("md.bars.1s.v1", "md.bars.1m.v1"), "crossed_us", "bars: crossed_us is a duration (Int64 microseconds)"
+    ),
 )
 
 
 def managed_topics() -> set[str]:
     return {t for m in MIGRATIONS if isinstance(m, CreateTopicTables) for t in m.topics}
+
+
+def stored_names(registry: TopicRegistry) -> set[str]:
+    """Registry topics the sink stores (``sink: false`` in the registry keeps a topic out)."""
+    return {t.name for t in registry if t.sink}
+
+
+async def _run(db: Database, version: int, statements: list[str]) -> None:
+    for sql in statements:
+        try:
+            await db.execute(sql)
+        except Exception as exc:
+            raise MigrationError(f"migration {version} failed on:\n{sql}\n{exc}") from exc
 
 
 @dataclass
@@ -117,6 +190,7 @@ class Status:
     pending: list[int] = field(default_factory=list)
     topics_without_table: list[str] = field(default_factory=list)
     missing_columns: dict[str, list[str]] = field(default_factory=dict)
+    not_stored: list[str] = field(default_factory=list)  # registry topics marked ``sink: false``
 
 
 def _create_migrations_table(database: str) -> str:
@@ -142,11 +216,7 @@ async def migrate(db: Database, registry: TopicRegistry) -> list[str]:
     for migration in sorted(MIGRATIONS, key=lambda m: m.version):
         if migration.version in done:
             continue
-        for sql in migration.statements(registry, db.database):
-            try:
-                await db.execute(sql)
-            except Exception as exc:
-                raise MigrationError(f"migration {migration.version} failed on:\n{sql}\n{exc}") from exc
+        await migration.apply(db, registry)
         summary = migration.summary().replace("'", "''")
         await db.execute(
             f"INSERT INTO {qualified(db.database, MIGRATIONS_TABLE)} (version, description) "
@@ -158,10 +228,14 @@ async def migrate(db: Database, registry: TopicRegistry) -> list[str]:
 
 
 async def existing_columns(db: Database, table: str) -> list[str]:
-    database = db.database or "currentDatabase()"
-    where_db = f"'{db.database}'" if db.database else database
-    rows = await db.fetch(f"SELECT name FROM system.columns WHERE database = {where_db} AND table = '{table}'")
-    return [str(r[0]) for r in rows]
+    return list(await column_types(db, table))
+
+
+async def column_types(db: Database, table: str) -> dict[str, str]:
+    """``name -> type`` of a table's columns (empty when the table does not exist)."""
+    where_db = f"'{db.database}'" if db.database else "currentDatabase()"
+    rows = await db.fetch(f"SELECT name, type FROM system.columns WHERE database = {where_db} AND table = '{table}'")
+    return {str(r[0]): str(r[1]) for r in rows}
 
 
 async def status(db: Database, registry: TopicRegistry) -> Status:
@@ -174,10 +248,11 @@ async def status(db: Database, registry: TopicRegistry) -> Status:
         pending=sorted(m.version for m in MIGRATIONS if m.version not in done),
     )
     managed = managed_topics()
-    result.topics_without_table = [t.name for t in registry if t.name not in managed]
+    result.topics_without_table = [t.name for t in registry if t.sink and t.name not in managed]
+    result.not_stored = [t.name for t in registry if not t.sink]
     if not result.pending:
         for topic in registry:
-            if topic.name not in managed:
+            if topic.name not in managed or not topic.sink:
                 continue
             table: Table = table_for(topic)
             have = set(await existing_columns(db, table.name))

@@ -11,8 +11,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.contracts import Bar, Record, Trade, decode, encode, market_key
+from aiokafka import TopicPartition
+
+from pipeline.contracts import Bar, BatchTrade, Record, Trade, TradeBatch, decode, encode, load_registry, market_key
 from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +76,32 @@ async def produce(settings: Settings, topic: str, records: list[Record], key_of=
         await producer.stop()
 
 
+def to_batches(frames: list[list[Trade]]) -> list[TradeBatch]:
+    """Each frame's trades as one TradeBatch per market, in order (what the collectors' output publishes)."""
+    batches = []
+    for frame in frames:
+        groups: dict[tuple[str, str, str], list[Trade]] = {}
+        for t in frame:
+            groups.setdefault((t.exchange, t.symbol, t.raw_symbol), []).append(t)
+        for (exchange, symbol, raw), trades in groups.items():
+            batches.append(TradeBatch(
+                exchange=exchange, symbol=symbol, raw_symbol=raw,  # type: ignore[arg-type]
+                trades=[BatchTrade(trade_id=t.trade_id, price=t.price, size=t.size, side=t.side,
+                                   ts_event=t.ts_event, ts_recv=t.ts_recv) for t in trades],
+            ))  # fmt: skip
+    return batches
+
+
+def frames_of(trades: list[Trade], size: int = 20) -> list[list[Trade]]:
+    """Consecutive runs of ``size`` trades: the trades a collector's output pump takes together."""
+    return [trades[i : i + size] for i in range(0, len(trades), size)]
+
+
+async def produce_trades(settings: Settings, frames: list[list[Trade]]) -> None:
+    """Trades as the collectors publish them to the topic the worker reads (``md.trade_batches.v1``)."""
+    await produce(settings, "md.trade_batches.v1", to_batches(frames))  # type: ignore[arg-type]
+
+
 async def read_topic(settings: Settings, topic: str, until, wait_s: float = 60.0) -> list:  # type: ignore[no-untyped-def]
     """Consume ``topic`` from the start until ``until(messages)`` holds (raw aiokafka messages)."""
     consumer = make_consumer(settings.kafka, settings.topic(topic), group_id=None)
@@ -88,19 +117,40 @@ async def read_topic(settings: Settings, topic: str, until, wait_s: float = 60.0
     return messages
 
 
+async def read_to_end(settings: Settings, topic: str) -> list:  # type: ignore[type-arg]
+    """Every record the topic holds now (to the true log end, Tansu-safe)."""
+    partitions = range(load_registry().get(topic).partitions)
+    ends = await log_end_offsets(settings.kafka, [TopicPartition(settings.topic(topic), p) for p in partitions])
+    return await read_topic(settings, topic, lambda m: len(m) >= sum(ends.values()))
+
+
 async def read_trades_log(settings: Settings, count: int) -> dict[int, list[tuple[int, Trade]]]:
-    """The trades topic as the broker holds it: partition -> [(offset, trade)] in offset order."""
-    messages = await read_topic(settings, "md.trades.v1", lambda m: len(m) >= count)
+    """The trade batches topic as the broker holds it: partition -> [(arrival, trade)] in arrival order,
+    arrival = batch offset * 10_000 + index in the batch."""
+    counted = [0, 0]  # messages counted, trades in them
+
+    def enough(messages: list) -> bool:  # type: ignore[type-arg]
+        for m in messages[counted[0] :]:
+            counted[1] += len(decode(TradeBatch, m.value).trades)
+        counted[0] = len(messages)
+        return counted[1] >= count
+
+    messages = await read_topic(settings, "md.trade_batches.v1", enough)
     by_partition: dict[int, list[tuple[int, Trade]]] = defaultdict(list)
     for m in messages:
-        by_partition[m.partition].append((m.offset, decode(Trade, m.value)))
+        batch = decode(TradeBatch, m.value)
+        for index, t in enumerate(batch.trades):
+            trade = Trade(exchange=batch.exchange, symbol=batch.symbol, raw_symbol=batch.raw_symbol,
+                          trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
+                          ts_recv=t.ts_recv)  # fmt: skip
+            by_partition[m.partition].append((m.offset * 10_000 + index, trade))
     return {p: sorted(v, key=lambda x: x[0]) for p, v in by_partition.items()}
 
 
 def accepted_trades(log: dict[int, list[tuple[int, Trade]]], lateness_us: int, grace_us: int
                     ) -> list[tuple[int, Trade]]:
     """Independent acceptance per partition: late when the 1s window end + grace <= max ts seen - lateness;
-    a trade id already counted is a duplicate. Arrival = (partition, offset)."""
+    a trade id already counted is a duplicate. Arrival = (partition, position in the partition)."""
     out = []
     for partition, items in log.items():
         high = -1
@@ -124,7 +174,11 @@ def bars_by_key(messages: list) -> dict[tuple[str, str, str, int], Bar]:  # type
     for m in messages:
         bar = decode(Bar, m.value)
         key = (bar.interval, bar.exchange, bar.symbol, bar.window_start)
-        assert out.setdefault(key, bar) == bar, f"re-emitted bar differs: {key}"
+        first = out.setdefault(key, bar)
+        if first != bar:
+            diff = {f: (getattr(first, f), getattr(bar, f)) for f in bar.__struct_fields__
+                    if getattr(first, f) != getattr(bar, f)}  # fmt: skip
+            raise AssertionError(f"re-emitted bar differs: {key}: {diff} (partition {m.partition}, offset {m.offset})")
     return out
 
 

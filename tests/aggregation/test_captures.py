@@ -8,7 +8,14 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from aggregation_harness import WorkerProcess, accepted_trades, bars_by_key, produce, read_topic, read_trades_log
+from aggregation_harness import (
+    WorkerProcess,
+    accepted_trades,
+    bars_by_key,
+    produce_trades,
+    read_topic,
+    read_trades_log,
+)
 from aggregation_reference import bar_fields, expected_bars
 from test_worker_e2e import ARGS
 
@@ -64,18 +71,21 @@ def fields(t: Trade) -> Fields:
 @pytest.mark.shared
 async def test_capture_bars_equal_independent_computation(topics: Settings, replay_dir: Path, tmp_path: Path) -> None:
     parsed: list[Trade] = []
+    frames: list[list[Trade]] = []  # one venue frame's trades: the smallest batches the collectors publish
     independent: set[Fields] = set()
     for name, (cls, symbols) in CAPTURES.items():
         lines = list(read_capture(replay_dir / f"{name}.txt"))
         for _, outcome in feed(cls(symbols), lines):
-            parsed += [r for r in getattr(outcome, "records", []) if isinstance(r, Trade)]
+            frame = [r for r in getattr(outcome, "records", []) if isinstance(r, Trade)]
+            parsed += frame
+            frames += [frame] if frame else []
         for line in lines:
             if line.kind == "ws_in":
                 independent.update(from_json(name, line.payload))
     assert {fields(t) for t in parsed} == independent  # the parser read what the JSON says
     assert {t.exchange for t in parsed} == {"binance", "binance_usdm", "okx", "coinbase"}
 
-    await produce(topics, "md.trades.v1", parsed)
+    await produce_trades(topics, frames)
     log = await read_trades_log(topics, len(parsed))
     accepted = accepted_trades(log, 500_000, 500_000)
     expected = {i: expected_bars(accepted, i) for i in ("1s", "1m")}

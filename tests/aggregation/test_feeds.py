@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from aggregation_harness import WorkerProcess, assigned_in, produce, read_topic
+from aggregation_harness import WorkerProcess, assigned_in, frames_of, produce, produce_trades, read_topic
 
 from pipeline.aggregation.health import FeedHealthTracker, FeedStatsCollector, health_score
 from pipeline.aggregation.reference import ReferenceTracker, asset_of
@@ -98,7 +98,7 @@ async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_
                                                 ("coinbase", "BTC-USD", "36501", "36502"),
                                                 ("okx", "BTC-USDT", "36502", "36502.5"),
                                                 ("kraken", "BTC-USD", "36999", "37001"))]  # fmt: skip
-            await produce(topics, "md.trades.v1", trades)
+            await produce_trades(topics, frames_of(trades, 5))
             await produce(topics, "md.bbo.v1", quotes)
             gaps = collector.__replace__(ts_event=now, gaps=2)
             await produce(topics, "ops.feed_metrics.v1", [gaps], key_of=lambda m: b"binance:trades")

@@ -7,7 +7,17 @@ import asyncio
 import re
 from pathlib import Path
 
-from aggregation_harness import WorkerProcess, accepted_trades, assigned_in, bars_by_key, read_topic, read_trades_log
+from aggregation_harness import (
+    WorkerProcess,
+    accepted_trades,
+    assigned_in,
+    bars_by_key,
+    frames_of,
+    read_to_end,
+    read_topic,
+    read_trades_log,
+    to_batches,
+)
 from aggregation_reference import bar_fields, expected_bars
 from test_worker_e2e import ARGS, make_trades
 
@@ -27,8 +37,9 @@ async def trickle(settings: Settings, trades: list, stop: asyncio.Event) -> int:
     try:
         step = 100
         while sent < len(trades) and not stop.is_set():
-            for t in trades[sent : sent + step]:
-                await producer.send(settings.topic("md.trades.v1"), encode(t), key=market_key(t.exchange, t.symbol))
+            for batch in to_batches(frames_of(trades[sent : sent + step], 10)):
+                key = market_key(batch.exchange, batch.symbol)
+                await producer.send(settings.topic("md.trade_batches.v1"), encode(batch), key=key)
             sent = min(len(trades), sent + step)
             await asyncio.sleep(step / RATE)
         await producer.flush()
@@ -55,11 +66,15 @@ async def all_expected_bars(settings: Settings, count: int) -> dict:  # type: ig
                 settings, f"md.bars.{interval}.v1", lambda m, w=want: len({x.key + x.value[:200] for x in m}) >= w,
                 wait_s=120,
             )  # fmt: skip
-        except TimeoutError:
-            got = await read_topic(settings, f"md.bars.{interval}.v1", lambda m: len(m) > 0, wait_s=10)
-            have = {(b.exchange, b.symbol, b.window_start) for b in bars_by_key(got).values()}
-            missing = sorted(set(expected[interval]) - have)
-            print(f"missing {interval} bars: {len(missing)}, first {missing[:10]}")  # diagnosis of a timeout
+        except TimeoutError:  # diagnosis: what the topic holds now against what was expected
+            have = {
+                (b.exchange, b.symbol, b.window_start): bar_fields(b)
+                for b in bars_by_key(await read_to_end(settings, f"md.bars.{interval}.v1")).values()
+            }
+            missing = sorted(set(expected[interval]) - set(have))
+            differ = sorted(k for k in set(expected[interval]) & set(have) if have[k] != expected[interval][k])
+            print(f"{interval} bars: {len(have)} on the topic, {len(expected[interval])} expected; missing "
+                  f"{len(missing)}, first {missing[:10]}; differing {len(differ)}, first {differ[:5]}")  # fmt: skip
             raise
         messages += got
     bars = bars_by_key(messages)

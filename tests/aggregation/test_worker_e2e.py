@@ -10,7 +10,8 @@ from aggregation_harness import (
     WorkerProcess,
     accepted_trades,
     bars_by_key,
-    produce,
+    frames_of,
+    produce_trades,
     read_topic,
     read_trades_log,
 )
@@ -55,7 +56,7 @@ def expected_count(log) -> int:  # type: ignore[no-untyped-def]
 
 async def test_worker_bars_equal_independent_computation(topics: Settings, tmp_path: Path) -> None:
     trades = make_trades(3000, 8, 150_000_000, seed=1)
-    await produce(topics, "md.trades.v1", trades)
+    await produce_trades(topics, frames_of(trades))
     log = await read_trades_log(topics, len(trades))
     want = expected_count(log)
     worker = await WorkerProcess(topics, tmp_path / "worker.log", *ARGS).start()
@@ -71,7 +72,9 @@ async def test_worker_bars_equal_independent_computation(topics: Settings, tmp_p
         check_bars(bars, log)
         late = await read_topic(topics, "ops.dlq.v1", lambda m: any(b"very-late" in x.value for x in m))
         letter = decode(DeadLetter, next(x.value for x in late if b"very-late" in x.value))
-        assert (letter.reason, letter.source, letter.topic) == ("late", "aggregator", topics.topic("md.trades.v1"))
+        source = ("late", "aggregator", topics.topic("md.trade_batches.v1"))
+        assert (letter.reason, letter.source, letter.topic) == source
+        assert decode(Trade, letter.payload).trade_id == "very-late"  # the trade itself, as on md.trades.v1
     finally:
         await worker.stop()
     await asyncio.sleep(0)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -70,8 +71,11 @@ def bar(
     **fields: object,
 ) -> Bar:
     width = S if interval == "1s" else 60 * S
+    # a market that trades moves a little: high one cent above the close (a bar whose range is 0 while trades print is
+    # what FrozenPrice looks for)
     values: dict[str, object] = {
-        "open": close, "high": close, "low": close, "close": close, "volume": "1.5", "quote_volume": "150.0",
+        "open": close, "high": str(Decimal(close) + Decimal("0.01")), "low": close, "close": close,
+        "volume": "1.5", "quote_volume": "150.0",
         "vwap": close, "trade_count": 3, "buy_volume": "1.0", "sell_volume": "0.5", "first_trade_id": "1",
         "last_trade_id": "3", "spread_mean_bps": 1.0, "spread_max_bps": 2.0, "mid_change_bps": 0.1, "crossed_us": 0,
     } | fields  # fmt: skip
@@ -306,6 +310,12 @@ SCENARIOS = [
                  lambda r, t: [r.bar(t, exchange=ex, interval="1m", close=close) for ex, close in
                                (("binance", "36500.00"), ("kraken", "36510.0"),
                                 ("okx", "37500.00" if 120 <= t < 480 else "36505.50"))]),
+    CoreScenario("ReconnectStorm", {"exchange": "kraken", "stream": "book"}, 400, 5,
+                 lambda r, t: [r.fm(t, exchange="kraken", reconnects=1 if t in (20, 30, 40) else 0),
+                               r.fm(t, exchange="okx", reconnects=1 if t == 20 else 0)]),
+    CoreScenario("FrozenPrice", {"exchange": "coinbase", "symbol": "ETH-USD"}, 200, 1,
+                 lambda r, t: [r.bar(t, exchange="coinbase", symbol="ETH-USD", **({"high": "3000.00"}
+                               if 20 <= t < 80 else {}), close="3000.00")]),
     CoreScenario("CrossedBook", {"exchange": "coinbase", "symbol": "BTC-USD"}, 120, 1,
                  lambda r, t: [r.bar(t, exchange="coinbase", symbol="BTC-USD",
                                      crossed_us=400_000 if 10 <= t < 15 else 0)]),

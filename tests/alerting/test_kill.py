@@ -108,7 +108,8 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(  # type: ignore[no-
     os.kill(proc.pid, signal.SIGKILL)
     await asyncio.to_thread(proc.wait, 30)
     before = len(await kafka_io.wait_for(topics, lambda got: True))
-    assert not producing.done(), "the kill should land mid-stream"
+    # Mid-stream is `before < len(expected)` (asserted below): the engine had published part of the transitions.
+    # Whether the producer had finished by then depends on the machine's load, and does not matter.
 
     restarted = await asyncio.to_thread(engine_process, topics, *args)
     await producing

@@ -37,10 +37,31 @@ async def test_consumer_lag_memory_and_disk_are_sampled(topics: Settings) -> Non
         await monitor.sample()
     finally:
         await monitor.stop()
-    assert {"health:memory_bytes", "health:disk_percent", "health:dlq_per_s", f"health:consumer_lag:{group}"} <= set(
-        monitor.forecasters
-    )
-    assert monitor.forecasters["health:memory_bytes"].last_value > 0
+    host = monitor.host
+    assert {
+        f"health:{host}:memory_bytes", f"health:{host}:disk_percent", "health:dlq_per_s", f"health:consumer_lag:{group}"
+    } <= set(monitor.forecasters)
+    assert monitor.forecasters[f"health:{host}:memory_bytes"].last_value > 0
+
+
+async def test_each_health_series_is_sampled_by_one_worker_only(topics: Settings) -> None:
+    """Two workers of one deployment on one host: the host series come from the lock holder only, the
+    cluster-wide series from the worker told it owns them (the owner of ops.dlq.v1 partition 0)."""
+    first = HealthMonitor(topics, HealthThresholds())
+    second = HealthMonitor(topics, HealthThresholds())
+    try:
+        for _ in range(2):
+            await first.sample(cluster=True)
+            await second.sample(cluster=False)
+        assert first.host_lock.held() and not second.host_lock.held()
+        assert second.forecasters == {}
+        assert {f"health:{first.host}:memory_bytes", "health:dlq_per_s"} <= set(first.forecasters)
+        first.host_lock.release()  # the holder goes away: the other worker on the host takes over
+        await second.sample(cluster=False)
+        assert set(second.forecasters) == {f"health:{second.host}:memory_bytes", f"health:{second.host}:disk_percent"}
+    finally:
+        await first.stop()
+        await second.stop()
 
 
 def test_feed_lag_growth_publishes_a_forecast_before_the_breach(settings: Settings) -> None:

@@ -64,7 +64,9 @@ def _values(info: msgspec.inspect.Type) -> st.SearchStrategy[object]:
     if isinstance(info, mi.UnionType):
         return st.one_of([_values(t) for t in info.types])
     if isinstance(info, mi.ListType):
-        return st.lists(_values(info.item_type), max_size=4)
+        return st.lists(_values(info.item_type), min_size=info.min_length or 0, max_size=4)
+    if isinstance(info, mi.StructType):  # a nested record (TradeBatch.trades)
+        return _instances(info.cls)
     if isinstance(info, mi.TupleType):
         return st.tuples(*[_values(t) for t in info.item_types]).map(list)
     if isinstance(info, mi.DictType):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pipeline.contracts import Alert, Notification
 from pipeline.demo.summary import _episodes, _Label, _outcome, _unexplained
 
@@ -75,3 +77,27 @@ def test_unexplained_alerts_are_those_no_incident_expects_or_causes() -> None:
         "CapacityBreachPredicted{series_id=health:memory_bytes}",
         "VenueDisconnected{exchange=kraken,stream=kraken-0}",
     ]
+
+
+def test_stage_latencies_are_wall_ms_from_the_records_pipeline_time_to_the_broker_timestamp() -> None:
+    """At speed 4 from T0, a trade sent at pipeline T0 + 8 s was sent at wall T0 + 2 s: on the topic 30 ms later it
+    took 30 wall ms; its alert and first notification are timed the same way, and only the first one counts."""
+    from pipeline.clock import ScaledClock
+    from pipeline.contracts import Trade, encode
+    from pipeline.demo.summary import percentiles
+    from pipeline.demo.view import DemoStats
+
+    clock = ScaledClock(4.0, T0)
+    stats = DemoStats(to_wall_us=clock.wall_us)
+    wall_ms = (T0 + 2 * S) // 1000
+    trade = Trade(exchange="okx", symbol="BTC-USDT", raw_symbol="BTC-USDT", trade_id="1", price=Decimal(1),
+                  size=Decimal(1), side="buy", ts_event=T0 + 8 * S, ts_recv=T0 + 8 * S)  # fmt: skip
+    stats.add("md.trades.v1", encode(trade), wall_ms + 30)
+    firing = alert("FeedStalled", "firing", {"exchange": "okx"}, 8, 8, fingerprint="a")
+    stats.add("ops.alerts.v1", encode(firing), wall_ms + 500)
+    note = Notification(notification_id="n", idempotency_key="k", channel="webhook", receiver="demo", group_key="g",
+                        status="sent", attempt=1, ts=T0 + 9 * S, fingerprints=["a"], firing=[f"a@{T0 + 8 * S}"])
+    stats.add("ops.notifications.v1", encode(note), wall_ms + 700)
+    stats.add("ops.notifications.v1", encode(note), wall_ms + 900)  # the second channel's receipt
+    assert stats.stage_ms == {"frame_to_trade": [30.0], "event_to_alert": [500.0], "alert_to_notification": [200.0]}
+    assert percentiles([float(v) for v in range(1, 101)]) == {"p50": 50.0, "p99": 99.0, "n": 100}

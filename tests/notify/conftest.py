@@ -26,7 +26,7 @@ class ManualClock:
     def __init__(self, start: int = T0):
         self.t = start
 
-    def now(self) -> int:
+    def now_us(self) -> int:
         return self.t
 
 
@@ -36,11 +36,12 @@ class MemorySink:
 
     nflog: NotificationLog
     receipts: list[Notification] = field(default_factory=list)
+    intents: list[Notification] = field(default_factory=list)  # ``sending``, written before each message
     dead: list[tuple[Batch, str]] = field(default_factory=list)
 
     async def receipt(self, notification: Notification) -> None:
         self.nflog.observe(notification)
-        self.receipts.append(notification)
+        (self.intents if notification.status == "sending" else self.receipts).append(notification)
 
     async def dead_letter(self, batch: Batch, error: str) -> None:
         self.dead.append((batch, error))

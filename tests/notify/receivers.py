@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -42,6 +43,7 @@ class HttpReceivers:
     got: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
     violations: list[str] = field(default_factory=list)
     scripted: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    on_accept: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -51,6 +53,17 @@ class HttpReceivers:
 
     def bodies(self, name: str) -> list[dict[str, Any]]:
         return [r.body for r in self.got[name]]
+
+    def processed(self, name: str) -> list[Received]:
+        """What a receiver honouring ``Idempotency-Key`` acts on: the first request of each key."""
+        seen: set[str] = set()
+        out = []
+        for received in self.got[name]:
+            key = received.headers.get("Idempotency-Key", "")
+            if key not in seen:
+                seen.add(key)
+                out.append(received)
+        return out
 
     def _scripted(self, name: str) -> int | None:
         return self.scripted[name].pop(0) if self.scripted[name] else None
@@ -134,6 +147,8 @@ class HttpReceivers:
             if alert["status"] not in ("firing", "resolved"):
                 return self._bad(name, f"alert status {alert['status']}")
         self.got[name].append(Received(request.path, body, dict(request.headers), time.monotonic()))
+        if (hook := self.on_accept.get(name)) is not None:
+            hook()  # e.g. SIGKILL the notifier after the receiver accepted, before it sees the answer
         if (status := self._scripted(name)) is not None:
             return web.Response(status=status, text="scripted failure")
         return web.Response(text="ok")

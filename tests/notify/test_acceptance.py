@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from pipeline.notify.channels.base import IDEMPOTENCY_HEADER
+from pipeline.notify.channels.base import IDEMPOTENCY_HEADER, REDELIVERY_HEADER
 from tests.notify.conftest import alert, build
 from tests.notify.receivers import HttpReceivers
 
@@ -282,6 +282,30 @@ async def test_restart_with_rebuilt_log_sends_nothing_twice(http: HttpReceivers)
     bodies = http.bodies("hook")
     assert len(bodies) == 3, "only b's resolution is new"
     assert fingerprints(bodies[2], "resolved") == ["b"]
+
+
+async def test_a_send_in_doubt_is_resent_once_under_its_key_and_marked_as_a_redelivery(http: HttpReceivers) -> None:
+    first = build(hook_config(http, group_wait=0))
+    first.push(alert("a", "firing", 0))
+    await first.at(0)
+    [intent] = first.sink.intents
+    [sent] = first.sink.receipts
+    assert intent.idempotency_key == sent.idempotency_key, "the intent precedes the send of the same message"
+    # The notifier died after the receiver accepted and before the receipt landed: the log rebuilt by the next one
+    # holds the intent only.
+    second = build(hook_config(http, group_wait=0), clock=first.clock)
+    second.sink.nflog.observe(intent)
+    assert second.sink.nflog.in_doubt(intent.idempotency_key)
+    second.push(alert("a", "firing", 0))
+    await second.at(0)
+    await second.at(30)  # more group_interval ticks: once settled, never again
+    got = http.got["hook"]
+    assert [r.headers[IDEMPOTENCY_HEADER] for r in got] == [sent.idempotency_key] * 2
+    assert [r.headers.get(REDELIVERY_HEADER) for r in got] == [None, "true"]
+    assert [r.body["redelivery"] for r in got] == [False, True]
+    assert len(http.processed("hook")) == 1, "a receiver honouring Idempotency-Key acts once"
+    assert second.sink.statuses() == ["sent"]
+    assert not second.sink.nflog.in_doubt(intent.idempotency_key)
 
 
 async def test_same_key_already_settled_is_skipped(http: HttpReceivers) -> None:

@@ -18,7 +18,7 @@ from pipeline.contracts import DeadLetter, Notification, decode
 from pipeline.kafka import RecordProducer, make_consumer, make_producer
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.notify.bench import NotifierProcess
-from pipeline.notify.channels.base import IDEMPOTENCY_HEADER
+from pipeline.notify.channels.base import IDEMPOTENCY_HEADER, REDELIVERY_HEADER
 from pipeline.settings import Settings
 from tests.notify.conftest import alert
 from tests.notify.receivers import HttpReceivers
@@ -70,6 +70,22 @@ def transitions(http: HttpReceivers, name: str) -> dict[tuple[str, str], list[st
         for a in received.body["alerts"]:
             seen[(a["fingerprint"], a["status"])].append(received.headers[IDEMPOTENCY_HEADER])
     return seen
+
+
+def assert_once_per_transition(http: HttpReceivers, name: str) -> None:
+    """Each transition reached the receiver under one key; a second request of a key is a redelivery (marked),
+    so a receiver honouring ``Idempotency-Key`` acts exactly once per transition."""
+    first_of_key: set[str] = set()
+    for received in http.got[name]:
+        key = received.headers[IDEMPOTENCY_HEADER]
+        if key in first_of_key:
+            assert received.headers.get(REDELIVERY_HEADER) == "true" and received.body["redelivery"], received.body
+        first_of_key.add(key)
+    acted: dict[tuple[str, str], int] = defaultdict(int)
+    for received in http.processed(name):
+        for a in received.body["alerts"]:
+            acted[(a["fingerprint"], a["status"])] += 1
+    assert all(n == 1 for n in acted.values()), {t: n for t, n in acted.items() if n != 1}
 
 
 def write_routes(path: Path, http: HttpReceivers) -> Path:
@@ -149,18 +165,81 @@ async def test_notifier_process_survives_sigkill_without_double_sends(
         assert len(set(keys)) == 1, f"{transition} announced by {len(set(keys))} different messages"
         # A repeat of the same key can only come from a crash between delivery and its receipt.
         assert len(keys) <= 2, f"{transition} delivered {len(keys)} times"
+    assert_once_per_transition(http, "hook")
     assert http.violations == []
 
     receipts: list[Notification] = await read_topic(topics, "ops.notifications.v1", Notification)
     sent_keys = {r.idempotency_key for r in receipts if r.status == "sent" and r.receiver == "hook"}
     assert {k for keys in seen.values() for k in keys} <= sent_keys
     broken = [r.status for r in receipts if r.receiver == "broken"]
-    assert set(broken) == {"retrying", "dead_lettered"}, broken
+    assert set(broken) == {"sending", "retrying", "dead_lettered"}, broken
     assert broken.count("dead_lettered") == 1, "a dead-lettered message is settled for good"
 
     dead: list[DeadLetter] = await read_topic(topics, "ops.dlq.v1", DeadLetter)
     reasons = {d.reason for d in dead if d.source == "notify"}
     assert {"schema", "delivery_failed"} <= reasons, dead
+
+
+async def test_sigkill_after_the_receiver_accepted_and_before_the_receipt(
+    fast: Settings, http: HttpReceivers, tmp_path: Path
+) -> None:
+    """The one window an idempotency key alone cannot close: the receiver has the message, the receipt never
+    lands. The notifier is killed by the receiver itself, on accepting the message, before it answers. The next
+    notifier finds the intent without a receipt and sends the message again under the same key, marked as a
+    redelivery; a receiver honouring Idempotency-Key acts on every transition exactly once."""
+    # the dead replica's lease ends with its group session: shorter than `fast` to keep the test short
+    kafka = fast.kafka.model_copy(update={"session_timeout_ms": 3000, "heartbeat_interval_ms": 300})
+    topics = fast.model_copy(update={"kafka": kafka})
+    routes = write_routes(tmp_path / "notify.yaml", http)
+    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix)
+    await producer.start()
+    first = NotifierProcess(topics, routes, tmp_path / "notifier-1.log")
+    second = NotifierProcess(topics, routes, tmp_path / "notifier-2.log")
+
+    def kill_on_victim() -> None:
+        if any(a["fingerprint"] == "victim" for a in http.got["hook"][-1].body["alerts"]):
+            http.on_accept.pop("hook")
+            first.kill()
+
+    async def send(fp: str, state: str, at: float) -> None:
+        record = alert(fp, state, at, fired=0, version=2 if state == "resolved" else 1)
+        await producer.send("ops.alerts.v1", fp.encode(), record)
+        await producer.flush()
+
+    try:
+        first.start()
+        for i in range(3):
+            await send(f"c{i}", "firing", 0)
+        await eventually(lambda: len(transitions(http, "hook")) >= 3, "the first three notifications")
+        http.on_accept["hook"] = kill_on_victim
+        await send("victim", "firing", 0)
+        await eventually(lambda: first.proc is not None and first.proc.poll() is not None, "the kill on accept")
+        second.start()
+        await send("victim", "resolved", 10)
+        await send("c0", "resolved", 10)
+        expected = {(f"c{i}", "firing") for i in range(3)} | {("c0", "resolved")}
+        expected |= {("victim", "firing"), ("victim", "resolved")}
+        await eventually(
+            lambda: expected <= set(transitions(http, "hook")),
+            lambda: f"transitions after the restart; log: {(tmp_path / 'notifier-2.log').read_text()[-3000:]}",
+        )
+        await asyncio.sleep(3)  # several group_interval ticks: room for any further message to show up
+        assert second.stop() == 0, (tmp_path / "notifier-2.log").read_text()[-3000:]
+    finally:
+        http.on_accept.pop("hook", None)
+        first.kill()
+        second.kill()
+        await producer.stop()
+
+    seen = transitions(http, "hook")
+    assert set(seen) == expected
+    assert len(seen[("victim", "firing")]) == 2, "accepted before the kill, sent again after it"
+    assert_once_per_transition(http, "hook")
+    assert http.violations == []
+    receipts: list[Notification] = await read_topic(topics, "ops.notifications.v1", Notification)
+    [victim_key] = set(seen[("victim", "firing")])
+    statuses = [r.status for r in receipts if r.idempotency_key == victim_key]
+    assert statuses.count("sending") == 2 and statuses.count("sent") == 1, statuses
 
 
 def lease_state(log_file: Path) -> str | None:

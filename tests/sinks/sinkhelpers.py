@@ -47,8 +47,10 @@ def variations(record_type: type[Record], n: int) -> list[Record]:
 
 
 def corpus(per_topic: int) -> dict[str, list[Record]]:
-    """Generated records for every registry topic that has an example."""
-    return {t.name: variations(t.record_type, per_topic) for t in load_registry() if t.record_type in EXAMPLES}
+    """Generated records for every registry topic the sink stores that has an example."""
+    return {
+        t.name: variations(t.record_type, per_topic) for t in load_registry() if t.sink and t.record_type in EXAMPLES
+    }
 
 
 async def produce(

@@ -8,10 +8,11 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 from aiokafka import AIOKafkaConsumer
 from sinkhelpers import corpus, produce, rows, variations, wait_for
 
-from pipeline.contracts import Trade, encode, load_registry
+from pipeline.contracts import BookUpdate, Trade, encode, load_registry
 from pipeline.kafka import consumer_options
 from pipeline.settings import Settings
 from pipeline.sinks.chdb_backend import ChdbSink, chdb_path
@@ -141,19 +142,38 @@ async def test_restart_skips_rows_stored_but_not_committed(topics: Settings) -> 
 
 
 async def test_rows_the_table_refuses_become_dead_letters(tmp_path: Path) -> None:
-    """A record valid for its contract that ClickHouse still refuses is isolated by halving the batch."""
+    """A record valid for its contract that ClickHouse still refuses is isolated by halving the batch
+    (book updates travel as JSON; flat records as Arrow columns built from the validated record)."""
     sink = ChdbSink(str(tmp_path / "db"), load_registry())
     await sink.setup()
     try:
-        good = [encode(t) for t in variations(Trade, 40)]
+        good = [encode(b) for b in variations(BookUpdate, 40)]
         poison = good[0][:-1] + b',"_offset":"not a number"}'  # contract-valid, but a duplicate column
         for offset, value in enumerate([*good[:20], poison, *good[20:]]):
-            sink.add("md.trades.v1", 2, offset, value)
+            sink.add("md.book.v1", 2, offset, value)
         dead = (await sink.flush()).dead
     finally:
         await sink.close()
     assert [(d.offset, d.reason) for d in dead] == [(20, "insert_rejected")]
-    assert rows(str(tmp_path / "db"), "SELECT count() FROM trades") == [["40"]]
+    assert dead[0].value.endswith(poison[1:])  # the row as sent: the value with its coordinates spliced in
+    assert rows(str(tmp_path / "db"), "SELECT count() FROM book") == [["40"]]
+
+
+async def test_flat_rows_a_column_cannot_hold_become_dead_letters(tmp_path: Path) -> None:
+    """Trades travel as Arrow columns: a contract-valid time beyond Int64 microseconds is refused, the
+    batch is halved down to it, and its dead letter carries the Kafka value unchanged."""
+    sink = ChdbSink(str(tmp_path / "db"), load_registry())
+    await sink.setup()
+    try:
+        good = [encode(t) for t in variations(Trade, 40)]
+        poison = encode(msgspec.structs.replace(variations(Trade, 1)[0], trade_id="far", ts_event=2**64))
+        for offset, value in enumerate([*good[:7], poison, *good[7:]]):
+            sink.add("md.trades.v1", 1, offset, value)
+        dead = (await sink.flush()).dead
+    finally:
+        await sink.close()
+    assert [(d.offset, d.reason, d.value) for d in dead] == [(7, "insert_rejected", poison)]
+    assert rows(str(tmp_path / "db"), "SELECT count(), uniqExact(_offset) FROM trades") == [["40", "40"]]
 
 
 async def test_two_sinks_in_one_group_split_partitions_without_duplicates(topics: Settings) -> None:

@@ -394,7 +394,7 @@ class Binance(Venue):
         bids = levels(get(message, "bids"), "bids")
         asks = levels(get(message, "asks"), "asks")
         ts_event = ms_to_us(message["E"], "E") if "E" in message else ts_recv
-        result = FrameResult(stream=f"{raw.lower()}@depth", control=None)
+        result = FrameResult(stream=f"{raw.lower()}@depth@100ms")  # the depth stream the plan declares
         state = self._state(raw)
         self._pending.discard(raw)
         buffered = state.buffer[:]

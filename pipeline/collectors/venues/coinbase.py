@@ -5,12 +5,17 @@ across all channels; a jump is a gap on that connection and resubscribes ``level
 products whose books it carries (their next snapshot replaces the book). ``market_trades``
 reports the maker's side (a ``SELL`` prints at the ask, verified on the real capture), so the
 taker side is the opposite. Product ids (``BTC-USD``) are already ``BASE-QUOTE``.
+
+Feed-metric streams are per subscription and product (``level2:BTC-USD``, ``market_trades:BTC-USD``,
+``ticker:BTC-USD``), as the plan declares them: a frame counts under the streams of the products it
+carried. ``heartbeats`` and ``subscriptions`` are per connection and count under the connection.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import msgspec
@@ -49,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[list[Any], int, int, int, ConnectionPlan, FrameResult], None]
 TAKER = {"SELL": "buy", "BUY": "sell"}  # maker side -> taker side
+LEVEL2 = "level2"  # the subscription whose messages arrive on channel ``l2_data``
 
 
 class _Update(msgspec.Struct):
@@ -87,6 +93,7 @@ class Coinbase(Venue):
     rest_limit: ClassVar[RateLimit] = RateLimit(weight=10, period_s=1.0)
     max_products: ClassVar[int] = 100  # products per connection
     subscriptions: ClassVar[tuple[str, ...]] = ("heartbeats", "level2", "market_trades", "ticker")
+    data_subscriptions: ClassVar[tuple[str, ...]] = ("level2", "market_trades", "ticker")  # per product
     channels: ClassVar[dict[str, str]] = {
         "l2_data": "parse_level2",
         "market_trades": "parse_market_trades",
@@ -106,6 +113,7 @@ class Coinbase(Venue):
         self._seq: dict[str, int] = {}  # connection name -> last sequence_num
         self._products: dict[str, set[str]] = {}  # connection name -> products with books on it
         self._dispatch: dict[str, Handler] = {key: getattr(self, name) for key, name in self.channels.items()}
+        self._dispatch["ticker_batch"] = partial(self.parse_ticker, sub="ticker_batch")
 
     @staticmethod
     def symbol(raw: str) -> str:
@@ -119,7 +127,7 @@ class Coinbase(Venue):
         for start in range(0, len(self.symbols), self.max_products):
             products = self.symbols[start : start + self.max_products]
             frames = tuple(self.subscribe_frames(products, self.subscriptions))
-            streams = tuple(f"{c}:{p}" for c in self.subscriptions for p in products)
+            streams = tuple(f"{c}:{p}" for c in self.data_subscriptions for p in products)
             plans.append(ConnectionPlan(f"coinbase-{len(plans)}", self.ws_base, frames, products, streams))
         return plans
 
@@ -146,7 +154,7 @@ class Coinbase(Venue):
         channel = text(get(message, "channel"), "channel")
         seq = integer(get(message, "sequence_num"), "sequence_num")
         events = list_of(get(message, "events"), "events")
-        result = FrameResult(stream=channel)
+        result = FrameResult()
         handler = self._dispatch.get(channel)
         if handler is None and channel not in self.control:
             raise FrameError("unknown_channel", f"unknown channel {channel!r}")
@@ -160,7 +168,7 @@ class Coinbase(Venue):
 
     def _on_level2(self, frame: _Level2Frame, ts_recv: int, plan: ConnectionPlan) -> FrameResult:
         """:meth:`on_frame` for a typed ``l2_data`` message: the same checks in the same order."""
-        result = FrameResult(stream=frame.channel)
+        result = FrameResult()
         ts_event = iso_to_us(frame.timestamp, "timestamp")
         seq = frame.sequence_num
         self._check_sequence(plan, seq, result)
@@ -223,6 +231,7 @@ class Coinbase(Venue):
         if state is None:
             state = self._books[raw] = BookState(self.symbol(raw), raw, L2Book())
         self._products.setdefault(plan.name, set()).add(raw)
+        result.touch(f"{LEVEL2}:{raw}")
         if kind not in ("snapshot", "update"):
             raise FrameError("bad_type", f"l2_data event type {kind!r}")
         if not state.take(kind == "snapshot", bids, asks):
@@ -253,6 +262,7 @@ class Coinbase(Venue):
             for trade in list_of(get(dict_of(event, "event"), "trades"), "trades"):
                 trade = dict_of(trade, "trade")
                 raw = text(get(trade, "product_id"), "product_id")
+                result.touch(f"market_trades:{raw}")
                 maker = get(trade, "side")
                 side = TAKER.get(maker) if isinstance(maker, str) else None
                 if side is None:
@@ -275,7 +285,14 @@ class Coinbase(Venue):
                 )
 
     def parse_ticker(
-        self, events: list[Any], seq: int, ts_event: int, ts_recv: int, plan: ConnectionPlan, result: FrameResult
+        self,
+        events: list[Any],
+        seq: int,
+        ts_event: int,
+        ts_recv: int,
+        plan: ConnectionPlan,
+        result: FrameResult,
+        sub: str = "ticker",
     ) -> None:
         """``ticker`` -> ``Bbo`` when the best bid/ask and their quantities are present::
 
@@ -286,9 +303,10 @@ class Coinbase(Venue):
         for event in events:
             for ticker in list_of(get(dict_of(event, "event"), "tickers"), "tickers"):
                 ticker = dict_of(ticker, "ticker")
+                raw = text(get(ticker, "product_id"), "product_id")
+                result.touch(f"{sub}:{raw}")
                 if "best_bid_quantity" not in ticker or "best_ask_quantity" not in ticker:
                     continue
-                raw = text(get(ticker, "product_id"), "product_id")
                 bid = (dec(get(ticker, "best_bid"), "best_bid"), dec(ticker["best_bid_quantity"], "best_bid_quantity"))
                 ask = (dec(get(ticker, "best_ask"), "best_ask"), dec(ticker["best_ask_quantity"], "best_ask_quantity"))
                 result.records.append(venue_bbo("coinbase", self.symbol(raw), raw, bid, ask, ts_event, ts_recv, seq))
@@ -297,8 +315,7 @@ class Coinbase(Venue):
 def _typed_level2(raw: str | bytes) -> _Level2Frame | None:
     """An ``l2_data`` message that typed decoding fully describes, or ``None`` (then the generic
     path decodes it and reports whatever is wrong with it)."""
-    head = raw[:24]
-    if (b'"l2_data"' if isinstance(head, bytes) else '"l2_data"') not in head:
+    if (b'"l2_data"' not in raw[:24]) if isinstance(raw, bytes) else ('"l2_data"' not in raw[:24]):
         return None
     try:
         frame = _LEVEL2.decode(raw)

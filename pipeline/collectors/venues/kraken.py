@@ -11,8 +11,20 @@ Book checksum (v1 and v2): CRC32 over the top 10 asks ascending then the top 10 
 price and quantity with ``.`` removed and leading zeros stripped (wire text; v2 numbers are read
 with their JSON text kept). After each update the book is truncated to the subscribed depth. A
 mismatch resubscribes that pair's book only. Symbols: ``XBT`` -> ``BTC``, ``XDG`` -> ``DOGE``,
-``/`` -> ``-``. v1 trades carry no id: ``trade_id`` is ``<time>-<side>-<price>-<volume>`` (with
-``#n`` for repeats inside one frame), stable across reconnects.
+``/`` -> ``-``.
+
+v1 trade ids: v1 trades carry no id, no sequence number and no frame counter (the channel id changes
+with each subscription), only ``[price, volume, time, side, orderType, misc]`` with ``time`` in
+microseconds. ``trade_id`` is ``<time>-<side>-<price>-<volume>`` for the first trade with that key on
+a connection and ``<key>#<n>`` for the n-th repeat (n = 1, 2, ...), counted per connection and pair
+across frames, so two genuinely identical fills (same microsecond, side, price and volume, in one
+frame or in consecutive frames) get distinct ids. The count restarts when the connection
+(re)connects, so a frame delivered again on a new connection maps to the ids it had, and the
+runtime's trade dedup drops it; a genuinely identical fill on either side of a reconnect is the one
+case that cannot be told apart from a re-delivery (it would be dropped as one). Ids are
+deterministic: a capture replayed gives the same ids. Keys of past microseconds never recur (trades
+arrive in time order), so each (connection, pair) remembers only its last ``V1_TRADE_KEYS`` keys.
+v2 trades carry ``trade_id``.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ _decoder = msgspec.json.Decoder(float_hook=str)  # keep each JSON number's text 
 TO_COMMON = {"XBT": "BTC", "XDG": "DOGE"}
 TO_V1 = {common: v1 for v1, common in TO_COMMON.items()}
 V1_SIDES = {"b": "buy", "s": "sell"}
+V1_TRADE_KEYS = 4096  # per (connection, pair): recent v1 trade keys and how often each was seen
 
 
 def loads(raw: str | bytes) -> Any:
@@ -94,6 +107,7 @@ class Kraken(Venue):
         super().__init__(symbols, ws_url, rest_url)
         self._symbol_of: dict[str, str] = {}
         self._books: dict[str, BookState] = {}
+        self._v1_trades: dict[tuple[str, str], dict[str, int]] = {}  # (connection, pair) -> key -> times seen
         self._v1 = {key: getattr(self, name) for key, name in self.channels_v1.items()}
         self._v2 = {key: getattr(self, name) for key, name in self.channels_v2.items()}
 
@@ -137,6 +151,8 @@ class Kraken(Venue):
         return plans
 
     def on_connect(self, plan: ConnectionPlan) -> list[RestRequest]:
+        for key in [key for key in self._v1_trades if key[0] == plan.name]:
+            del self._v1_trades[key]  # v1 trade ids count repeats per connection
         for symbol in plan.symbols:
             state = self._books.get(self.to_raw(symbol))
             if state is not None:
@@ -150,7 +166,7 @@ class Kraken(Venue):
     def on_frame(self, raw: str | bytes, ts_recv: int, plan: ConnectionPlan) -> FrameResult:
         message = loads(raw)
         if isinstance(message, list):
-            return self._on_v1_data(message, ts_recv)
+            return self._on_v1_data(message, ts_recv, plan)
         if not isinstance(message, dict):
             raise FrameError("bad_type", f"expected an object or array, got {type(message).__name__}")
         if "channel" in message:
@@ -185,7 +201,7 @@ class Kraken(Venue):
             return FrameResult(control="ack")
         raise FrameError("unknown_channel", f"unknown method {method!r}")
 
-    def _on_v1_data(self, message: list[Any], ts_recv: int) -> FrameResult:
+    def _on_v1_data(self, message: list[Any], ts_recv: int, plan: ConnectionPlan) -> FrameResult:
         if len(message) < 4:
             raise FrameError("schema", "v1 data frame needs [channelID, payload, channelName, pair]")
         name = text(message[-2], "channelName")
@@ -195,7 +211,7 @@ class Kraken(Venue):
         if handler is None:
             raise FrameError("unknown_channel", f"unknown channel {name!r}")
         result = FrameResult(stream=f"{channel}:{raw}")
-        handler(message[1:-2], name, raw, ts_recv, result)
+        handler(message[1:-2], name, raw, ts_recv, result, plan)
         return result
 
     def _on_v2_data(self, message: dict[str, Any], ts_recv: int) -> FrameResult:
@@ -209,13 +225,15 @@ class Kraken(Venue):
         kind = get(message, "type")
         if kind not in ("snapshot", "update"):
             raise FrameError("bad_type", f"type: {kind!r}")
-        result = FrameResult(stream=channel)
+        result = FrameResult()
         for item in list_of(get(message, "data"), "data"):
             self._v2[channel](dict_of(item, "data item"), kind, ts_recv, result)
         return result
 
     # -- v1 ------------------------------------------------------------------------------------
-    def parse_book_v1(self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult) -> None:
+    def parse_book_v1(
+        self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult, plan: ConnectionPlan
+    ) -> None:
         """v1 ``book-<depth>``: a snapshot (``as``/``bs``), or updates (``a``/``b``, checksum ``c``)::
 
         [3648,{"a":[["0.00757900","4.54778714","1618678133.924992"]],"c":"1029270263"},"book-1000","KSM/XBT"]
@@ -253,13 +271,19 @@ class Kraken(Venue):
             "kraken", state, "snapshot" if snapshot else "delta", bids, asks, ts_event, ts_recv, result, checksum=crc
         )
 
-    def parse_trade_v1(self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult) -> None:
-        """v1 ``trade`` ([price, volume, time, side, orderType, misc]; side is the taker side)::
+    def parse_trade_v1(
+        self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult, plan: ConnectionPlan
+    ) -> None:
+        """v1 ``trade`` ([price, volume, time, side, orderType, misc]; side is the taker side; ids as the
+        module docstring says)::
 
         [993,[["354.55000000","1.25690315","1618678145.715785","b","m",""]],"trade","XMR/USD"]
         """
-        seen: dict[str, int] = {}
-        for row in list_of(get(payloads, 0), "trades"):
+        rows = list_of(get(payloads, 0), "trades")
+        seen = self._v1_trades.get((plan.name, raw)) or {}
+        trades: list[Trade] = []
+        counts: dict[str, int] = {}  # this frame's keys: merged into ``seen`` once the whole frame parsed
+        for row in rows:
             row = list_of(row, "trade")
             price, size = dec(get(row, 0), "price"), dec(get(row, 1), "volume")
             time = text(get(row, 2), "time")
@@ -268,9 +292,9 @@ class Kraken(Venue):
             if side is None:
                 raise FrameError("bad_type", f"side: {marker!r}")
             trade_id = f"{time}-{marker}-{price}-{size}"
-            repeat = seen.get(trade_id, 0)
-            seen[trade_id] = repeat + 1
-            result.records.append(
+            repeat = seen.get(trade_id, 0) + counts.get(trade_id, 0)
+            counts[trade_id] = counts.get(trade_id, 0) + 1
+            trades.append(
                 Trade(
                     exchange="kraken",
                     symbol=self.symbol(raw),
@@ -283,8 +307,17 @@ class Kraken(Venue):
                     ts_recv=ts_recv,
                 )
             )
+        result.records.extend(trades)  # a bad frame raised above: it goes to the DLQ and counts nothing
+        for key, count in counts.items():
+            seen[key] = seen.get(key, 0) + count
+        if counts:
+            self._v1_trades[(plan.name, raw)] = seen
+        while len(seen) > V1_TRADE_KEYS:
+            del seen[next(iter(seen))]
 
-    def parse_ticker_v1(self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult) -> None:
+    def parse_ticker_v1(
+        self, payloads: list[Any], name: str, raw: str, ts_recv: int, result: FrameResult, plan: ConnectionPlan
+    ) -> None:
         """v1 ``ticker`` -> ``Bbo`` (``a``/``b`` = [price, wholeLotVolume, lotVolume]; no event time)::
 
         [1668,{"a":["13.253900",35,"35.72892241"],"b":["13.232900",185,"185.18432037"],"c":["13.253900",
@@ -312,6 +345,7 @@ class Kraken(Venue):
          "asks":[],"checksum":2114181697,"timestamp":"2023-10-06T17:35:55.440295Z"}]}
         """
         raw = text(get(item, "symbol"), "symbol")
+        result.touch(f"book:{raw}")
         state = self._state(raw, self.book_depth)
         bids = [self._level_v2(level) for level in list_of(get(item, "bids"), "bids")]
         asks = [self._level_v2(level) for level in list_of(get(item, "asks"), "asks")]
@@ -344,6 +378,7 @@ class Kraken(Venue):
          "ord_type":"market","trade_id":4665906,"timestamp":"2023-09-25T07:49:37.708706Z"}]}
         """
         raw = text(get(item, "symbol"), "symbol")
+        result.touch(f"trade:{raw}")
         side = get(item, "side")
         if side not in ("buy", "sell"):
             raise FrameError("bad_type", f"side: {side!r}")
@@ -369,6 +404,7 @@ class Kraken(Venue):
          "high":0.10285,"change":-0.00017,"change_pct":-0.17}]}
         """
         raw = text(get(item, "symbol"), "symbol")
+        result.touch(f"ticker:{raw}")
         ts_event = iso_to_us(item["timestamp"], "timestamp") if "timestamp" in item else ts_recv
         result.records.append(
             venue_bbo(

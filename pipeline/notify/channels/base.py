@@ -20,6 +20,7 @@ from pipeline.notify.templates import compile_template
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+REDELIVERY_HEADER = "X-MarketPrism-Redelivery"  # "true" on a message sent again after a crash left it in doubt
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 
 Result = tuple[bool, str | None]
@@ -88,6 +89,8 @@ class HttpChannel:
     ) -> tuple[Result, httpx.Response | None]:
         """POST ``payload``; returns the classified result and the response (None on transport errors)."""
         headers = {IDEMPOTENCY_HEADER: batch.idempotency_key}
+        if batch.redelivery:
+            headers[REDELIVERY_HEADER] = "true"
         try:
             response = await self._client.post(url, json=payload, headers=headers)
         except httpx.HTTPError as exc:

@@ -13,7 +13,7 @@ import aiosmtplib
 from pydantic import Field, SecretStr
 
 from pipeline.notify.base import Batch, ChannelError
-from pipeline.notify.channels.base import ChannelConfigBase, Result, redact
+from pipeline.notify.channels.base import REDELIVERY_HEADER, ChannelConfigBase, Result, redact
 from pipeline.notify.templates import DEFAULT_TEXT, DEFAULT_TITLE, render
 
 IDEMPOTENCY_HEADER = "X-MarketPrism-Idempotency-Key"
@@ -48,6 +48,8 @@ class EmailChannel:
         message["Date"] = email.utils.formatdate(batch.ts / 1_000_000, usegmt=True)
         message["Message-ID"] = f"<{batch.idempotency_key}@marketprism>"
         message[IDEMPOTENCY_HEADER] = batch.idempotency_key
+        if batch.redelivery:  # the same Message-ID: mail clients that thread by it show one message
+            message[REDELIVERY_HEADER] = "true"
         message.set_content(render(self.config.text or DEFAULT_TEXT, batch) + "\n")
         return message
 

@@ -2,7 +2,8 @@
 ``truncatedAlerts``, ``status``, ``receiver``, ``groupLabels``, ``commonLabels``,
 ``commonAnnotations``, ``externalURL``, ``alerts[]`` with ``status, labels, annotations, startsAt,
 endsAt, generatorURL, fingerprint``), so any Alertmanager webhook receiver works unchanged. Extra
-fields a receiver may use: ``idempotencyKey`` (also the ``Idempotency-Key`` header), ``escalation``
+fields a receiver may use: ``idempotencyKey`` (also the ``Idempotency-Key`` header), ``redelivery``
+(also the ``X-MarketPrism-Redelivery`` header: sent again after a crash, same key), ``escalation``
 and, per alert, ``state``, ``severity``, ``rule``, ``value``."""
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def payload(batch: Batch, max_alerts: int = 0, external_url: str = "") -> dict[s
         ],
         "idempotencyKey": batch.idempotency_key,
         "escalation": batch.escalation,
+        "redelivery": batch.redelivery,
     }
 
 

@@ -1,4 +1,5 @@
-"""Through an HTTP proxy (websocket via CONNECT, REST via the proxy), and the subscription-ack check."""
+"""Through an HTTP proxy (websocket via CONNECT, REST via the proxy) and a real SOCKS5 proxy (pproxy), and the
+subscription-ack check."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from pipeline.contracts import Trade
 from pipeline.replay.server import ReplayServer
 from pipeline.settings import Settings, VenueSettings
 
@@ -100,3 +102,38 @@ async def test_no_ack_and_no_data_after_subscribing_reconnects(topics: Settings,
     finally:
         await server.stop()
     assert supervisor.reasons["AckTimeout"] >= 1
+
+
+async def test_websocket_and_rest_go_through_a_socks5_proxy(topics: Settings, tmp_path: Path, run_collector,
+                                                            toy) -> None:
+    """A real SOCKS5 server (pproxy) on loopback in front of the replay server: the collector's frames
+    and its REST snapshot flow through it, and the trades reach the topic."""
+    import pproxy
+
+    frames = [toy.trade_frame(0), '{"op":"snap","s":"BTC-USD"}', toy.trade_frame(1), toy.trade_frame(2)]
+    capture = toy.write_capture(tmp_path / "toy.txt", frames, rest={
+        f"{toy.ToyVenue.rest_url}/depth?symbol=BTC-USD": '{"b":"99.5","a":"100.5"}',
+    })
+    server = ReplayServer([capture])
+    await server.start()
+    relayed: list[str] = []  # pproxy logs each tunnel it opens: "socks5 client -> host:port"
+    socks = await pproxy.Server("socks5://127.0.0.1:0").start_server({"rserver": [], "verbose": relayed.append})
+    socks_port = socks.sockets[0].getsockname()[1]
+    settings = topics.model_copy(
+        update={"venues": {"kraken": VenueSettings(symbols=["BTC-USD"], proxy=f"socks5://127.0.0.1:{socks_port}")}}
+    )
+    venue = toy.ToyVenue(["BTC-USD"], ws_url=server.url_for(toy.TOY_WS), rest_url=server.url_for(toy.ToyVenue.rest_url))
+    try:
+        async with run_collector(settings, [venue]) as running:
+            runtime = running.collector.runtimes[0]
+            await toy.wait_for(lambda: runtime.rest.completed >= 1 and running.collector.frames >= 5)
+    finally:
+        await server.stop()
+        socks.close()
+        await socks.wait_closed()
+    tunnels = [line for line in relayed if line.startswith("socks5 ")]
+    assert len(tunnels) >= 2  # the websocket and the REST request
+    assert all(line.endswith(f"-> 127.0.0.1:{server.port}") for line in tunnels)
+    assert runtime.connections[0].sessions == 1 and runtime.dead_letters == 0
+    trades = [t for _, t in await toy.read_topic(topics, "md.trades.v1", Trade)]
+    assert sorted(t.trade_id for t in trades) == ["0", "1", "2"]

@@ -116,3 +116,49 @@ def test_dedup_memory_is_bounded_and_forgets_the_oldest() -> None:
     assert dedup.remembered("kraken", "BTC-USD") == 3
     assert not dedup.first_time(_trade("9"))
     assert dedup.first_time(_trade("0"))  # forgotten: evicted long ago
+
+
+def test_the_runtime_record_check_is_the_contract_except_level_patterns() -> None:
+    """The runtime re-checks every field of what it publishes; the levels' decimal pattern is checked
+    once, on input, by the venue modules (the fuzz and capture tests hold their records to the full
+    contract)."""
+    import msgspec
+
+    from pipeline.collectors.runtime import checker_for
+    from pipeline.contracts import BookUpdate, DecodeError, decode, decoder_for, encode
+
+    def book(**changes: object) -> bytes:
+        fields: dict[str, object] = dict(exchange="okx", symbol="BTC-USDT", raw_symbol="BTC-USDT", kind="delta",
+                                         bids=[("1.5", "2")], asks=[], ts_event=1, ts_recv=2, seq_last=7)
+        return encode(BookUpdate(**(fields | changes)))  # type: ignore[arg-type]
+
+    check = checker_for(BookUpdate)
+    assert msgspec.structs.asdict(check.decode(book())) == msgspec.structs.asdict(decode(BookUpdate, book()))
+    for bad in ({"symbol": "BTCUSDT"}, {"exchange": "nyse"}, {"kind": "full"}, {"ts_event": -1},
+                {"bids": [("1.5", 2)]}, {"asks": [("1.5",)]}, {"seq_last": "7"}):
+        with pytest.raises(DecodeError):
+            check.decode(book(**bad))
+    assert check.decode(book(bids=[("1e5", "2")])).bids == [("1e5", "2")]  # the pattern is the venue's check
+    with pytest.raises(DecodeError):
+        decode(BookUpdate, book(bids=[("1e5", "2")]))
+    assert checker_for(Trade) is decoder_for(Trade)  # other records: the full contract
+
+
+async def test_the_producer_partitions_exactly_like_aiokafkas_default() -> None:
+    """``make_producer``'s partitioner memoises key hashes (the collector's keys repeat); the partition
+    of every key is the default partitioner's, so records of one market stay in order on one partition."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipeline.kafka.clients import make_producer
+    from pipeline.kafka.producer import KeyHashPartitioner
+    from pipeline.settings import KafkaSettings
+
+    memo = KeyHashPartitioner(capacity=64)
+    for count in (1, 3, 4, 12):
+        partitions = list(range(count))
+        for n in range(300):  # past the capacity: the memo starts over, the answers do not change
+            key = f"binance:SYM{n % 150}-USDT".encode()
+            assert memo(key, partitions, partitions) == DefaultPartitioner()(key, partitions, partitions)
+    assert len(memo._hashes) <= 64
+    assert {memo(None, [0, 1, 2], [2]) for _ in range(20)} == {2}  # no key: a random available partition
+    assert isinstance(make_producer(KafkaSettings())._partitioner, KeyHashPartitioner)
