@@ -105,5 +105,6 @@ async def test_the_simulator_plays_its_scenario_on_the_shared_clock_from_its_ori
         await asyncio.wait_for(server.run(), 30)
     wall_at_end = time.time_ns() // 1000
     assert wall_at_end >= origin + 500_000 - 20_000  # 4 simulated s = 0.5 wall s after the origin
-    assert server.engine.now_us <= clock.now_us()
+    # the loop's timer may wake a millisecond early (its clock resolution): allow 50 simulated ms
+    assert server.engine.now_us <= clock.now_us() + 50_000
     assert clock.now_us() - server.engine.now_us < 4 * S  # not behind by more than a (loaded) wall half-second

@@ -57,6 +57,7 @@ class AggregatorConfig:
     batch_within_s: float = 0.05
     tick_s: float = 1.0
     commit_interval_s: float = 1.0
+    fetch_max_wait_ms: int = 100  # Faust hard-codes 1500; Tansu answers a waiting fetch only at its end
     checkpoint_s: float = 0.5  # a partition state is written at most this often (records commit after it)
     health_settle_us: int = 2_000_000
     stale_after_us: int = 5_000_000
@@ -164,6 +165,19 @@ async def ensure_internal_topics(settings: Settings) -> None:
         await admin.close()
 
 
+def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
+    """Set the fetch long-poll wait of Faust's aiokafka consumer (Faust hard-codes 1,500 ms).
+
+    Tansu does not answer a waiting Fetch when records arrive, only when the wait ends, so with
+    Faust's value a record produced while the worker waits reaches it up to 1.5 s later (bar latency
+    p50 ~0.8 s, p99 ~1.4 s at 10k trades/s). On Kafka a shorter wait only means more empty fetches.
+    """
+    try:
+        app.consumer._thread._ensure_consumer()._fetcher._fetch_max_wait_ms = wait_ms  # type: ignore[attr-defined]
+    except AttributeError as exc:  # another transport or Faust version: keep its default, say so
+        log.warning("cannot set the consumer's fetch wait (%s)", exc)
+
+
 def build_app(
     settings: Settings,
     config: AggregatorConfig | None = None,
@@ -251,6 +265,7 @@ def build_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def assigned(sender: object, assigned: set[Any], **kwargs: Any) -> None:
+        shorten_fetch_wait(app, config.fetch_max_wait_ms)
         mine = sorted(tp.partition for tp in assigned if tp.topic == trades_topic)
         log.info("aggregator assigned %s partitions %s", trades_topic, mine)
 

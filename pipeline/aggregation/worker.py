@@ -234,7 +234,10 @@ class BarWorker:
         from the log start when retention removed it (the engine then continues from there).
         """
         assert self.seek is not None
+        assigned = self.assignment() if self.assignment is not None else None
         for (topic, partition), offset in gaps.items():
+            if assigned is not None and (topic, partition) not in assigned:
+                continue  # revoked meanwhile: the next owner reads from the committed offset
             start = (await self.log_start(topic, partition)) if self.log_start is not None else 0
             if offset < start:
                 log.warning("%s[%d]: records %d..%d are gone (retention); continuing at %d", topic, partition,

@@ -137,6 +137,9 @@ def evaluate_cmd(
     from_us: Annotated[int | None, typer.Option(help="evaluate from this simulated time (epoch us)")] = None,
     to_us: Annotated[int | None, typer.Option(help="... up to this one (e.g. where a worker stopped)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the evaluation as JSON")] = None,
+    series_file: Annotated[
+        Path | None, typer.Option("--series", help="also count these series ids (one a line, e.g. a dump's series.txt)")
+    ] = None,
 ) -> None:
     """Recall and latency per simulator incident, and false anomalies per series-hour (docs/anomaly.md)."""
     import asyncio
@@ -161,6 +164,8 @@ def evaluate_cmd(
         captured = Capture.load(dump_in)
     else:
         captured = asyncio.run(capture(settings, follow=follow, dump=dump, inputs=inputs))
+    if series_file is not None:  # a worker that ran briefly has not checkpointed (so not named) every series
+        captured.series |= set(series_file.read_text().split())
     ev = evaluate(
         read_labels(labels), captured.anomalies, captured.series, Options(
             within_s=within, slack_s=slack, lead_s=lead, from_us=from_us, to_us=to_us

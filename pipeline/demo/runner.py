@@ -261,9 +261,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         lag_groups = [SINK_GROUP, f"{run.prefix}aggregator", f"{run.prefix}anomaly"]
         children.start(
             "alerts",
-            # lag probed every 5 s (production: 15 s) so the sink-down fault's SinkStalled resolves inside the run
-            ["alerts", "run", "--rules", str(demo_rules), "--lag-interval", "5s",
-             *(a for g in lag_groups for a in ("--lag-group", g))],
+            ["alerts", "run", "--rules", str(demo_rules), *(a for g in lag_groups for a in ("--lag-group", g))],
             metrics_env(),
         )
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())

@@ -41,11 +41,12 @@ EXPECTED_RULES: dict[str, tuple[str, ...]] = {
     "sink_down": ("SinkStalled",),
 }
 # Other alerts an incident rightly causes (they are not false alarms): a stalled symbol's message rate collapses, a
-# price that was frozen or diverging jumps when it resumes, a lagging venue's trades arrive too late for its bars
-# and its feed lag is forecast to breach its limit, a reconnecting venue replays trades (lag again).
+# frozen book sends no book updates (its book stream stalls), a price that was frozen or diverging jumps when it
+# resumes, a lagging venue's trades arrive too late for its bars and its feed lag is forecast to breach its limit, a
+# reconnecting venue replays trades (lag again).
 CONSEQUENCES: dict[str, tuple[str, ...]] = {
     "feed_stall": ("MessageRateCollapse",),
-    "frozen_price": ("PriceSpikeAnomaly",),
+    "frozen_price": ("PriceSpikeAnomaly", "FeedStalled", "MessageRateCollapse"),
     "venue_divergence": ("PriceSpikeAnomaly",),
     "disconnect_storm": ("FeedStalled", "MessageRateCollapse", "CapacityBreachPredicted"),
     "latency_increase": ("DeadLetterRate", "CapacityBreachPredicted"),

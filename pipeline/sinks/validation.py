@@ -6,9 +6,9 @@ the same struct with the ``pattern`` of every top-level string field lifted (eve
 literal, type, default and option kept), and :class:`ListValidator` decodes a list with it, then runs
 each lifted pattern with the same ``re`` pattern and ``search`` over the distinct values of the
 decoded column (a batch's symbols, prices and sizes repeat a lot), so the values accepted are exactly
-those the contract's decoder accepts. A list with any value that
-fails is reported as a whole (``None``); the caller then converts it one record at a time with the
-contract's own decoder, which isolates the bad records as dead letters.
+those the contract's decoder accepts. A list with any value that fails is reported as a whole
+(``None``); the caller then converts it one record at a time with the contract's own decoder, which
+isolates the bad records as dead letters.
 """
 
 from __future__ import annotations
@@ -74,9 +74,17 @@ def lifted(record_type: type[Record]) -> tuple[type[msgspec.Struct], tuple[tuple
             fields.append((f.name, annotation, msgspec.field(default_factory=f.default_factory)))
         else:
             fields.append((f.name, annotation))
-    # A subclass redeclaring every field in its order: options (frozen, unknown fields, renames,
-    # tags) and any ``__post_init__`` are inherited, field order and names stay.
-    loose = msgspec.defstruct(f"Lifted{record_type.__name__}", fields, bases=(record_type,), kw_only=True)
+    # A subclass redeclaring every field in its order: options (frozen, unknown fields, renames) and
+    # any ``__post_init__`` are inherited, field order and names stay; a tag is the parent's own.
+    config = record_type.__struct_config__
+    loose = msgspec.defstruct(
+        f"Lifted{record_type.__name__}",
+        fields,
+        bases=(record_type,),
+        kw_only=True,
+        tag=config.tag,
+        tag_field=config.tag_field,
+    )
     return loose, tuple(checks)
 
 

@@ -67,7 +67,7 @@ def _record_type_check(topic_index: int, draws: list[dict[str, object]]) -> None
 
 
 @pytest.mark.parametrize("topic_index", range(len(TOPICS)), ids=[t.name for t in TOPICS])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_list_validation_accepts_exactly_what_the_contract_accepts(topic_index: int, data: st.DataObject) -> None:
     fields = [name for name, _, _ in lifted(TOPICS[topic_index].record_type)[1]]
