@@ -4,19 +4,30 @@ Session fixtures start a Tansu broker and (when installed) a Debian clickhouse-s
 loopback ports in temp dirs, and stop them by PID at the end. Each test gets its own topic prefix
 on the shared broker, so tests never see each other's records. Tests marked ``shared`` need the
 real captures in ``../shared`` and skip cleanly when it is absent.
+
+Shared helpers (import them as ``from tests.conftest import ...``: the suite runs in importlib mode):
+:func:`read_to_end` and :func:`read_records` read topics back from the broker to their true log end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 
+from pipeline.contracts import Record, decode
 from pipeline.infra import InfraError, broker_service, clickhouse_server_binary, clickhouse_service, free_port
+from pipeline.kafka.clients import make_consumer
+from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import KafkaSettings, Settings
+
+R = TypeVar("R", bound=Record)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
@@ -117,3 +128,40 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clic
         yield ClickHouseServer(service.host, tcp, http, service)
     finally:
         service.stop()
+
+
+async def read_to_end(settings: Settings, *names: str, limit_s: float = 120.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of the topics ``names`` (registry names, read under ``settings.topic_prefix``) from
+    their start to their log end: topic by topic (in the order given), partition by partition, in offset
+    order. The partitions are the broker's; the ends are taken once, at the call, with
+    :func:`pipeline.kafka.offsets.log_end_offsets` (Tansu's ListOffsets reports the start of the last batch,
+    which would stop a read early), so records appended meanwhile may or may not be included. Fails with
+    ``TimeoutError`` after ``limit_s`` instead of hanging when an end is never reached."""
+    consumer = make_consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetch the metadata that partitions_for_topic answers from
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in map(settings.topic, names)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await log_end_offsets(settings.kafka, partitions)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(limit_s):
+            for tp in partitions:
+                while await consumer.position(tp) < ends[tp]:
+                    out += (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_records(settings: Settings, name: str, record_type: type[R]) -> list[R]:
+    """Every record of topic ``name`` decoded (and validated) as ``record_type``, in the order of
+    :func:`read_to_end`."""
+    return [decode(record_type, m.value) for m in await read_to_end(settings, name)]

@@ -15,7 +15,8 @@ Bar latency: trades at ``rate``/s with ``ts_event = now``, batched as above (so 
 included); a 1s window's watermark passes its end + grace with the first trade stamped at or after
 ``window_end + lateness + grace``, made at that wall time; latency is the bar record's timestamp
 (set by the worker's producer when it sends the bar) minus that instant, so a slow reader in the
-bench process does not count.
+bench process does not count. ``latency_repeats`` runs are reported as medians; ``latency_baseline``
+(worker options, e.g. a former tuning) adds a second variant run alternately with the defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,8 @@ class BenchPlan:
     repeats: int
     load_rate: int = 50_000
     naive_trades: int = 0  # trades the naive agent is measured on (0: all; it is ~20x slower)
+    latency_repeats: int = 1  # bar latency runs (each variant; median p50/p99 reported)
+    latency_baseline: tuple[str, ...] = ()  # worker options of a tuning to compare, run alternately in the same run
 
 
 @dataclass
@@ -237,13 +241,16 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
-async def bar_latency(settings: Settings, plan: BenchPlan, state: Path) -> tuple[list[float], float]:
+async def bar_latency(
+    settings: Settings, plan: BenchPlan, state: Path, worker_args: Sequence[str] = ()
+) -> tuple[list[float], float]:
     """Bar latencies (ms) of 1s bars at ``plan.rate`` trades/s of live-stamped trades, batched as the
-    collectors batch them; and the worker's CPU share (CPU-seconds per second) during the run."""
+    collectors batch them; and the worker's CPU share (CPU-seconds per second) during the run.
+    ``worker_args`` are extra ``marketprism worker`` options (a tuning to compare)."""
     await apply(settings.kafka, load_registry(), settings.topic_prefix)
     await ensure_internal_topics(settings)
     worker = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "marketprism"), "worker", env=_env(settings, state),
+        str(Path(sys.executable).parent / "marketprism"), "worker", *worker_args, env=_env(settings, state),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     watched = psutil.Process(worker.pid)
@@ -339,7 +346,16 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
         naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warn"]
         naive_count = plan.naive_trades or plan.trades
         results["naive"].append(await faust_throughput(run, naive, NAIVE_METRIC, naive_count, state))
-    latencies, cpu_share = await bar_latency(_prefixed(settings), plan, state)
+    variants = {"worker defaults": ()} | (
+        {" ".join(plan.latency_baseline): plan.latency_baseline} if plan.latency_baseline else {}
+    )
+    latency_runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in variants}
+    for _ in range(plan.latency_repeats):
+        for name, args in variants.items():  # alternated, so load drifts hit both alike
+            latencies, cpu_share = await bar_latency(_prefixed(settings), plan, state, args)
+            latency_runs[name].append(
+                (_percentile(latencies, 50), _percentile(latencies, 99), cpu_share, len(latencies))
+            )
     median = {k: Rate(_median([r.per_s for r in v]), _median([r.per_cpu_s for r in v])) for k, v in results.items()}
     names = {
         "raw": "raw aiokafka getmany+decode, md.trades.v1",
@@ -360,7 +376,13 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
         f"worker / naive = {median['worker'].per_s / median['naive'].per_s:.1f}x "
         f"(per CPU-s {median['worker'].per_cpu_s / median['naive'].per_cpu_s:.1f}x), "
         f"worker / raw = {median['worker'].per_s / median['raw'].per_s:.2f}x",
-        f"bar latency at {plan.rate} trades/s ({len(latencies)} 1s bars, worker CPU {cpu_share:.2f} CPU-s/s): "
-        f"p50 {_percentile(latencies, 50):.0f} ms, p99 {_percentile(latencies, 99):.0f} ms",
+        *(
+            f"bar latency at {plan.rate} trades/s, {name} ({_median([r[3] for r in runs]):.0f} 1s bars per run, worker "
+            f"{_median([r[2] for r in runs]):.2f} CPU-s/s): p50 {_median([r[0] for r in runs]):.0f} ms, "
+            f"p99 {_median([r[1] for r in runs]):.0f} ms (runs p50/p99: "
+            + ", ".join(f"{r[0]:.0f}/{r[1]:.0f}" for r in runs)
+            + ")"
+            for name, runs in latency_runs.items()
+        ),
     ]
     return "\n".join(lines)

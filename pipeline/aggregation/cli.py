@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 from typing import Annotated
 
 import typer
@@ -16,6 +17,13 @@ LatenessOption = Annotated[int, typer.Option(help="allowed lateness (ms): waterm
 GraceOption = Annotated[int, typer.Option(help="grace (ms) a window stays open after the watermark passes its end")]
 IdleOption = Annotated[int, typer.Option(help="idle timeout (ms) after which a quiet partition follows the clock")]
 BatchOption = Annotated[int, typer.Option(help="max records per processing batch")]
+WithinOption = Annotated[
+    int | None, typer.Option(help="max wait (ms) to fill a processing batch (default: AggregatorConfig)")
+]
+FetchWaitOption = Annotated[
+    int | None, typer.Option(help="consumer fetch long-poll wait (ms); Tansu answers only at its end")
+]
+CheckpointOption = Annotated[int | None, typer.Option(help="min interval (ms) between state writes of a partition")]
 
 
 def worker_command(
@@ -24,6 +32,9 @@ def worker_command(
     grace_ms: GraceOption = 500,
     idle_timeout_ms: IdleOption = 3000,
     batch_max: BatchOption = 10_000,
+    batch_within_ms: WithinOption = None,
+    fetch_wait_ms: FetchWaitOption = None,
+    checkpoint_ms: CheckpointOption = None,
 ) -> None:
     """Run the aggregation worker: trades and BBOs -> 1s/1m bars, feed health, reference prices."""
     import faust
@@ -39,7 +50,15 @@ def worker_command(
     # pipeline time: idle timeouts and feed health (the tick stays once a wall second: what it ships is bucketed by
     # pipeline second, so an accelerated clock only makes each tick cover more of it)
     clock = from_settings(settings.clock)
-    app = build_app(settings, AggregatorConfig(policy=policy, batch_max=batch_max), clock=clock.now_us)
+    tuning: dict[str, float] = {}  # unset options keep AggregatorConfig's defaults
+    if batch_within_ms is not None:
+        tuning["batch_within_s"] = batch_within_ms / 1000
+    if fetch_wait_ms is not None:
+        tuning["fetch_max_wait_ms"] = fetch_wait_ms
+    if checkpoint_ms is not None:
+        tuning["checkpoint_s"] = checkpoint_ms / 1000
+    config = AggregatorConfig(policy=policy, batch_max=batch_max, **tuning)  # type: ignore[arg-type]
+    app = build_app(settings, config, clock=clock.now_us)
     serve_metrics(settings.metrics_port)
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
@@ -53,11 +72,18 @@ def bench_aggregate(
     repeats: Annotated[int, typer.Option(help="throughput runs per contender (median reported)")] = 3,
     load_rate: Annotated[int, typer.Option(help="trades/s the preloaded batches are formed at")] = 50_000,
     naive_trades: Annotated[int, typer.Option(help="trades the slow naive agent is measured on (0: all)")] = 0,
+    latency_repeats: Annotated[int, typer.Option(help="bar latency runs per variant (median reported)")] = 1,
+    latency_baseline: Annotated[
+        str, typer.Option(help='worker options to compare latency with, e.g. "--fetch-wait-ms 100" (alternated)')
+    ] = "",
 ) -> None:
     """Trades/s per worker and bar latency, next to a raw aiokafka consumer and a naive Faust agent."""
     from pipeline.aggregation.bench import BenchPlan, run_bench
 
     settings: Settings = ctx.obj
-    plan = BenchPlan(trades, symbols, rate, seconds, repeats, load_rate, naive_trades)
+    plan = BenchPlan(
+        trades, symbols, rate, seconds, repeats, load_rate, naive_trades, latency_repeats,
+        tuple(shlex.split(latency_baseline)),
+    )  # fmt: skip
     report = asyncio.run(run_bench(settings, plan))
     typer.echo(report)

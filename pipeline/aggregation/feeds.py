@@ -1,5 +1,6 @@
 """The health/reference worker: merges every bar worker's partials and the collectors' feed metrics,
-and publishes ``ops.feed_metrics.v1`` (``source="aggregator"``) and ``md.reference.v1`` each second.
+and publishes ``ops.feed_metrics.v1`` (``source="aggregator"``) and ``md.reference.v1`` on each tick (a
+reference only for the assets with a newer quote, stamped with that quote's time: :mod:`.reference`).
 
 Its inputs are keyed by ``exchange:stream`` / asset, so one worker owns each venue stream and each
 asset whatever the number of workers. Its state is in memory: after a restart it is rebuilt from

@@ -146,7 +146,8 @@ def evaluate_leaf(leaf: Leaf, state: LeafState, at: int, peers: Peers | None, me
         return bool(fresh and state.value is not None and state.value >= leaf.min_score), state.value
     if isinstance(leaf, Forecast):
         fresh = age < leaf.hold and state.value is not None
-        return bool(fresh and state.value is not None and state.value * 1_000_000 <= leaf.horizon), state.value
+        lead = None if state.value is None else state.value * 1_000_000
+        return bool(fresh and lead is not None and leaf.min_lead <= lead <= leaf.horizon), state.value
     if isinstance(leaf, Divergence):
         own = price_at((peers or {}).get(me, []), at, leaf.max_age)
         if own is None:

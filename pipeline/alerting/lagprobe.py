@@ -4,6 +4,14 @@ workers) from the broker and publishes it as ``ConsumerLag`` records on ``ops.co
 A sink that cannot reach ClickHouse stops committing, so its lag grows: that is how the rule engine
 sees an unreachable database without the sink having to say so. The engine reads the probe's
 records back from the topic like any input, so replays stay deterministic.
+
+Every broker call of a round has a wall-time budget (``call_timeout_s``): a call not answered in time (an
+offset fetch held while the group rebalances after its member was killed, say) is abandoned and the round goes
+on with what it knows, so one slow answer cannot stall the rounds after it. The log ends are read once per
+partition (:func:`log_ends_now`): reading "until nothing more comes" never ends on a topic written all the
+time. A group's committed offsets only move forward and stay put while it has no live member (a killed sink),
+so when the fetch is not answered the round reuses the last offsets it got for the group: its lag keeps being
+published against fresh log ends, and keeps growing while nobody commits.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -20,9 +29,8 @@ from aiokafka.errors import KafkaError
 from pipeline.clock import Clock
 from pipeline.contracts import encode, load_registry
 from pipeline.contracts.records import ConsumerLag
-from pipeline.kafka.clients import client_options
-from pipeline.kafka.offsets import log_end_offsets
-from pipeline.settings import Settings
+from pipeline.kafka.clients import client_options, make_consumer
+from pipeline.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +43,27 @@ def default_groups(settings: Settings) -> list[str]:
     return [f"{prefix}marketprism-sink", f"{prefix}aggregator", f"{prefix}anomaly"]
 
 
-async def measure(settings: Settings, admin: AIOKafkaAdminClient, group: str, at: int) -> list[ConsumerLag]:
-    """One record per topic the group has committed offsets on (none when the group never committed)."""
+CALL_TIMEOUT_S = 5.0  # wall seconds one broker call of a round may take
+
+
+async def committed_offsets(
+    settings: Settings, admin: AIOKafkaAdminClient, group: str, timeout_s: float = CALL_TIMEOUT_S
+) -> dict[TopicPartition, int]:
+    """The group's committed offsets on the registry's topics (TimeoutError past ``timeout_s``)."""
     # Ask for the registry's partitions by name: brokers differ in answering "all partitions" (Tansu fails it).
     wanted = [TopicPartition(settings.topic(t.name), p) for t in load_registry() for p in range(t.partitions)]
-    answer = await admin.list_consumer_group_offsets(group, partitions=wanted)
-    committed = {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
+    answer = await asyncio.wait_for(admin.list_consumer_group_offsets(group, partitions=wanted), timeout_s)
+    return {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
+
+
+async def lag_records(
+    settings: Settings, group: str, committed: dict[TopicPartition, int], at: int, timeout_s: float = CALL_TIMEOUT_S
+) -> list[ConsumerLag]:
+    """One record per topic of ``committed`` against the partitions' log ends now (TimeoutError past
+    ``timeout_s``)."""
     if not committed:
         return []
-    ends = await log_end_offsets(settings.kafka, committed)
+    ends = await asyncio.wait_for(log_ends_now(settings.kafka, committed, timeout_s), timeout_s)
     per_topic: dict[str, list[TopicPartition]] = defaultdict(list)
     for tp in committed:
         per_topic[tp.topic].append(tp)
@@ -64,6 +84,49 @@ async def measure(settings: Settings, admin: AIOKafkaAdminClient, group: str, at
     return out
 
 
+async def log_ends_now(
+    kafka: KafkaSettings, partitions: Iterable[TopicPartition], budget_s: float = CALL_TIMEOUT_S
+) -> dict[TopicPartition, int]:
+    """The offset after the last record of each partition, as of this call.
+
+    Like :func:`pipeline.kafka.offsets.log_end_offsets` (ListOffsets, then read from the reported end minus one:
+    Tansu reports the base offset of a partition's last batch plus one), but a partition is read once, not until
+    nothing more comes: on a topic that is written all the time "nothing more" never comes, and a probe round
+    must end. Partitions that gave nothing within ``budget_s`` keep the ListOffsets answer."""
+    tps = list(partitions)
+    if not tps:
+        return {}
+    consumer = make_consumer(kafka, group_id=None, max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        ends = dict(await consumer.end_offsets(tps))
+        pending = {tp for tp in tps if ends[tp] > 0}
+        if not pending:
+            return ends
+        consumer.assign(list(pending))
+        for tp in pending:
+            consumer.seek(tp, ends[tp] - 1)
+        deadline = asyncio.get_running_loop().time() + budget_s / 2
+        while pending and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=300)
+            if not batch:
+                break
+            for tp, messages in batch.items():
+                if messages:
+                    ends[tp] = max(ends[tp], messages[-1].offset + 1)
+                    pending.discard(tp)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def measure(
+    settings: Settings, admin: AIOKafkaAdminClient, group: str, at: int, timeout_s: float = CALL_TIMEOUT_S
+) -> list[ConsumerLag]:
+    """One record per topic the group has committed offsets on (none when the group never committed)."""
+    return await lag_records(settings, group, await committed_offsets(settings, admin, group, timeout_s), at, timeout_s)
+
+
 async def run_probe(
     settings: Settings,
     producer: AIOKafkaProducer,
@@ -71,25 +134,66 @@ async def run_probe(
     interval_s: float,
     clock: Clock,
     stop: asyncio.Event,
+    call_timeout_s: float = CALL_TIMEOUT_S,
 ) -> None:
-    """Measure every ``interval_s`` until ``stop``; broker errors are logged and retried next round."""
+    """Measure every ``interval_s`` (pipeline time) until ``stop``. A broker error or a call past
+    ``call_timeout_s`` is logged and the round goes on; a group whose offsets are not answered is measured from
+    its last answered offsets; rounds start on schedule whatever the last one took."""
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
+    known: dict[str, dict[TopicPartition, int]] = {}  # group -> its last committed offsets answered
+    stale_admin = False
     try:
+        next_round = clock.monotonic()
         while not stop.is_set():
             at = clock.now_us()
             for group in groups:
+                if stale_admin:  # an abandoned request may still hold the old client's connection
+                    admin, stale_admin = await _fresh_admin(settings, admin, call_timeout_s)
+                committed = known.get(group)
                 try:
-                    records = await measure(settings, admin, group, at)
-                except KafkaError as exc:
-                    log.warning("lag of group %s not measured: %s", group, exc)
+                    if stale_admin:
+                        raise KafkaError("no admin client")
+                    committed = known[group] = await committed_offsets(settings, admin, group, call_timeout_s)
+                except (TimeoutError, KafkaError) as exc:
+                    stale_admin = stale_admin or isinstance(exc, TimeoutError)
+                    log.warning(
+                        "committed offsets of group %s not answered (%s)%s", group, exc or f"{call_timeout_s}s",
+                        ": using the last answered" if committed else "",
+                    )
+                if not committed:
+                    continue
+                try:
+                    records = await lag_records(settings, group, committed, at, call_timeout_s)
+                except (TimeoutError, KafkaError) as exc:
+                    log.warning("log ends for group %s not answered (%s)", group, exc or f"{call_timeout_s}s")
                     continue
                 for record in records:
                     await producer.send(
                         settings.topic(LAG_TOPIC), encode(record), key=f"{record.group}:{record.topic}".encode()
                     )
-            await producer.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s / clock.speed)  # interval_s of pipeline time
+                await asyncio.wait_for(producer.flush(), call_timeout_s)
+            next_round += interval_s
+            if next_round <= clock.monotonic():
+                next_round = clock.monotonic()  # behind schedule: start the next round now, do not burst
+            with contextlib.suppress(TimeoutError):  # interval_s of pipeline time after the last round began
+                await asyncio.wait_for(stop.wait(), (next_round - clock.monotonic()) / clock.speed)
     finally:
-        await admin.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(admin.close(), call_timeout_s)
+
+
+async def _fresh_admin(
+    settings: Settings, admin: AIOKafkaAdminClient, timeout_s: float
+) -> tuple[AIOKafkaAdminClient, bool]:
+    """A new admin client in place of ``admin``; (client, True) when it did not start in time (retry later)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(admin.close(), timeout_s)
+    fresh = AIOKafkaAdminClient(**client_options(settings.kafka))
+    try:
+        await asyncio.wait_for(fresh.start(), timeout_s)
+    except (TimeoutError, KafkaError) as exc:
+        log.warning("lag probe: admin client not started (%s)", exc or f"{timeout_s}s")
+        return fresh, True
+    return fresh, False

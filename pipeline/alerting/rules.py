@@ -141,11 +141,14 @@ class AnomalyScore(_Leaf):
 
 
 class Forecast(_Leaf):
-    """An ``ops.anomalies.v1`` forecast predicting a threshold crossing within ``horizon``."""
+    """An ``ops.anomalies.v1`` forecast predicting a threshold crossing within ``horizon`` and no sooner than
+    ``min_lead`` (a breach due sooner is imminent, not predicted: the threshold rules answer it, and a forecast
+    that short is mostly a transient ramp)."""
 
     type: Literal["forecast"]
     source: str = "anomalies"
     horizon: Duration
+    min_lead: Duration = 0
     hold: Duration = 120_000_000
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aggregation_harness import WorkerProcess, assigned_in, frames_of, produce, produce_trades, read_topic
+from prometheus_client import REGISTRY
 
 from pipeline.aggregation.health import FeedHealthTracker, FeedStatsCollector, health_score
 from pipeline.aggregation.reference import ReferenceTracker, asset_of
@@ -77,9 +78,12 @@ def test_reference_is_the_median_without_stale_or_diverging_venues() -> None:
     assert price.excluded == {"kraken:BTC-USD": "diverging", "okx:BTC-USDC": "stale"}
     assert price.divergence_bps["kraken:BTC-USD"] == pytest.approx(
         float((Decimal(37000) - Decimal("36501.5")) / Decimal("36501.5")) * 1e4, abs=1e-4)  # fmt: skip
+    assert price.ts_event == T - int(0.1 * S)  # the newest quote's ts_recv, not the time we computed it
     tracker.observe(mid("binance", "BTC-USDT", "36500.5", 10))  # an older quote never replaces a newer one
-    assert tracker.compute(T)[0].price == "36501.5"
-    assert tracker.compute(T + 100 * S) == []  # every venue stale: no reference
+    assert tracker.compute(T + 100 * S) == []  # no quote moved on: nothing repeated under a later time
+    tracker.observe(mid("coinbase", "BTC-USD", "36501.5", 0))
+    (again,) = tracker.compute(T + 100 * S)  # however far behind we are, new quotes make a new reference
+    assert (again.ts_event, again.price, again.excluded) == (T, "36501.5", price.excluded)
 
 
 async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_path: Path) -> None:
@@ -153,3 +157,50 @@ def test_reference_without_consensus_excludes_nobody_for_diverging() -> None:
         tracker.observe(partial)
     (price,) = tracker.compute(T)
     assert (price.price, price.venues, price.excluded) == ("110", 4, {})
+
+
+def test_a_venue_that_stops_is_excluded_once_the_others_move_on() -> None:
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, lagging_after_us=30 * S)
+    for second in range(10):  # okx stops after its quote at second 2; the others quote every second
+        for exchange, symbol, value in (("binance", "BTC-USDT", "100"), ("coinbase", "BTC-USD", "100.2"),
+                                        ("okx", "BTC-USDT", "100.1")):  # fmt: skip
+            if exchange != "okx" or second <= 2:
+                tracker.observe(MidPartial(exchange, symbol, value, T + second * S, T + second * S))
+        refs = tracker.compute(T + second * S + 200_000)
+        (ref,) = refs
+        assert ref.ts_event == T + second * S
+        if second - 2 <= 5:  # okx's last quote is at most 5 s older than the newest: still in
+            assert (ref.price, ref.venues, ref.excluded) == ("100.1", 3, {})
+        else:
+            assert (ref.price, ref.venues, ref.excluded) == ("100.1", 2, {"okx:BTC-USDT": "stale"})
+            assert ref.mids["okx:BTC-USDT"] == "100.1"  # still reported, with its divergence
+    assert tracker.compute(T + 60 * S) == []  # every venue stopped: no more references
+
+
+def test_reference_is_published_while_all_venues_lag_together() -> None:
+    """Our own lag (a loaded machine, an accelerated demo) makes every quote old by the same amount:
+    the reference is still published, stamped with the quotes' time, and counted as lagging."""
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, lagging_after_us=30 * S)
+    lagging = REGISTRY.get_sample_value("marketprism_aggregation_reference_lagging_total", {"asset": "ETH-USD"}) or 0
+    for second, behind_s in ((0, 1), (1, 20), (2, 120), (3, 246)):  # how far the aggregator trails the quotes
+        for exchange, symbol, value in (("binance", "ETH-USDT", "2000"), ("coinbase", "ETH-USD", "2000.4"),
+                                        ("kraken", "ETH-USD", "2000.2")):  # fmt: skip
+            tracker.observe(MidPartial(exchange, symbol, value, T + second * S - 1000, T + second * S))
+        (ref,) = tracker.compute(T + second * S + behind_s * S)
+        assert (ref.asset, ref.ts_event, ref.price, ref.venues, ref.excluded) == (
+            "ETH-USD", T + second * S, "2000.2", 3, {})  # fmt: skip
+        lag = REGISTRY.get_sample_value("marketprism_aggregation_reference_lag_seconds", {"asset": "ETH-USD"})
+        assert lag == behind_s
+    after = REGISTRY.get_sample_value("marketprism_aggregation_reference_lagging_total", {"asset": "ETH-USD"})
+    assert after == lagging + 2  # 120 s and 246 s behind: past lagging_after_us, published anyway
+
+
+def test_one_of_three_fresh_venues_diverging_is_excluded() -> None:
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50)
+    for exchange, symbol, value, age_s in (("binance", "SOL-USDT", "60.00", 0.5), ("coinbase", "SOL-USD", "60.06", 0),
+                                           ("kraken", "SOL-USD", "61.00", 4.9)):  # fmt: skip
+        tracker.observe(mid(exchange, symbol, value, age_s))
+    (ref,) = tracker.compute(T + 90 * S)  # far behind pipeline time: judged among the quotes, kraken is fresh
+    assert (ref.price, ref.venues, ref.excluded) == ("60.03", 2, {"kraken:SOL-USD": "diverging"})
+    assert ref.divergence_bps["kraken:SOL-USD"] == pytest.approx(
+        float((Decimal("61.00") - Decimal("60.03")) / Decimal("60.03")) * 1e4, abs=1e-4)  # fmt: skip

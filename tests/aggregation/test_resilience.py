@@ -126,7 +126,8 @@ async def test_two_workers_split_partitions_and_a_rebalance_keeps_bars(topics: S
         await stop_after(stop, SECONDS)
         await all_expected_bars(topics, await producing)
         mine, theirs = last_assignment(first.log_text()), last_assignment(second.log_text())
-        assert mine and theirs and not set(mine) & set(theirs)
+        logs = f"first worker:\n{first.log_text()[-3000:]}\nsecond worker:\n{second.log_text()[-3000:]}"
+        assert mine and theirs and not set(mine) & set(theirs), logs
         assert sorted(mine + theirs) == list(range(6))
     finally:
         producing.cancel()

@@ -146,6 +146,22 @@ rules:
     assert sc.alerts[0].annotations["summary"] == "binance:BTC-USDT:1s:lag_p99_ms breach in 300s"
 
 
+def test_forecast_sooner_than_min_lead_is_not_a_prediction(scenario, rec) -> None:  # type: ignore[no-untyped-def]
+    sc = scenario("""
+rules:
+  - name: Capacity
+    severity: P3
+    by: [series_id]
+    condition: {type: forecast, horizon: 10m, min_lead: 1m, hold: 2m}
+""")
+    sc.at(0, rec.anomaly(0, 0.7, metric="lag_p99_ms", kind="forecast", tts=6))  # a start-up ramp: imminent
+    sc.at(30, rec.anomaly(30, 0.7, metric="lag_p99_ms", kind="forecast", tts=59))
+    sc.at(60, rec.anomaly(60, 0.7, metric="lag_p99_ms", kind="forecast", tts=60))  # a real lead
+    sc.at(120, rec.anomaly(120, 0.7, metric="lag_p99_ms", kind="forecast", tts=20))  # now imminent
+    sc.at(300, rec.fm(300))
+    assert sc.transitions() == [(60, "firing"), (120, "resolved")]
+
+
 def test_cross_venue_divergence_with_exact_prices(scenario, rec) -> None:  # type: ignore[no-untyped-def]
     sc = scenario("""
 rules:

@@ -9,8 +9,9 @@ from collections import defaultdict
 from pipeline.collectors.output import Output
 from pipeline.contracts import Bbo, Trade, TradeBatch, decode, market_key
 from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.clients import make_producer
 from pipeline.settings import Settings
+from tests.conftest import read_to_end
 
 T0 = 1_700_000_000_000_000
 
@@ -21,20 +22,6 @@ def trade(i: int, symbol: str) -> Trade:
         price=f"{100 + i % 7}.{i % 100:02d}", size=f"0.{i:05d}", side="buy" if i % 2 else "sell",
         ts_event=T0 + i, ts_recv=T0 + i + 900,
     )  # fmt: skip
-
-
-async def read_all(settings: Settings, topic: str, count: int) -> list:  # type: ignore[type-arg]
-    consumer = make_consumer(settings.kafka, settings.topic(topic), group_id=None)
-    await consumer.start()
-    messages: list = []  # type: ignore[type-arg]
-    try:
-        async with asyncio.timeout(30):
-            while len(messages) < count:
-                for batch in (await consumer.getmany(timeout_ms=300)).values():
-                    messages += batch
-    finally:
-        await consumer.stop()
-    return messages
 
 
 def by_market(trades: list[Trade]) -> dict[bytes, list[Trade]]:
@@ -54,7 +41,7 @@ async def test_a_quiet_market_sends_its_batch_at_once(topics: Settings) -> None:
     finally:
         pump.cancel()
         await output.stop()
-    batches = await read_all(topics, "md.trade_batches.v1", 2)
+    batches = await read_to_end(topics, "md.trade_batches.v1")
     assert sorted(len(decode(TradeBatch, m.value).trades) for m in batches) == [1, 1]
 
 
@@ -79,8 +66,8 @@ async def test_every_trade_is_in_exactly_one_batch_in_order(topics: Settings) ->
         pump.cancel()
         await output.stop()
     trades.insert(0, trade(0, "BTC-USDT"))
-    singles = await read_all(topics, "md.trades.v1", len(trades))
-    batches = await read_all(topics, "md.trade_batches.v1", output.batches)
+    singles = await read_to_end(topics, "md.trades.v1")
+    batches = await read_to_end(topics, "md.trade_batches.v1")
     assert len(batches) == output.batches < len(trades) // 10  # coalesced under load
     flattened: list[Trade] = []
     for message in batches:

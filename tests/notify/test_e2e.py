@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aiokafka import TopicPartition
 
-from pipeline.contracts import DeadLetter, Notification, decode
-from pipeline.kafka import RecordProducer, make_consumer, make_producer
-from pipeline.kafka.offsets import log_end_offsets
+from pipeline.contracts import DeadLetter, Notification
+from pipeline.kafka import RecordProducer, make_producer
 from pipeline.notify.bench import NotifierProcess
 from pipeline.notify.channels.base import IDEMPOTENCY_HEADER, REDELIVERY_HEADER
 from pipeline.settings import Settings
+from tests.conftest import read_records
 from tests.notify.conftest import alert
 from tests.notify.receivers import HttpReceivers
 
@@ -41,26 +40,6 @@ async def eventually(predicate: Callable[[], bool], what: str | Callable[[], str
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what if isinstance(what, str) else what()}")
-
-
-async def read_topic(settings: Settings, name: str, record_type: type) -> list:
-    topic = settings.topic(name)
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(3)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await log_end_offsets(settings.kafka, tps)
-        found = []
-        for _ in range(200):
-            if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                break
-            for messages in (await consumer.getmany(timeout_ms=200)).values():
-                found += [decode(record_type, m.value) for m in messages]
-        return found
-    finally:
-        await consumer.stop()
 
 
 def transitions(http: HttpReceivers, name: str) -> dict[tuple[str, str], list[str]]:
@@ -168,14 +147,14 @@ async def test_notifier_process_survives_sigkill_without_double_sends(
     assert_once_per_transition(http, "hook")
     assert http.violations == []
 
-    receipts: list[Notification] = await read_topic(topics, "ops.notifications.v1", Notification)
+    receipts: list[Notification] = await read_records(topics, "ops.notifications.v1", Notification)
     sent_keys = {r.idempotency_key for r in receipts if r.status == "sent" and r.receiver == "hook"}
     assert {k for keys in seen.values() for k in keys} <= sent_keys
     broken = [r.status for r in receipts if r.receiver == "broken"]
     assert set(broken) == {"sending", "retrying", "dead_lettered"}, broken
     assert broken.count("dead_lettered") == 1, "a dead-lettered message is settled for good"
 
-    dead: list[DeadLetter] = await read_topic(topics, "ops.dlq.v1", DeadLetter)
+    dead: list[DeadLetter] = await read_records(topics, "ops.dlq.v1", DeadLetter)
     reasons = {d.reason for d in dead if d.source == "notify"}
     assert {"schema", "delivery_failed"} <= reasons, dead
 
@@ -236,7 +215,7 @@ async def test_sigkill_after_the_receiver_accepted_and_before_the_receipt(
     assert len(seen[("victim", "firing")]) == 2, "accepted before the kill, sent again after it"
     assert_once_per_transition(http, "hook")
     assert http.violations == []
-    receipts: list[Notification] = await read_topic(topics, "ops.notifications.v1", Notification)
+    receipts: list[Notification] = await read_records(topics, "ops.notifications.v1", Notification)
     [victim_key] = set(seen[("victim", "firing")])
     statuses = [r.status for r in receipts if r.idempotency_key == victim_key]
     assert statuses.count("sending") == 2 and statuses.count("sent") == 1, statuses

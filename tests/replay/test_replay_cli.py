@@ -15,16 +15,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from aiokafka import TopicPartition
 
-from pipeline.contracts import Trade, decode
+from pipeline.contracts import Trade
 from pipeline.infra import free_port
 from pipeline.infra.services import port_open
-from pipeline.kafka.clients import make_consumer
-from pipeline.kafka.offsets import log_end_offsets
 from pipeline.replay.capture import read_capture
 from pipeline.replay.server import local_url
 from pipeline.settings import Settings
+from tests.conftest import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ["NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR"]
@@ -46,26 +44,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(10)
-
-
-async def _trades(settings: Settings) -> list[Trade]:
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    try:
-        topic = settings.topic("md.trades.v1")
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await log_end_offsets(settings.kafka, partitions)
-        out = []
-        for tp in partitions:
-            while await consumer.position(tp) < end[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=2000)
-                out += [decode(Trade, m.value) for m in batch.get(tp, [])]
-        return out
-    finally:
-        await consumer.stop()
 
 
 @pytest.mark.shared
@@ -100,7 +78,7 @@ async def test_collect_process_against_replay_process(topics: Settings, replay_d
             while len(got) < len(expected):
                 assert collect.poll() is None, (tmp_path / "collect.log").read_text()
                 await asyncio.sleep(0.5)
-                got = await _trades(topics)
+                got = await read_records(topics, "md.trades.v1", Trade)
             async with aiohttp.ClientSession() as session, session.get(
                 f"http://127.0.0.1:{metrics_port}/metrics"
             ) as response:

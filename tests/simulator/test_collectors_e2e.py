@@ -13,44 +13,21 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from aiokafka import TopicPartition
 
 from pipeline.collectors.venues import VENUES
-from pipeline.contracts import FeedMetrics, Trade, decode
-from pipeline.kafka.clients import make_consumer
-from pipeline.kafka.offsets import log_end_offsets
+from pipeline.contracts import FeedMetrics, Trade
 from pipeline.settings import Settings, VenueSettings
 from pipeline.simulator.cli import WS_PATHS
 from pipeline.simulator.scenario import Scenario, load_scenario, scenario_from
 from pipeline.simulator.server import SimulatorServer
+from tests.conftest import read_records
 
 pytestmark = pytest.mark.broker
 
 MARKETPRISM = Path(sys.executable).with_name("marketprism")
-
-
-async def read_topic(settings: Settings, name: str, record_type: type[Any]) -> list[Any]:
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    try:
-        topic = settings.topic(name)
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await log_end_offsets(settings.kafka, partitions)
-        out: list[Any] = []
-        for tp in partitions:
-            while await consumer.position(tp) < end[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=2000)
-                out += [decode(record_type, m.value) for m in batch.get(tp, [])]
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def until(condition: Callable[[], Awaitable[bool]], limit_s: float) -> None:
@@ -106,7 +83,7 @@ async def test_collect_publishes_every_trade_once_and_resyncs_once(topics: Setti
             delivered = {(venue, tid) for venue, ids in server.trades.items() for tid in ids}
 
             async def all_published() -> bool:
-                return len(await read_topic(settings, "md.trades.v1", Trade)) >= len(delivered)
+                return len(await read_records(settings, "md.trades.v1", Trade)) >= len(delivered)
 
             with contextlib.suppress(TimeoutError):  # the assertions below say what is missing
                 await until(all_published, 120)
@@ -117,13 +94,13 @@ async def test_collect_publishes_every_trade_once_and_resyncs_once(topics: Setti
             await asyncio.wait_for(proc.wait(), 120)
     assert proc.returncode == 0, (tmp_path / "collect.log").read_text()[-3000:]
 
-    trades = await read_topic(settings, "md.trades.v1", Trade)
+    trades = await read_records(settings, "md.trades.v1", Trade)
     published = Counter((t.exchange, f"{t.raw_symbol}:{t.trade_id}") for t in trades)
     assert [key for key, n in published.items() if n > 1] == []
     assert set(published) == delivered
     assert {venue for venue, _ in delivered} == set(scenario.symbols)
 
-    metrics = [m for m in await read_topic(settings, "ops.feed_metrics.v1", FeedMetrics) if m.source == "collector"]
+    metrics = [m for m in await read_records(settings, "ops.feed_metrics.v1", FeedMetrics) if m.source == "collector"]
     resyncs = Counter((m.exchange, m.stream) for m in metrics for _ in range(m.resyncs))
     raw_of = {(m.inst.venue, m.inst.symbol): m.inst.raw for m in server.engine.markets}
     expected = Counter((inc.venue, raw_of[(inc.venue, inc.symbol)]) for inc in scenario.incidents)

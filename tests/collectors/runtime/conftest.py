@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from pipeline.collectors.base import (
     ConnectionPlan,
@@ -35,31 +34,15 @@ from pipeline.collectors.output import Output
 from pipeline.collectors.runtime import Collector
 from pipeline.contracts import Bbo, Trade, decode
 from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_consumer, make_producer
-from pipeline.kafka.offsets import log_end_offsets
+from pipeline.kafka.clients import make_producer
 from pipeline.replay.capture import CaptureLine
 from pipeline.settings import Settings
+from tests.conftest import read_to_end
 
 
 async def read_topic(settings: Settings, name: str, record_type: type[Any]) -> list[tuple[bytes, Any]]:
     """Every (key, record) of a topic, partition by partition, in offset order."""
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    try:
-        topic = settings.topic(name)
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await log_end_offsets(settings.kafka, partitions)
-        out: list[tuple[bytes, Any]] = []
-        for tp in partitions:
-            while await consumer.position(tp) < end[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=2000)
-                out += [(m.key, decode(record_type, m.value)) for m in batch.get(tp, [])]
-        return out
-    finally:
-        await consumer.stop()
+    return [(m.key, decode(record_type, m.value)) for m in await read_to_end(settings, name)]
 
 
 async def wait_for(condition: Callable[[], bool], limit_s: float = 120.0) -> None:

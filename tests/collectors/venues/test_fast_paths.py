@@ -5,7 +5,6 @@ per-value checks, and Coinbase's typed ``l2_data`` decoding against the generic 
 from __future__ import annotations
 
 import zlib
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -20,6 +19,8 @@ from pipeline.collectors.venues import Coinbase
 from pipeline.collectors.venues._common import _PLAIN, MAX_CHARS, BookState, _levels_slow, levels, plain_strings
 from pipeline.collectors.venues.coinbase import _typed_level2
 from pipeline.contracts import encode
+
+from .conftest import assert_book_follows_reference
 
 # prices whose floats are near each other or equal unless compared exactly (the long ones are
 # longer than FLOAT_EXACT_CHARS and switch the book to Decimal keys)
@@ -42,37 +43,12 @@ sizes = st.sampled_from(["0", "0.000", "1", "2.50", "0.001"])
 changes = st.lists(st.tuples(prices, sizes), max_size=5)
 
 
-def model_apply(side: dict[Decimal, tuple[str, str]], levels: list[tuple[str, str]]) -> None:
-    for price, size in levels:
-        if Decimal(size) == 0:
-            side.pop(Decimal(price), None)
-        else:
-            side[Decimal(price)] = (price, size)
-
-
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(changes, changes), max_size=10), st.sampled_from([0, 3]), st.sampled_from([1, 2, 25]))
 def test_book_orders_like_decimal_across_the_float_to_decimal_switch(
     steps: list[tuple[list, list]], depth: int, n: int
 ) -> None:
-    book = L2Book(depth)
-    bids: dict[Decimal, tuple[str, str]] = {}
-    asks: dict[Decimal, tuple[str, str]] = {}
-    for new_bids, new_asks in steps:
-        book.apply(new_bids, new_asks)
-        model_apply(bids, new_bids)
-        model_apply(asks, new_asks)
-        if depth:
-            for key in sorted(bids, reverse=True)[depth:]:
-                del bids[key]
-            for key in sorted(asks)[depth:]:
-                del asks[key]
-        want_bids = [bids[k] for k in sorted(bids, reverse=True)]
-        want_asks = [asks[k] for k in sorted(asks)]
-        assert book.top(n) == (want_bids[:n], want_asks[:n])
-        assert book.best() == (want_bids[0] if bids else None, want_asks[0] if asks else None)
-        assert book.levels() == (want_bids, want_asks)
-        assert book.crossed() == bool(bids and asks and max(bids) >= min(asks))
+    assert_book_follows_reference(steps, depth, n)
 
 
 def test_short_prices_keep_float_keys_and_a_long_one_rekeys_the_book() -> None:
