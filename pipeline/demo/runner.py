@@ -417,9 +417,10 @@ async def _inject_faults(
                         if child is None:
                             continue
                         if fault["kind"] == "kill_component":
+                            # out of the group first: down on purpose, not a crash (the watch loop runs during the wait)
+                            children.children.remove(child)
                             os.killpg(child.process.pid, signal.SIGKILL)
                             await asyncio.to_thread(child.process.wait, 30)
-                            children.children.remove(child)  # down on purpose: not a crash
                         else:
                             os.killpg(child.process.pid, signal.SIGSTOP)
                         active[fault["id"]] = (fault, child, now_us)
