@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from mode import Service
 from pipeline.anomaly.checkpoint import Checkpointer
 from pipeline.anomaly.ensemble import DetectorConfig
 from pipeline.anomaly.health import HealthMonitor, HealthThresholds
-from pipeline.anomaly.registry import SeriesRegistry
+from pipeline.anomaly.registry import SeriesRegistry, SeriesState
 from pipeline.clock import from_settings
 from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_for
 from pipeline.contracts.records import ReferencePrice
@@ -126,9 +126,6 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     clock = from_settings(settings.clock)  # pipeline time stamps the health samples (taken every wall interval)
     health = HealthMonitor(settings, options.thresholds, groups={app.conf.id: sources, **options.watch_groups},
                            clock=lambda: clock.now_us() / 1e6)
-    decode_bar = decoder_for(Bar).decode
-    decode_feed = decoder_for(FeedMetrics).decode
-    decode_reference = decoder_for(ReferencePrice).decode
 
     async def dead_letter(event: faust.EventT, exc: Exception) -> None:
         message = event.message
@@ -137,53 +134,35 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
             topic=message.topic, partition=message.partition, offset=message.offset,
         )
 
-    @app.agent(bars_topic)
-    async def bars(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        await outputs.start()
-        async for event in stream.events():
-            try:
-                bar = decode_bar(event.value or b"")
-            except DecodeError as exc:
-                await dead_letter(event, exc)
-                continue
-            anomalies, touched = bar_registry.on_bar(bar)
-            SCORED.labels(source="bars").inc(len(touched))
-            await outputs.publish(anomalies)
-            for state in touched:
-                bar_ckpt.maybe_save(state)
-            yield None
+    def scoring_agent(
+        topic: faust.TopicT, source: str, decode: Callable[[bytes], Any],
+        score: Callable[[Any], tuple[list[Anomaly], list[SeriesState]]],
+        checkpointer: Checkpointer, extra: Callable[[Any], list[Anomaly]] = lambda _: [],
+    ) -> None:
+        """One agent: decode each record (dead-letter what does not decode), score and learn it, publish, checkpoint."""
 
-    @app.agent(feed_topic)
-    async def feed(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        await outputs.start()
-        async for event in stream.events():
-            try:
-                metrics = decode_feed(event.value or b"")
-            except DecodeError as exc:
-                await dead_letter(event, exc)
-                continue
-            anomalies, touched = feed_registry.on_feed_metrics(metrics)
-            SCORED.labels(source="feed_metrics").inc(len(touched))
-            await outputs.publish(anomalies + health.on_feed_metrics(metrics))
-            for state in touched:
-                feed_ckpt.maybe_save(state)
-            yield None
+        async def agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            await outputs.start()
+            async for event in stream.events():
+                try:
+                    record = decode(event.value or b"")
+                except DecodeError as exc:
+                    await dead_letter(event, exc)
+                    continue
+                anomalies, touched = score(record)
+                SCORED.labels(source=source).inc(len(touched))
+                await outputs.publish(anomalies + extra(record))
+                for state in touched:
+                    checkpointer.maybe_save(state)
+                yield None
 
-    @app.agent(reference_topic)
-    async def reference(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        await outputs.start()
-        async for event in stream.events():
-            try:
-                ref = decode_reference(event.value or b"")
-            except DecodeError as exc:
-                await dead_letter(event, exc)
-                continue
-            anomalies, touched = reference_registry.on_reference(ref)
-            SCORED.labels(source="reference").inc(len(touched))
-            await outputs.publish(anomalies)
-            for state in touched:
-                reference_ckpt.maybe_save(state)
-            yield None
+        app.agent(topic, name=source)(agent)
+
+    scoring_agent(bars_topic, "bars", decoder_for(Bar).decode, bar_registry.on_bar, bar_ckpt)
+    scoring_agent(feed_topic, "feed_metrics", decoder_for(FeedMetrics).decode, feed_registry.on_feed_metrics,
+                  feed_ckpt, extra=health.on_feed_metrics)
+    scoring_agent(reference_topic, "reference", decoder_for(ReferencePrice).decode, reference_registry.on_reference,
+                  reference_ckpt)
 
     @app.agent(dlq_topic)
     async def dlq(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

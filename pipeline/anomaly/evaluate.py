@@ -37,6 +37,8 @@ from aiokafka import TopicPartition
 from pipeline.anomaly.ensemble import DetectorConfig
 from pipeline.anomaly.registry import SeriesRegistry
 from pipeline.contracts import Anomaly, Bar, FeedMetrics, decoder_for
+from pipeline.contracts.labels import IncidentLabel
+from pipeline.contracts.labels import read_labels as read_labels
 from pipeline.contracts.records import ReferencePrice
 from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.offsets import log_end_offsets
@@ -74,20 +76,7 @@ def family(series_id: str) -> str:
     return "feed" if series_id.rsplit(":", 1)[-1] in FEED_SUFFIXES else "market"
 
 
-class Label(msgspec.Struct, frozen=True):
-    """One line of the simulator's labels file (only the fields scored here)."""
-
-    id: str
-    kind: str
-    venue: str
-    symbol: str | None
-    start_us: int
-    end_us: int
-
-
-def read_labels(path: Path) -> list[Label]:
-    decode = msgspec.json.Decoder(Label).decode
-    return [decode(line) for line in path.read_bytes().splitlines() if line.strip()]
+Label = IncidentLabel  # one line of the simulator's labels file (the contract record)
 
 
 def read_anomaly_dump(path: Path) -> list[Anomaly]:

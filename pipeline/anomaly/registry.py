@@ -122,11 +122,16 @@ def feed_observations(metrics: FeedMetrics) -> list[Observation]:
 
 
 def reference_observations(ref: ReferencePrice) -> list[tuple[str, str, Observation]]:
-    """(exchange, symbol, observation) per venue of a reference price: its divergence from the median in bps."""
+    """(exchange, symbol, observation) per venue of a reference price: its divergence from the median in bps.
+
+    A venue the reference excluded as ``stale`` is left out: its last mid is old, so its "divergence" is the
+    market's move since it stopped, not a disagreement (a stopped feed is the feed series' anomaly). Venues
+    excluded as ``diverging`` are scored: that is the incident.
+    """
     out = []
     for venue, bps in sorted(ref.divergence_bps.items()):
         exchange, sep, symbol = venue.partition(":")
-        if sep and math.isfinite(bps):
+        if sep and math.isfinite(bps) and ref.excluded.get(venue) != "stale":
             out.append((exchange, symbol, Observation(f"{venue}:divergence_bps", "divergence_bps", bps, ref.ts_event)))
     return out
 

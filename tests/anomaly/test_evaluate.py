@@ -93,7 +93,8 @@ def test_labels_file_and_dump_round_trip(tmp_path: Path) -> None:
         '"venue":"binance"}\n'
     )
     assert read_labels(labels) == [
-        Label("spike-binance-btc", "price_spike", "binance", "BTC-USDT", 1767225620000000, 1767225635000000)
+        Label("spike-binance-btc", "price_spike", "binance", "BTC-USDT", 1767225620000000, 1767225635000000,
+              raw_symbol="BTCUSDT", params={"magnitude_pct": 4.0})
     ]
     captured = Capture([anomaly("a:b:1s:volume", "volume", 1, "binance", "BTC-USDT")], {"a:b:1s:volume", "c"})
     captured.dump(tmp_path / "dump")

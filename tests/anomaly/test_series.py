@@ -70,6 +70,16 @@ def test_divergence_series_per_venue_from_reference_prices() -> None:
     assert all(a.ts_event >= T0 + 250 * 1_000_000 for a in found)  # nothing before the divergence
 
 
+def test_a_stale_venue_is_not_scored_but_a_diverging_one_is() -> None:
+    registry = SeriesRegistry(DetectorConfig(warmup=50), report_floor=0.475)
+    stale = msgspec.structs.replace(reference(0, 300.0), excluded={"coinbase:BTC-USD": "stale"})
+    diverging = msgspec.structs.replace(reference(1, 300.0), excluded={"coinbase:BTC-USD": "diverging"})
+    registry.on_reference(stale)
+    assert set(registry.series) == {"binance:BTC-USDT:divergence_bps"}  # the stopped venue's old mid is no series
+    registry.on_reference(diverging)
+    assert "coinbase:BTC-USD:divergence_bps" in registry.series
+
+
 def test_minimum_effect_keeps_small_but_unusual_moves_unreported() -> None:
     rng = random.Random(5)
     values = [rng.gauss(0.01, 0.001) for _ in range(300)] + [0.05]  # 40 sigma, but only 40 ms of extra lag
