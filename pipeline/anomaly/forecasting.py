@@ -20,27 +20,38 @@ from river.time_series.base import Forecaster
 class DampedTrend(Forecaster):
     """Holt's linear trend with damping ``phi`` (``phi=1`` is plain Holt)."""
 
-    def __init__(self, alpha: float = 0.2, beta: float = 0.05, phi: float = 1.0, error_alpha: float = 0.05):
+    def __init__(
+        self, alpha: float = 0.2, beta: float = 0.05, phi: float = 1.0, error_alpha: float = 0.05, init_points: int = 5
+    ):
         self.alpha = alpha
         self.beta = beta
         self.phi = phi
         self.error_alpha = error_alpha
+        self.init_points = max(2, init_points)
         self.level: float | None = None
         self.trend = 0.0
         self.error_var = 0.0
         self.step_mean = 0.0
         self.step_var = 0.0
         self.n = 0
+        self._first: list[float] = []
 
     def learn_one(self, y: float, x: dict[str, float] | None = None) -> None:
         self.n += 1
-        if self.level is None:
+        if self.n <= self.init_points:
+            # Robust start: the trend is the median of the first steps, so one odd first value (a start-up
+            # backlog, a clock-skewed sample) does not become a trend that takes 1/beta steps to fade.
+            self._first.append(y)
             self.level = y
+            if self.n == self.init_points:
+                steps = sorted(b - a for a, b in zip(self._first, self._first[1:], strict=False))
+                self.trend = self.step_mean = steps[len(steps) // 2]
+                last = len(self._first) - 1  # the level: the median of the points carried to the last one's time
+                carried = sorted(v + self.trend * (last - i) for i, v in enumerate(self._first))
+                self.level = carried[len(carried) // 2]
+                self._first = []
             return
-        if self.n == 2:
-            self.trend = y - self.level
-            self.level = y
-            return
+        assert self.level is not None
         predicted = self.level + self.phi * self.trend
         error = y - predicted
         self.error_var = (1 - self.error_alpha) * self.error_var + self.error_alpha * error * error

@@ -144,9 +144,9 @@ class HealthMonitor:
         t_s = m.ts_event / 1e6
         base = f"health:{m.exchange}:{m.stream}:{m.source}"
         out = []
-        if m.lag_p99_us is not None:
+        if m.lag_p99_us is not None:  # a negative lag is clock skew (event stamped ahead of receipt), not lag
             out.append(self._observe(f"{base}:feed_lag_s", "feed_lag_s", self.thresholds.feed_lag_s, t_s,
-                                     m.lag_p99_us / 1e6, exchange=m.exchange, stream=m.stream))
+                                     max(0, m.lag_p99_us) / 1e6, exchange=m.exchange, stream=m.stream))
         errors = m.parse_errors + m.gaps + m.checksum_failures
         out.append(self._observe(f"{base}:feed_errors_per_s", "feed_errors_per_s", self.thresholds.feed_errors_per_s,
                                  t_s, errors / (m.interval_us / 1e6), exchange=m.exchange, stream=m.stream))

@@ -56,3 +56,14 @@ def test_damped_trend_keeps_river_forecaster_contract() -> None:
     path = model.forecast(50)
     assert len(path) == 50 and path[0] < path[-1]
     assert path[-1] - path[-2] < path[1] - path[0]  # damping flattens the extrapolation
+
+
+def test_an_odd_first_sample_does_not_become_a_trend() -> None:
+    """A start-up sample far off (a feed's first lag read on a clock-skewed snapshot, -11 s in the demo) used to
+    seed Holt's trend with the first step, predicting a crossing for ~90 samples of a flat series."""
+    rng = random.Random(6)
+    forecaster = ThresholdForecast(5.0)
+    forecaster.learn_one(0.0, -11.3)
+    for k in range(1, 200):
+        forecaster.learn_one(float(k), abs(rng.gauss(0.01, 0.005)))
+        assert forecaster.crossing() is None, k
