@@ -128,6 +128,20 @@ def test_checkpoint_policy_by_count_and_by_time() -> None:
     assert ckpt.maybe_save(state)
 
 
+def test_series_first_seen_together_checkpoint_spread_over_the_interval() -> None:
+    now = [0.0]
+    ckpt = Checkpointer({}, every=10_000, interval_s=120.0, clock=lambda: now[0])
+    registry = SeriesRegistry(DetectorConfig(), report_floor=0.5)
+    states = [registry.state(f"binance:S{i}-USDT:1s:volume", "volume") for i in range(340)]
+    assert not any(ckpt.maybe_save(state) for state in states)  # first sight at t=0: nothing due yet
+    writes_per_second = []
+    for second in range(1, 241):
+        now[0] = float(second)
+        writes_per_second.append(sum(ckpt.maybe_save(state) for state in states))
+    assert sum(writes_per_second[:120]) == 340 and sum(writes_per_second[120:]) == 340  # each once per interval
+    assert max(writes_per_second) <= 12  # ~3 per second, not 340 at once every 120 s
+
+
 def test_registry_series_from_bars_use_exact_decimal_returns() -> None:
     registry = SeriesRegistry(DetectorConfig(), report_floor=0.5)
     history = bars("okx", "ETH-USDT", 3, seed=1)
