@@ -4,7 +4,8 @@
   ``:``, as a signed 32-bit integer.
 * Kraken (v1 and v2): for the top 10 asks ascending then the top 10 bids descending, price and size
   with ``.`` removed and leading zeros stripped, concatenated; unsigned 32-bit (the formatted
-  level is cached: most levels of the top 10 are unchanged between updates).
+  level is cached: most levels of the top 10 are unchanged between updates; :func:`kraken_side` lets a
+  caller keep the side an update did not change).
 """
 
 from __future__ import annotations
@@ -34,3 +35,10 @@ def _kraken_part(level: Level) -> str:
 def kraken_checksum(bids: list[Level], asks: list[Level]) -> int:
     """Kraken v1/v2 ``book`` checksum of the top 10 levels (unsigned int32)."""
     return zlib.crc32("".join(map(_kraken_part, chain(asks[:10], bids[:10]))).encode())
+
+
+def kraken_side(levels: list[Level]) -> bytes:
+    """One side's part of :func:`kraken_checksum`: ``kraken_checksum(bids, asks) ==
+    zlib.crc32(kraken_side(bids), zlib.crc32(kraken_side(asks)))`` (CRC32 continues over a split input),
+    so a book whose update changed one side's top re-formats that side only."""
+    return "".join(map(_kraken_part, levels[:10])).encode()

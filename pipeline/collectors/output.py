@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 FEED_METRICS_TOPIC = "ops.feed_metrics.v1"
 TRADE_BATCHES_TOPIC = "md.trade_batches.v1"
 DLQ_SOURCE = "collector"
+MARKET_KEYS = 65_536  # market keys remembered (symbols are few; the bound guards odd venue output)
+DEPTH_EVERY = 256  # the queue-depth gauge is set at least every this many items, and whenever the queue empties
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class Output:
         self.sent = 0
         self._last_overflow_log = 0.0
         self._started = False
+        self._keys: dict[tuple[str, str], bytes] = {}  # (exchange, symbol) -> market key
 
     def _put(self, item: _Item, kind: str) -> bool:
         try:
@@ -91,9 +94,21 @@ class Output:
 
     def record(self, record: Record, value: bytes | None = None) -> bool:
         """Queue one market-data record (``value``: its encoding, when already made) keyed ``exchange:symbol``."""
-        key = market_key(record.exchange, record.symbol)  # type: ignore[attr-defined]
-        value = encode(record) if value is None else value
-        return self._put((TOPIC_OF[type(record)], key, value, record if type(record) is Trade else None), "record")
+        market = (record.exchange, record.symbol)  # type: ignore[attr-defined]
+        key = self._keys.get(market)
+        if key is None:
+            if len(self._keys) >= MARKET_KEYS:
+                self._keys.clear()
+            key = self._keys[market] = market_key(*market)
+        item: _Item = (
+            TOPIC_OF[type(record)], key, encode(record) if value is None else value,
+            record if type(record) is Trade else None,
+        )
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return self._put(item, "record")  # counts and logs the overflow
+        return True
 
     def metric(self, record: FeedMetrics) -> bool:
         key = f"{record.exchange}:{record.stream}".encode()
@@ -124,27 +139,39 @@ class Output:
         await self._start()
         queue = self._queue
         linger = self.batch_linger_s
+        send_raw = self.producer.send_raw
+        count = 0
         while True:
-            if self._pending:  # take what is waiting; else wait for an item at most until a batch is due
-                item: _Item | None = None
-                try:
-                    item = queue.get_nowait()
-                except asyncio.QueueEmpty:
+            item: _Item | None = None
+            try:  # take what is waiting without a coroutine per item
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                QUEUE_DEPTH.set(0)
+                if not self._pending:
+                    item = await queue.get()
+                else:  # wait for an item at most until a batch is due
                     wait = self._due - time.monotonic()
                     if wait > 0:
                         with contextlib.suppress(TimeoutError):
                             item = await asyncio.wait_for(queue.get(), wait)
-            else:
-                item = await queue.get()
             if item is not None:
-                QUEUE_DEPTH.set(queue.qsize())
-                await self._send(item)
-                self._undone += 1
-                if not isinstance(item, _Dead) and (trade := item[3]) is not None:
-                    await self._add_to_batch(item[1], trade, linger)
-            now = time.monotonic()
-            if self._pending and now >= self._due:
-                await self._publish_due(now, linger)
+                count += 1
+                if count >= DEPTH_EVERY:
+                    count = 0
+                    QUEUE_DEPTH.set(queue.qsize())
+                if type(item) is tuple:
+                    await send_raw(item[0], item[1], item[2])
+                    self.sent += 1
+                    self._undone += 1
+                    if item[3] is not None:
+                        await self._add_to_batch(item[1], item[3], linger)
+                else:
+                    await self._send(item)
+                    self._undone += 1
+            if self._pending:
+                now = time.monotonic()
+                if now >= self._due:
+                    await self._publish_due(now, linger)
             if not self._pending:  # everything taken so far is with the producer, batches included
                 for _ in range(self._undone):
                     queue.task_done()

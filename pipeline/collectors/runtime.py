@@ -102,6 +102,7 @@ class VenueRuntime:
             self.stats.plan(plan)
         self.dead_letters = 0
         self.duplicates = DUPLICATES.labels(venue.exchange)
+        self._kinds: dict[type, tuple[Callable[[bytes], Any], str]] = {}  # record type -> (its check, lag stream)
 
     # ---- FrameSink
 
@@ -160,19 +161,22 @@ class VenueRuntime:
         self.output.dead(reason, f"{self.exchange} {where}: {error}", payload, self.exchange)
 
     def _publish(self, result: FrameResult) -> None:
-        lag, record_out = self.stats.lag, self.output.record
+        lag, record_out, kinds = self.stats.lag, self.output.record, self._kinds
         for record in result.records:
             value = encode(record)
             kind = type(record)
+            known = kinds.get(kind)
+            if known is None:
+                known = kinds[kind] = (checker_for(kind).decode, STREAM_OF.get(kind.__name__, "other"))
             try:  # msgspec checks constraints on decode only: a venue bug must not reach the topic
-                checker_for(kind).decode(value)
+                known[0](value)
             except DecodeError as exc:
                 self._dead("records", "schema", f"{kind.__name__}: {exc}", value)
                 continue
             if kind is Trade and not self.dedup.first_time(record):  # type: ignore[arg-type]
                 self.duplicates.inc()
                 continue
-            lag(STREAM_OF.get(kind.__name__, "other"), record.ts_recv - record.ts_event)  # type: ignore[attr-defined]
+            lag(known[1], record.ts_recv - record.ts_event)  # type: ignore[attr-defined]
             record_out(record, value)
         if result.requests:
             self.rest.submit(result.requests)

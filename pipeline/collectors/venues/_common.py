@@ -175,6 +175,8 @@ def ms_to_us(value: Any, what: str) -> int:
 def seconds_to_us(value: Any, what: str) -> int:
     """``"1618678133.924992"`` (decimal seconds) to integer microseconds, exactly (truncating)."""
     if type(value) is str and len(value) <= MAX_CHARS and _SECONDS.fullmatch(value):
+        if value[-7:-6] == ".":  # exactly six decimals (Kraken's level times): the digits are the microseconds
+            return int(value.replace(".", ""))
         whole, _, frac = value.partition(".")  # at most 12 digits of seconds: no range check needed
         return int(whole) * 1_000_000 + int((frac + "000000")[:6])
     raw = dec(value, what)

@@ -30,6 +30,7 @@ v2 trades carry ``trade_id``.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -47,8 +48,10 @@ from pipeline.collectors.base import (
     Venue,
 )
 from pipeline.collectors.book import L2Book, Level
-from pipeline.collectors.checksums import kraken_checksum
+from pipeline.collectors.checksums import kraken_side
 from pipeline.collectors.venues._common import (
+    _PLAIN,
+    MAX_CHARS,
     BookState,
     dec,
     dict_of,
@@ -71,6 +74,7 @@ _decoder = msgspec.json.Decoder(float_hook=str)  # keep each JSON number's text 
 TO_COMMON = {"XBT": "BTC", "XDG": "DOGE"}
 TO_V1 = {common: v1 for v1, common in TO_COMMON.items()}
 V1_SIDES = {"b": "buy", "s": "sell"}
+_plain = _PLAIN.fullmatch  # the decimal shape levels() checks
 V1_TRADE_KEYS = 4096  # per (connection, pair): recent v1 trade keys and how often each was seen
 
 
@@ -107,6 +111,9 @@ class Kraken(Venue):
         super().__init__(symbols, ws_url, rest_url)
         self._symbol_of: dict[str, str] = {}
         self._books: dict[str, BookState] = {}
+        self._depth_of: dict[str, int] = {}  # v1 book channel name -> its depth
+        # pair -> (top asks, their CRC, top bids, their checksum part, checksum): see _checksum
+        self._crc_memo: dict[str, tuple[list[Level], int, list[Level], bytes, int]] = {}
         self._v1_trades: dict[tuple[str, str], dict[str, int]] = {}  # (connection, pair) -> key -> times seen
         self._v1 = {key: getattr(self, name) for key, name in self.channels_v1.items()}
         self._v2 = {key: getattr(self, name) for key, name in self.channels_v2.items()}
@@ -238,7 +245,11 @@ class Kraken(Venue):
 
         [3648,{"a":[["0.00757900","4.54778714","1618678133.924992"]],"c":"1029270263"},"book-1000","KSM/XBT"]
         """
-        depth = integer(name.partition("-")[2] or self.book_depth, "depth")
+        depth = self._depth_of.get(name)
+        if depth is None:
+            depth = integer(name.partition("-")[2] or self.book_depth, "depth")
+            if len(self._depth_of) < 64:  # a few channel names ("book-1000"): parsed once each
+                self._depth_of[name] = depth
         state = self._state(raw, depth)
         bids: list[Level] = []
         asks: list[Level] = []
@@ -255,7 +266,20 @@ class Kraken(Venue):
                     raise FrameError("schema", f"unknown book key {key!r}")
                 snapshot = snapshot or len(key) == 2
                 side = asks if key[0] == "a" else bids
-                side.extend(levels(rows, key))
+                row = rows[0] if type(rows) is list and len(rows) == 1 else None
+                if (  # most updates carry one row of plain strings: levels() would return just this pair
+                    type(row) is list
+                    and len(row) >= 2
+                    and type(price := row[0]) is str
+                    and type(size := row[1]) is str
+                    and len(price) <= MAX_CHARS
+                    and len(size) <= MAX_CHARS
+                    and _plain(price)
+                    and _plain(size)
+                ):
+                    side.append((price, size))
+                else:
+                    side.extend(levels(rows, key))
                 for row in rows:
                     if len(row) > 2:
                         ts_event = max(ts_event, seconds_to_us(row[2], "level time"))
@@ -425,8 +449,26 @@ class Kraken(Venue):
             state = self._books[raw] = BookState(self.symbol(raw), raw, L2Book(depth))
         return state
 
+    def _checksum(self, state: BookState) -> int:
+        """:func:`~pipeline.collectors.checksums.kraken_checksum` of the book's top 10, memoised per
+        side: the cached top lists of the book stay the same objects until a change reaches them, and
+        CRC32 continues from the asks' CRC over the bids, so an update of one side re-formats that side
+        only."""
+        bids, asks = state.book.top(10)
+        memo = self._crc_memo.get(state.raw)
+        if memo is not None and memo[0] is asks:
+            if memo[2] is bids:
+                return memo[4]
+            asks_crc, bids_part = memo[1], kraken_side(bids)
+        else:
+            asks_crc = zlib.crc32(kraken_side(asks))
+            bids_part = memo[3] if memo is not None and memo[2] is bids else kraken_side(bids)
+        value = zlib.crc32(bids_part, asks_crc)
+        self._crc_memo[state.raw] = (asks, asks_crc, bids, bids_part, value)
+        return value
+
     def _checksum_ok(self, state: BookState, expected: int, result: FrameResult) -> bool:
-        if state.checksum(10, kraken_checksum) == expected:
+        if self._checksum(state) == expected:
             return True
         logger.warning("kraken %s: checksum mismatch (%s)", state.raw, expected)
         result.checksum_failures += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 
 import pytest
 
@@ -162,3 +163,47 @@ async def test_the_producer_partitions_exactly_like_aiokafkas_default() -> None:
     assert len(memo._hashes) <= 64
     assert {memo(None, [0, 1, 2], [2]) for _ in range(20)} == {2}  # no key: a random available partition
     assert isinstance(make_producer(KafkaSettings())._partitioner, KeyHashPartitioner)
+
+
+def test_the_latency_histogram_exposes_what_the_library_histogram_would() -> None:
+    """``LatencyHistograms`` (plain-list counting, exposed through the custom-collector API) against a
+    ``prometheus_client.Histogram`` with the same buckets fed the same lags: same samples and values."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from pipeline.collectors.metrics import LATENCY_BUCKETS, LatencyHistograms
+
+    lags_us = [-5, 0, 999, 1000, 1001, 4_999, 5_000, 250_000, 999_999, 1_000_000, 59_999_999, 60_000_000,
+               60_000_001, 3_600_000_000]
+    ours, registry = LatencyHistograms(), CollectorRegistry()
+    registry.register(ours)  # type: ignore[arg-type]
+    library = Histogram("collector_latency_seconds", LatencyHistograms.documentation, ["exchange", "stream"],
+                        namespace="marketprism", buckets=LATENCY_BUCKETS, registry=None)
+    quiet = ours.series("okx", "bbo")  # a declared stream reports zeros, as a library child would
+    library.labels("okx", "bbo")
+    counts = ours.series("kraken", "book")
+    for lag in lags_us:
+        seconds = lag / 1e6
+        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # what FeedStats.lag does
+        counts[-1] += seconds
+        library.labels("kraken", "book").observe(seconds)
+    assert quiet == [0.0] * (len(LATENCY_BUCKETS) + 2)
+
+    def samples(text: bytes) -> list[str]:
+        return sorted(line for line in text.decode().splitlines() if "_created" not in line)
+
+    expected = CollectorRegistry()
+    expected.register(library)
+    assert samples(generate_latest(registry)) == samples(generate_latest(expected))
+
+
+def test_feed_stats_count_lags_into_the_latency_histogram() -> None:
+    from pipeline.collectors.metrics import LATENCY, LATENCY_BUCKETS, FeedStats
+
+    stats = FeedStats("binance_usdm")
+    before = list(LATENCY.series("binance_usdm", "lag-test"))
+    for lag in (500, 2_000, 70_000_000):
+        stats.lag("lag-test", lag)
+    after = LATENCY.series("binance_usdm", "lag-test")
+    added = [b - a for a, b in zip(before, after, strict=True)]
+    assert added[0] == 1 and added[1] == 1 and added[len(LATENCY_BUCKETS)] == 1  # le=0.001, le=0.005, +Inf
+    assert sum(added[:-1]) == 3 and added[-1] == pytest.approx(70.0025)

@@ -104,16 +104,23 @@ class ReferenceBook:
         return bool(self.bids and self.asks and max(self.bids) >= min(self.asks))
 
 
-def assert_book_follows_reference(steps: list[tuple[list[Level], list[Level]]], depth: int, n: int) -> None:
+def assert_book_follows_reference(
+    steps: list[tuple[list[Level], list[Level]]], depth: int, n: int, best_first: bool = False
+) -> None:
     """Apply each (bid changes, ask changes) step to a fresh ``L2Book(depth)`` and a :class:`ReferenceBook`;
-    after every step the book's top ``n``, best, levels, crossing and sizes are the reference's."""
+    after every step the book's top ``n``, best, levels, crossing and sizes are the reference's
+    (``best_first``: the best levels are read before the top ``n``, i.e. without the cached top)."""
     book, reference = L2Book(depth), ReferenceBook(depth)
     for bids, asks in steps:
         book.apply(bids, asks)
         reference.apply(bids, asks)
         want_bids, want_asks = reference.levels()
+        best = (want_bids[0] if want_bids else None, want_asks[0] if want_asks else None)
+        if best_first:
+            assert book.best() == best
+            assert book.crossed() == reference.crossed()
         assert book.top(n) == (want_bids[:n], want_asks[:n])
-        assert book.best() == (want_bids[0] if want_bids else None, want_asks[0] if want_asks else None)
+        assert book.best() == best
         assert book.levels() == (want_bids, want_asks)
         assert book.crossed() == reference.crossed()
         assert book.sizes() == (len(want_bids), len(want_asks))

@@ -13,10 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.collectors.base import CollectorError, ConnectionPlan, FrameResult
-from pipeline.collectors.book import FLOAT_EXACT_CHARS, L2Book
-from pipeline.collectors.checksums import kraken_checksum, okx_checksum
-from pipeline.collectors.venues import Coinbase
-from pipeline.collectors.venues._common import _PLAIN, MAX_CHARS, BookState, _levels_slow, levels, plain_strings
+from pipeline.collectors.book import FLOAT_EXACT_CHARS, L2Book, Level
+from pipeline.collectors.checksums import kraken_checksum, kraken_side, okx_checksum
+from pipeline.collectors.venues import Coinbase, Kraken
+from pipeline.collectors.venues._common import (
+    _PLAIN,
+    MAX_CHARS,
+    BookState,
+    _levels_slow,
+    levels,
+    plain_strings,
+    seconds_to_us,
+)
 from pipeline.collectors.venues.coinbase import _typed_level2
 from pipeline.contracts import encode
 
@@ -175,3 +183,33 @@ def test_okx_checksum_is_the_documented_interleaving(bids: list[tuple[str, str]]
             parts.extend(asks[i])
     crc = zlib.crc32(":".join(parts).encode())
     assert okx_checksum(bids, asks) == (crc - (1 << 32) if crc >= (1 << 31) else crc)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.from_regex(r"[0-9]{1,12}(\.[0-9]{1,8})?", fullmatch=True))
+def test_seconds_with_six_decimals_take_the_digit_path_exactly(value: str) -> None:
+    whole, _, frac = value.partition(".")
+    assert seconds_to_us(value, "t") == int(whole) * 1_000_000 + int((frac + "000000")[:6])
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(["1", "0.00100", "12.5"])), max_size=12),
+       st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(["1", "0.00100", "12.5"])), max_size=12))
+def test_kraken_checksum_is_the_crc_of_its_sides_continued(bids: list[Level], asks: list[Level]) -> None:
+    assert zlib.crc32(kraken_side(bids), zlib.crc32(kraken_side(asks))) == kraken_checksum(bids, asks)
+
+
+def test_kraken_memoised_checksum_follows_changes_of_either_side() -> None:
+    venue = Kraken(["KSM-BTC"])
+    state = venue._state("KSM/XBT", 10)
+    steps: list[tuple[bool, list[Level], list[Level]]] = [
+        (True, [("0.05000", "1"), ("0.04990", "2")], [("0.05005", "1"), ("0.05010", "3")]),
+        (False, [("0.05001", "1")], []),  # bids only
+        (False, [], [("0.05004", "2")]),  # asks only
+        (False, [("0.04000", "1")], [("0.06000", "1")]),  # both sides
+        (False, [("0.05001", "0")], [("0.05004", "0")]),  # removals
+        (False, [], []),
+    ]
+    for snapshot, bids, asks in steps:
+        state.take(snapshot, bids, asks)
+        assert venue._checksum(state) == kraken_checksum(*state.book.top(10))
