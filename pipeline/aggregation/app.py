@@ -60,7 +60,8 @@ class AggregatorConfig:
     fetch_max_wait_ms: int = 20  # Faust hard-codes 1500; Tansu answers a waiting fetch only at its end (was 100)
     checkpoint_s: float = 0.5  # a partition state is written at most this often (records commit after it)
     health_settle_us: int = 2_000_000
-    stale_after_us: int = 5_000_000  # behind the asset's newest quote (event time, not our clock)
+    stale_after_us: int = 5_000_000  # a venue whose mids stopped arriving this long (pipeline time) is stale
+    max_trail_us: int = 15_000_000  # ... or whose latest mid trails the asset's newest by more (not waited for)
     max_divergence_bps: float = 50.0
     reference_lagging_after_us: int = 30_000_000  # a reference this far behind pipeline time is counted + logged
 
@@ -237,7 +238,9 @@ def build_app(
         outputs,
         clock,
         FeedHealthTracker(config.health_settle_us),
-        ReferenceTracker(config.stale_after_us, config.max_divergence_bps, config.reference_lagging_after_us),
+        ReferenceTracker(
+            config.stale_after_us, config.max_divergence_bps, config.reference_lagging_after_us, config.max_trail_us
+        ),
     )
 
     @app.agent(app.topic(trades_topic, bbo_topic), name="aggregator-bars")

@@ -51,7 +51,7 @@ class FeedsWorker:
         if isinstance(summary, FeedPartial):
             self.health.add_partial(summary)
         else:
-            self.reference.observe(summary)
+            self.reference.observe(summary, self.clock())
 
     async def on_feed_metrics(self, value: bytes) -> None:
         await self.outputs.start()

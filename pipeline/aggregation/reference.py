@@ -4,28 +4,36 @@ Assets are spot symbols grouped by base and quote, with USD, USDT and USDC count
 quote (``binance:BTC-USDT`` and ``coinbase:BTC-USD`` both price ``BTC-USD``); perpetuals are left
 out (their basis is not a price disagreement).
 
-Staleness is judged in event time, among the venues of one asset, never against our own clock: a
-venue is ``stale`` when its last quote (``ts_recv``, the collectors' receipt time on the shared
-pipeline clock) is more than ``stale_after_us`` older than the asset's newest quote. A venue that
-stops is excluded as soon as the others move on; when the aggregator itself lags (a loaded machine, an
-accelerated demo) every quote is old by the same amount and the reference is still computed. With
-three or more fresh venues, one whose mid is more than ``max_divergence_bps`` from the fresh venues'
-median is excluded as ``diverging`` (with two there is no majority to say who is wrong). The price is
-the median of the remaining mids (exact decimals; the mean of the two middle mids for an even count).
+The aggregation partitions sample each market's mid once a tick (a :class:`MidPartial` with the BBO's
+``ts_recv``, the collectors' receipt time on the shared pipeline clock). Partitions progress unevenly
+under load, so at any moment the venues' latest mids stand at different times; references are an
+**as-of join** in event time, not a snapshot of whatever arrived last:
 
-``ts_event`` of a reference is that newest quote's ``ts_recv``: the market time the reference
-describes, not the time we computed it. :meth:`ReferenceTracker.compute` returns a reference for an
-asset only when its newest quote moved on since the last one returned, so ``ts_event`` strictly
-increases per asset and no record repeats old quotes: when every venue of an asset stops, its
-references stop. How far a reference trails pipeline time (``now - ts_event``) is exported as
+- a venue is **live** while its mids keep arriving (one within ``stale_after_us`` of pipeline time) and
+  its latest mid trails the asset's newest by at most ``max_trail_us``; otherwise it is ``stale`` (its
+  feed stopped, or its partition is too far behind to wait for). A venue is never judged stale because
+  our own processing of it lags a little: that only delays the reference, it does not change it.
+- the references of an asset are known **through** the oldest latest mid of its live venues: every
+  live venue has said where it stood then. One reference per ``step_us`` (1 s) of event time is
+  published from the last one up to that point, each with every venue's mid *as of* its time (the
+  last mid at or before it; a venue's first mid stands for the time before it), stamped ``ts_event``
+  = that time. So a burst of partials after a stall yields the missing seconds, in order, and a
+  divergence shows at the second it started whatever our lag.
+
+With three or more fresh venues, one whose mid is more than ``max_divergence_bps`` from the fresh
+venues' median is excluded as ``diverging`` (with two there is no majority to say who is wrong). The
+price is the median of the remaining mids (exact decimals; the mean of the two middle mids for an
+even count). How far references trail pipeline time (``now - through``) is exported as
 ``marketprism_aggregation_reference_lag_seconds``; one trailing by more than ``lagging_after_us`` is
 still published (it is right in event time) and counted in
 ``marketprism_aggregation_reference_lagging_total`` with a warning log, rather than marked in the record.
+When every venue of an asset stops, its references stop.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -78,73 +86,131 @@ class _Quote:
     ts_recv: int
 
 
+@dataclass
+class _Venue:
+    quotes: deque[_Quote]  # ascending ts_recv; pruned to the last one at or before the published time
+    arrived_us: int  # pipeline time its latest mid arrived
+
+    @property
+    def latest(self) -> _Quote:
+        return self.quotes[-1]
+
+    def as_of(self, ts: int) -> _Quote:
+        """The last quote at or before ``ts`` (the first one when all are later)."""
+        found = self.quotes[0]
+        for quote in self.quotes:
+            if quote.ts_recv > ts:
+                break
+            found = quote
+        return found
+
+    def prune(self, through: int) -> None:
+        while len(self.quotes) > 1 and self.quotes[1].ts_recv <= through:
+            self.quotes.popleft()
+
+
 class ReferenceTracker:
-    """Keeps the last mid per venue and asset; computes :class:`ReferencePrice` records (module docstring)."""
+    """Keeps recent mids per venue and asset; computes :class:`ReferencePrice` records (module docstring)."""
 
     def __init__(
-        self, stale_after_us: int = 5_000_000, max_divergence_bps: float = 50.0, lagging_after_us: int = 30_000_000
+        self,
+        stale_after_us: int = 5_000_000,
+        max_divergence_bps: float = 50.0,
+        lagging_after_us: int = 30_000_000,
+        max_trail_us: int = 15_000_000,
+        step_us: int = 1_000_000,
     ):
         self.stale_after_us = stale_after_us
         self.max_divergence_bps = max_divergence_bps
         self.lagging_after_us = lagging_after_us
-        self._quotes: dict[str, dict[str, _Quote]] = {}
+        self.max_trail_us = max_trail_us
+        self.step_us = step_us
+        self._venues: dict[str, dict[str, _Venue]] = {}
         self._published: dict[str, int] = {}  # asset -> ts_event of the last reference returned
         self._lagging: set[str] = set()  # assets whose last reference was lagging (to log transitions only)
 
-    def observe(self, partial: MidPartial) -> None:
+    def observe(self, partial: MidPartial, arrived_us: int) -> None:
+        """A mid sampled by an aggregation partition, arriving at pipeline time ``arrived_us``."""
         asset = asset_of(partial.symbol)
         if asset is None:
             return
-        venue = f"{partial.exchange}:{partial.symbol}"
-        venues = self._quotes.setdefault(asset, {})
-        known = venues.get(venue)
-        if known is None or partial.ts_recv >= known.ts_recv:
-            venues[venue] = _Quote(Decimal(partial.mid), partial.mid, partial.ts_recv)
+        name = f"{partial.exchange}:{partial.symbol}"
+        venues = self._venues.setdefault(asset, {})
+        quote = _Quote(Decimal(partial.mid), partial.mid, partial.ts_recv)
+        venue = venues.get(name)
+        if venue is None:
+            venues[name] = _Venue(deque([quote]), arrived_us)
+            return
+        venue.arrived_us = max(venue.arrived_us, arrived_us)
+        if partial.ts_recv > venue.latest.ts_recv:  # an older or repeated mid never replaces a newer one
+            venue.quotes.append(quote)
 
     def compute(self, now_us: int) -> list[ReferencePrice]:
-        """References of the assets whose newest quote moved on since the last call, stamped with it.
-
-        ``now_us`` (pipeline time) only measures how far the references trail it; it decides nothing."""
+        """The references of each asset from its last one up to the time all its live venues reached."""
         out = []
-        for asset, venues in sorted(self._quotes.items()):
-            newest = max(q.ts_recv for q in venues.values())
-            lag_us = max(0, now_us - newest)
+        for asset, venues in sorted(self._venues.items()):
+            newest = max(v.latest.ts_recv for v in venues.values())
+            live = {
+                name: v for name, v in venues.items()
+                if now_us - v.arrived_us <= self.stale_after_us and newest - v.latest.ts_recv <= self.max_trail_us
+            }  # fmt: skip
+            if not live:
+                continue  # every venue stopped: nothing new to say
+            through = min(v.latest.ts_recv for v in live.values())
+            lag_us = max(0, now_us - through)
             REFERENCE_LAG.labels(asset).set(lag_us / 1e6)
-            if newest <= self._published.get(asset, -1):
+            last = self._published.get(asset)
+            if last is not None and through <= last:
                 continue  # nothing new: do not repeat the same quotes under a later time
-            self._published[asset] = newest
-            if lag_us > self.lagging_after_us:
-                LAGGING.labels(asset).inc()
-                if asset not in self._lagging:
-                    self._lagging.add(asset)
-                    log.warning(
-                        "reference of %s is %.1f s behind pipeline time (published anyway)", asset, lag_us / 1e6
-                    )
-            elif asset in self._lagging:
-                self._lagging.discard(asset)
-                log.info("reference of %s caught up (%.1f s behind pipeline time)", asset, lag_us / 1e6)
-            out.append(self._reference(asset, venues, newest))
+            self._note_lag(asset, lag_us)
+            for ts in self._times(live, last, through):
+                out.append(self._reference(asset, venues, live, ts))
+            self._published[asset] = through
+            for venue in venues.values():
+                venue.prune(through)
         return out
 
-    def _reference(self, asset: str, venues: dict[str, _Quote], newest: int) -> ReferencePrice:
-        excluded = {v: "stale" for v, q in venues.items() if newest - q.ts_recv > self.stale_after_us}
-        fresh = {v: q.mid for v, q in venues.items() if v not in excluded}  # never empty: the newest is fresh
+    def _times(self, live: dict[str, _Venue], last: int | None, through: int) -> list[int]:
+        """Event times to publish in ``(last, through]``: the live venues' mid times, at most one per step."""
+        if last is None:
+            return [through]
+        candidates = sorted({q.ts_recv for v in live.values() for q in v.quotes if last < q.ts_recv < through})
+        times: list[int] = []
+        for ts in candidates:
+            if ts - (times[-1] if times else last) >= self.step_us and through - ts >= self.step_us:
+                times.append(ts)
+        return [*times, through]  # at most one per step, ending where every live venue has spoken
+
+    def _note_lag(self, asset: str, lag_us: int) -> None:
+        if lag_us > self.lagging_after_us:
+            LAGGING.labels(asset).inc()
+            if asset not in self._lagging:
+                self._lagging.add(asset)
+                log.warning("reference of %s is %.1f s behind pipeline time (published anyway)", asset, lag_us / 1e6)
+        elif asset in self._lagging:
+            self._lagging.discard(asset)
+            log.info("reference of %s caught up (%.1f s behind pipeline time)", asset, lag_us / 1e6)
+
+    def _reference(self, asset: str, venues: dict[str, _Venue], live: dict[str, _Venue], ts: int) -> ReferencePrice:
+        quotes = {name: (v.as_of(ts) if name in live else v.latest) for name, v in venues.items()}
+        excluded: dict[str, str] = {name: "stale" for name in venues if name not in live}
+        fresh = {name: q.mid for name, q in quotes.items() if name in live}  # never empty
         if len(fresh) >= 3:
             first = median(list(fresh.values()))
-            for venue, mid in fresh.items():
+            for name, mid in fresh.items():
                 if abs(divergence_bps(mid, first)) > self.max_divergence_bps:
-                    excluded[venue] = "diverging"
-        included = [mid for venue, mid in fresh.items() if venue not in excluded]
+                    excluded[name] = "diverging"
+        included = [mid for name, mid in fresh.items() if name not in excluded]
         if not included:  # no consensus (e.g. two venues against two): exclude nobody for diverging
-            excluded = {v: reason for v, reason in excluded.items() if reason != "diverging"}
+            excluded = {name: reason for name, reason in excluded.items() if reason != "diverging"}
             included = list(fresh.values())
         price = median(included)
         return ReferencePrice(
             asset=asset,
-            ts_event=newest,
+            ts_event=ts,
             price=fmt(price),
             venues=len(included),
-            mids={v: q.mid_text for v, q in sorted(venues.items())},
-            divergence_bps={v: round(divergence_bps(q.mid, price), 4) for v, q in sorted(venues.items())},
+            mids={name: q.mid_text for name, q in sorted(quotes.items())},
+            divergence_bps={name: round(divergence_bps(q.mid, price), 4) for name, q in sorted(quotes.items())},
             excluded=dict(sorted(excluded.items())),  # type: ignore[arg-type]
         )

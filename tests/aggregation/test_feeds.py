@@ -63,27 +63,32 @@ def mid(exchange: str, symbol: str, value: str, age_s: float) -> MidPartial:
 def test_reference_is_the_median_without_stale_or_diverging_venues() -> None:
     assert (asset_of("BTC-USDT"), asset_of("BTC-USD"), asset_of("BTC-USDT-PERP"), asset_of("ETH-BTC")) == (
         "BTC-USD", "BTC-USD", None, "ETH-BTC")  # fmt: skip
-    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50)
-    for partial in (
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, max_trail_us=15 * S)
+    quotes = (
         mid("binance", "BTC-USDT", "36500.5", 0.1),
         mid("coinbase", "BTC-USD", "36501.5", 0.2),
         mid("okx", "BTC-USDT", "36502.0", 0.3),
         mid("kraken", "BTC-USD", "37000", 0.1),  # 136 bps away: diverging
         mid("binance_usdm", "BTC-USDT-PERP", "36600", 0.1),  # perpetual: not a reference input
-        mid("okx", "BTC-USDC", "36400", 30),  # stale
-    ):
-        tracker.observe(partial)
+        mid("okx", "BTC-USDC", "36400", 30),  # 30 s behind the newest quote (more than max_trail): stale
+    )
+    for partial in quotes:
+        tracker.observe(partial, T)
     (price,) = tracker.compute(T)
     assert (price.asset, price.price, price.venues) == ("BTC-USD", "36501.5", 3)
     assert price.excluded == {"kraken:BTC-USD": "diverging", "okx:BTC-USDC": "stale"}
     assert price.divergence_bps["kraken:BTC-USD"] == pytest.approx(
         float((Decimal(37000) - Decimal("36501.5")) / Decimal("36501.5")) * 1e4, abs=1e-4)  # fmt: skip
-    assert price.ts_event == T - int(0.1 * S)  # the newest quote's ts_recv, not the time we computed it
-    tracker.observe(mid("binance", "BTC-USDT", "36500.5", 10))  # an older quote never replaces a newer one
-    assert tracker.compute(T + 100 * S) == []  # no quote moved on: nothing repeated under a later time
-    tracker.observe(mid("coinbase", "BTC-USD", "36501.5", 0))
+    # stamped where every live venue has quoted (okx BTC-USDT, 0.3 s old), not when we computed it
+    assert price.ts_event == T - int(0.3 * S)
+    tracker.observe(mid("binance", "BTC-USDT", "36500.5", 10), T + 100 * S)  # an older quote never replaces
+    assert tracker.compute(T + S) == []  # no quote moved on: nothing repeated under a later time
+    for partial in quotes[:5]:  # the live venues sample their (unchanged) mids again, 100 s later
+        tracker.observe(partial, T + 100 * S)
+    tracker.observe(mid("coinbase", "BTC-USD", "36501.5", 0), T + 100 * S)
+    tracker.observe(mid("okx", "BTC-USDT", "36502.0", 0), T + 100 * S)
     (again,) = tracker.compute(T + 100 * S)  # however far behind we are, new quotes make a new reference
-    assert (again.ts_event, again.price, again.excluded) == (T, "36501.5", price.excluded)
+    assert (again.ts_event, again.price, again.excluded) == (T - int(0.1 * S), "36501.5", price.excluded)
 
 
 async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_path: Path) -> None:
@@ -154,27 +159,78 @@ def test_reference_without_consensus_excludes_nobody_for_diverging() -> None:
         mid("okx", "BTC-USDT", "120", 0.1),
         mid("kraken", "BTC-USD", "120", 0.1),
     ):
-        tracker.observe(partial)
+        tracker.observe(partial, T)
     (price,) = tracker.compute(T)
     assert (price.price, price.venues, price.excluded) == ("110", 4, {})
 
 
-def test_a_venue_that_stops_is_excluded_once_the_others_move_on() -> None:
+def test_a_venue_that_stops_holds_references_back_until_it_is_stale() -> None:
+    """okx stops after its quote at second 2: while it may only be late, references wait for it (at most
+    stale_after); then it is stale and the seconds it held back are published, in order, without it."""
     tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, lagging_after_us=30 * S)
-    for second in range(10):  # okx stops after its quote at second 2; the others quote every second
+    published = []
+    for second in range(12):
         for exchange, symbol, value in (("binance", "BTC-USDT", "100"), ("coinbase", "BTC-USD", "100.2"),
                                         ("okx", "BTC-USDT", "100.1")):  # fmt: skip
             if exchange != "okx" or second <= 2:
-                tracker.observe(MidPartial(exchange, symbol, value, T + second * S, T + second * S))
+                tracker.observe(MidPartial(exchange, symbol, value, T + second * S, T + second * S), T + second * S)
         refs = tracker.compute(T + second * S + 200_000)
-        (ref,) = refs
-        assert ref.ts_event == T + second * S
-        if second - 2 <= 5:  # okx's last quote is at most 5 s older than the newest: still in
+        if 3 <= second <= 6:
+            assert refs == []  # okx's last mid arrived <= 5 s ago: it may be late, not gone
+        if second == 7:
+            assert [r.ts_event for r in refs] == [T + k * S for k in range(3, 8)]  # the held-back seconds
+        published += refs
+    assert [r.ts_event for r in published] == [T + k * S for k in range(12)]  # every second, once, in order
+    for ref in published:
+        if ref.ts_event <= T + 2 * S:
             assert (ref.price, ref.venues, ref.excluded) == ("100.1", 3, {})
         else:
             assert (ref.price, ref.venues, ref.excluded) == ("100.1", 2, {"okx:BTC-USDT": "stale"})
             assert ref.mids["okx:BTC-USDT"] == "100.1"  # still reported, with its divergence
     assert tracker.compute(T + 60 * S) == []  # every venue stopped: no more references
+
+
+def test_partitions_progressing_unevenly_do_not_make_venues_stale() -> None:
+    """The aggregation partitions of a loaded worker sample their markets seconds apart: binance's mids run
+    8 s ahead of coinbase's and okx's. No venue is stale; each second gets one reference with every venue's
+    mid as of that second, and okx's divergence shows at the second it began (an as-of join)."""
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, max_trail_us=15 * S)
+
+    def okx_mid(second: int) -> str:
+        return "100" if second < 20 else "101"  # okx moves 100 bps away at second 20
+
+    published = []
+    for tick in range(12, 40):
+        now = T + tick * S
+        tracker.observe(MidPartial("binance", "BTC-USDT", "100", now, now), now)
+        for exchange, symbol in (("coinbase", "BTC-USD"), ("kraken", "BTC-USD"), ("okx", "BTC-USDT")):
+            behind = now - 8 * S
+            value = okx_mid(tick - 8) if exchange == "okx" else "100"
+            tracker.observe(MidPartial(exchange, symbol, value, behind, behind), now)
+        published += tracker.compute(now)
+    assert all(r.excluded.get(v) != "stale" for r in published for v in r.mids)
+    assert [r.ts_event for r in published] == [T + k * S for k in range(4, 32)]
+    first_diverging = next(r for r in published if r.excluded.get("okx:BTC-USDT") == "diverging")
+    assert first_diverging.ts_event == T + 20 * S and first_diverging.divergence_bps["okx:BTC-USDT"] == 100.0
+
+
+def test_a_burst_of_mids_after_a_stall_yields_the_missing_seconds() -> None:
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50)
+
+    def sample(second: int, arrived: int) -> None:
+        for exchange, symbol in (("binance", "ETH-USDT"), ("coinbase", "ETH-USD")):
+            ts = T + second * S + (1000 if exchange == "coinbase" else 0)
+            tracker.observe(MidPartial(exchange, symbol, str(2000 + second), ts, ts), arrived)
+
+    sample(0, T)
+    (first,) = tracker.compute(T)
+    assert (first.ts_event, first.price) == (T, "2000")  # coinbase's first mid (1 ms later) stands for before it
+    for second in range(1, 6):  # five seconds of mids reach the tracker at once (its consumer stalled)
+        sample(second, T + 6 * S)
+    refs = tracker.compute(T + 6 * S)
+    assert [r.ts_event for r in refs] == [T + k * S for k in range(1, 6)]
+    # as of each second: binance's mid of that second, coinbase's of the second before (1 ms short of it)
+    assert [r.price for r in refs] == [f"{1999.5 + k}" for k in range(1, 6)]
 
 
 def test_reference_is_published_while_all_venues_lag_together() -> None:
@@ -185,7 +241,8 @@ def test_reference_is_published_while_all_venues_lag_together() -> None:
     for second, behind_s in ((0, 1), (1, 20), (2, 120), (3, 246)):  # how far the aggregator trails the quotes
         for exchange, symbol, value in (("binance", "ETH-USDT", "2000"), ("coinbase", "ETH-USD", "2000.4"),
                                         ("kraken", "ETH-USD", "2000.2")):  # fmt: skip
-            tracker.observe(MidPartial(exchange, symbol, value, T + second * S - 1000, T + second * S))
+            tracker.observe(MidPartial(exchange, symbol, value, T + second * S - 1000, T + second * S),
+                            T + second * S + behind_s * S)
         (ref,) = tracker.compute(T + second * S + behind_s * S)
         assert (ref.asset, ref.ts_event, ref.price, ref.venues, ref.excluded) == (
             "ETH-USD", T + second * S, "2000.2", 3, {})  # fmt: skip
@@ -199,7 +256,7 @@ def test_one_of_three_fresh_venues_diverging_is_excluded() -> None:
     tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50)
     for exchange, symbol, value, age_s in (("binance", "SOL-USDT", "60.00", 0.5), ("coinbase", "SOL-USD", "60.06", 0),
                                            ("kraken", "SOL-USD", "61.00", 4.9)):  # fmt: skip
-        tracker.observe(mid(exchange, symbol, value, age_s))
+        tracker.observe(mid(exchange, symbol, value, age_s), T + 90 * S)  # arriving late, all of them
     (ref,) = tracker.compute(T + 90 * S)  # far behind pipeline time: judged among the quotes, kraken is fresh
     assert (ref.price, ref.venues, ref.excluded) == ("60.03", 2, {"kraken:SOL-USD": "diverging"})
     assert ref.divergence_bps["kraken:SOL-USD"] == pytest.approx(
