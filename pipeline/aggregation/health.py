@@ -73,6 +73,9 @@ class FeedStatsCollector:
         self._buckets: dict[tuple[str, str, int], FeedPartial] = {}
 
     def observe(self, exchange: str, stream: str, ts_event: int, ts_recv: int) -> None:
+        # the per-record counting below is repeated inline in observe_many on purpose: both are hot paths, and
+        # sharing it (a helper call per record, or observe_many on a one-record tuple) measured 15% slower per
+        # trade and twice the cost per bbo
         bucket = ts_recv - ts_recv % SECOND_US
         key = (exchange, stream, bucket)
         partial = self._buckets.get(key)

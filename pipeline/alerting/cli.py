@@ -22,9 +22,9 @@ from rich.table import Table
 
 from pipeline.alerting import control
 from pipeline.alerting.errors import RuleLoadError
-from pipeline.alerting.matchers import parse_matcher
 from pipeline.alerting.rules import RuleSet, load_rules, parse_duration
 from pipeline.clock import from_settings, process_clock
+from pipeline.contracts.matchers import parse_matcher
 from pipeline.contracts.records import AlertAction, Silence
 from pipeline.settings import Settings
 

@@ -11,7 +11,6 @@ from statistics import median
 
 import msgspec
 
-from pipeline.alerting.matchers import all_match
 from pipeline.alerting.rules import (
     Absent,
     All,
@@ -26,6 +25,7 @@ from pipeline.alerting.rules import (
     Threshold,
 )
 from pipeline.alerting.sources import BPS, Sample
+from pipeline.contracts.matchers import all_match
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pipeline.alerting.lifecycle import Slot
-from pipeline.alerting.matchers import all_match
 from pipeline.alerting.rules import InhibitRule
+from pipeline.contracts.matchers import all_match
 
 
 def inhibitor(slot: Slot, rules: Iterable[InhibitRule], firing: Iterable[Slot]) -> Slot | None:

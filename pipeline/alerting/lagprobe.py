@@ -7,9 +7,9 @@ records back from the topic like any input, so replays stay deterministic.
 
 Every broker call of a round has a wall-time budget (``call_timeout_s``): a call not answered in time (an
 offset fetch held while the group rebalances after its member was killed, say) is abandoned and the round goes
-on with what it knows, so one slow answer cannot stall the rounds after it. The log ends are read once per
-partition (:func:`log_ends_now`): reading "until nothing more comes" never ends on a topic written all the
-time. A group's committed offsets only move forward and stay put while it has no live member (a killed sink),
+on with what it knows, so one slow answer cannot stall the rounds after it. The log ends are fetched once per
+partition (:func:`pipeline.kafka.offsets.log_end_offsets`), so a round ends on a topic written all the time.
+A group's committed offsets only move forward and stay put while it has no live member (a killed sink),
 so when the fetch is not answered the round reuses the last offsets it got for the group: its lag keeps being
 published against fresh log ends, and keeps growing while nobody commits.
 """
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -29,8 +28,9 @@ from aiokafka.errors import KafkaError
 from pipeline.clock import Clock
 from pipeline.contracts import encode, load_registry
 from pipeline.contracts.records import ConsumerLag
-from pipeline.kafka.clients import client_options, make_consumer
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.kafka.clients import client_options
+from pipeline.kafka.offsets import log_end_offsets
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ async def lag_records(
     ``timeout_s``)."""
     if not committed:
         return []
-    ends = await asyncio.wait_for(log_ends_now(settings.kafka, committed, timeout_s), timeout_s)
+    ends = await asyncio.wait_for(log_end_offsets(settings.kafka, committed, timeout_s / 2), timeout_s)
     per_topic: dict[str, list[TopicPartition]] = defaultdict(list)
     for tp in committed:
         per_topic[tp.topic].append(tp)
@@ -82,42 +82,6 @@ async def lag_records(
             )
         )
     return out
-
-
-async def log_ends_now(
-    kafka: KafkaSettings, partitions: Iterable[TopicPartition], budget_s: float = CALL_TIMEOUT_S
-) -> dict[TopicPartition, int]:
-    """The offset after the last record of each partition, as of this call.
-
-    Like :func:`pipeline.kafka.offsets.log_end_offsets` (ListOffsets, then read from the reported end minus one:
-    Tansu reports the base offset of a partition's last batch plus one), but a partition is read once, not until
-    nothing more comes: on a topic that is written all the time "nothing more" never comes, and a probe round
-    must end. Partitions that gave nothing within ``budget_s`` keep the ListOffsets answer."""
-    tps = list(partitions)
-    if not tps:
-        return {}
-    consumer = make_consumer(kafka, group_id=None, max_partition_fetch_bytes=8 * 1024 * 1024)
-    await consumer.start()
-    try:
-        ends = dict(await consumer.end_offsets(tps))
-        pending = {tp for tp in tps if ends[tp] > 0}
-        if not pending:
-            return ends
-        consumer.assign(list(pending))
-        for tp in pending:
-            consumer.seek(tp, ends[tp] - 1)
-        deadline = asyncio.get_running_loop().time() + budget_s / 2
-        while pending and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(*pending, timeout_ms=300)
-            if not batch:
-                break
-            for tp, messages in batch.items():
-                if messages:
-                    ends[tp] = max(ends[tp], messages[-1].offset + 1)
-                    pending.discard(tp)
-        return ends
-    finally:
-        await consumer.stop()
 
 
 async def measure(

@@ -9,15 +9,15 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.alerting import templates
 from pipeline.alerting.errors import RuleLoadError
-from pipeline.alerting.matchers import Matcher, parse_matcher, where_matchers
 from pipeline.alerting.sources import SOURCES
+from pipeline.contracts.matchers import Matcher, parse_matcher, where_matchers
 
 _UNITS = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
@@ -66,26 +66,32 @@ class _Leaf(_Model):
     def matchers(self) -> tuple[Matcher, ...]:
         return where_matchers(self.where)
 
-    def _check_metric(self, metric: str) -> None:
+
+class _MetricLeaf(_Leaf):
+    """A condition comparing one ``metric`` of its source with ``op value``."""
+
+    metric: str
+    op: Op
+    value: float
+
+    @model_validator(mode="after")
+    def _metric(self) -> Self:
         known = SOURCES[self.source].metrics
-        if metric not in known:
-            raise ValueError(f"unknown metric {metric!r} of source {self.source}; known: {known}")
+        if self.metric not in known:
+            raise ValueError(f"unknown metric {self.metric!r} of source {self.source}; known: {known}")
+        return self
 
 
-class Threshold(_Leaf):
+class Threshold(_MetricLeaf):
     """``metric op value``; with ``recovery`` it stays true until ``metric op recovery`` is false
     (hysteresis); with ``hold`` a sample counts only for that long (else until the next one)."""
 
     type: Literal["threshold"]
-    metric: str
-    op: Op
-    value: float
     recovery: float | None = None
     hold: Duration | None = None
 
     @model_validator(mode="after")
-    def _metric(self) -> Threshold:
-        self._check_metric(self.metric)
+    def _recovery(self) -> Threshold:
         if self.recovery is not None and self.op in ("==", "!="):
             raise ValueError("recovery needs an ordering op (>, >=, <, <=)")
         return self
@@ -98,37 +104,21 @@ class Absent(_Leaf):
     after: Duration
 
 
-class Rate(_Leaf):
+class Rate(_MetricLeaf):
     """Change of ``metric`` over the trailing ``window``: ``delta`` per ``per`` or ``percent`` of the oldest."""
 
     type: Literal["rate"]
-    metric: str
     window: Duration
-    op: Op
-    value: float
     mode: Literal["delta", "percent"] = "delta"
     per: Duration = 1_000_000
     recovery: float | None = None
 
-    @model_validator(mode="after")
-    def _metric(self) -> Rate:
-        self._check_metric(self.metric)
-        return self
 
-
-class Sum(_Leaf):
+class Sum(_MetricLeaf):
     """Sum of ``metric`` over the trailing ``window`` (``count`` of the dlq source counts records)."""
 
     type: Literal["sum"]
-    metric: str
     window: Duration
-    op: Op
-    value: float
-
-    @model_validator(mode="after")
-    def _metric(self) -> Sum:
-        self._check_metric(self.metric)
-        return self
 
 
 class AnomalyScore(_Leaf):

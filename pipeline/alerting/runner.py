@@ -234,7 +234,11 @@ class RuleEngineRunner:
             pending.append(await producer.send(topic, encode(alert), key=alert.fingerprint.encode()))
             self.published[alert.fingerprint] = alert.version
             TRANSITIONS.labels(rule=alert.rule, state=alert.state).inc()
-            log.info("%s %s %s v%d at %d", alert.rule, alert.fingerprint, alert.state, alert.version, alert.ts_event)
+            # firing/resolved are news for an operator; pending/inactive churn (a sparse stream's rate flickering
+            # under its threshold for a second) is counted in the metric and logged at debug level only
+            level = logging.INFO if alert.state in ("firing", "resolved") else logging.DEBUG
+            log.log(level, "%s %s %s v%d at %d", alert.rule, alert.fingerprint, alert.state, alert.version,
+                    alert.ts_event)
         if pending:
             await asyncio.gather(*pending)
         ACTIVE.set(len(self.engine.active()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.alerting.conditions import NEVER
 from pipeline.alerting.errors import BadInput
-from pipeline.alerting.matchers import Matcher, all_match, parse_matcher
+from pipeline.contracts.matchers import Matcher, all_match, parse_matcher
 from pipeline.contracts.records import Silence
 
 

@@ -6,6 +6,7 @@ records (``marketprism topics schemas --write``) and a test keeps the two in agr
 """
 
 from pipeline.contracts.codec import DecodeError, decode, decoder_for, encode
+from pipeline.contracts.labels import IncidentLabel, read_labels
 from pipeline.contracts.records import (
     RECORD_TYPES,
     Alert,
@@ -39,6 +40,7 @@ __all__ = [
     "DecodeError",
     "FeedMetrics",
     "Funding",
+    "IncidentLabel",
     "Liquidation",
     "Notification",
     "OpenInterest",
@@ -52,4 +54,5 @@ __all__ = [
     "encode",
     "load_registry",
     "market_key",
+    "read_labels",
 ]

@@ -35,7 +35,8 @@ from rich.console import Console
 from rich.live import Live
 
 from pipeline.clock import ScaledClock
-from pipeline.contracts import load_registry
+from pipeline.contracts import IncidentLabel, load_registry
+from pipeline.contracts.labels import encode_label
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.summary import DemoSummary, build_summary
 from pipeline.demo.view import WATCHED, DemoStats
@@ -178,7 +179,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
     receiver = WebhookReceiver()
     stats = DemoStats()
     labels_path = home / "labels.jsonl"
-    fault_labels: list[dict[str, object]] = []  # pipeline faults injected (faults.yaml)
+    fault_labels: list[IncidentLabel] = []  # pipeline faults injected (faults.yaml)
     ready_before_s: float | None = None  # wall seconds between the collectors connecting and the scenario start
     scenario_wall_s: float | None = None
     drained = False  # the scenario ended and the workers worked off their backlog
@@ -305,7 +306,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         if killed:
             log.warning("had to SIGKILL: %s", ", ".join(killed))
     with labels_path.open("ab") as out:  # the simulator has stopped: the pipeline faults join its labels
-        out.writelines(orjson.dumps(label) + b"\n" for label in fault_labels)
+        out.writelines(encode_label(label) for label in fault_labels)
     summary = build_summary(home, labels_path, records, receiver, stats)
     summary.leftover_pids = children.leftovers()
     summary.run = {
@@ -391,7 +392,7 @@ async def _watch(  # type: ignore[no-untyped-def]
 
 
 async def _inject_faults(
-    children: ChildGroup, status_url: str, duration_s: float, labels: list[dict[str, object]]
+    children: ChildGroup, status_url: str, duration_s: float, labels: list[IncidentLabel]
 ) -> None:
     """Play ``faults.yaml`` on the simulator's clock and record a label (simulated start/end) per fault:
     ``pause_component`` SIGSTOPs a child's process group at ``at_s`` and SIGCONTs it ``duration_s`` later;
@@ -418,7 +419,7 @@ async def _inject_faults(
                             continue
                         if fault["kind"] == "kill_component":
                             # out of the group first: down on purpose, not a crash (the watch loop runs during the wait)
-                            children.children.remove(child)
+                            children.detach(child)
                             os.killpg(child.process.pid, signal.SIGKILL)
                             await asyncio.to_thread(child.process.wait, 30)
                         else:
@@ -435,8 +436,8 @@ async def _inject_faults(
                                 os.killpg(child.process.pid, signal.SIGCONT)
                         del active[fault_id]
                         log.info("fault %s over: %s back", fault_id, fault["component"])
-                        labels.append({"id": fault_id, "kind": f"{fault['component']}_down", "venue": "pipeline",
-                                       "symbol": None, "start_us": since_us, "end_us": now_us})
+                        labels.append(IncidentLabel(id=fault_id, kind=f"{fault['component']}_down", venue="pipeline",
+                                                    symbol=None, start_us=since_us, end_us=now_us))
     finally:
         for fault, child, _ in active.values():
             if fault["kind"] == "pause_component":

@@ -13,11 +13,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.contracts import Alert, Notification
+from pipeline.contracts import Alert, IncidentLabel, Notification, read_labels
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.view import DemoStats
 from pipeline.sinks.schema import table_name
@@ -53,16 +52,6 @@ CONSEQUENCES: dict[str, tuple[str, ...]] = {
 }
 # States of an alert that has fired: inhibited or silenced alerts were raised too, only not notified.
 RAISED = frozenset({"firing", "silenced", "acked", "flapping"})
-
-
-class _Label(msgspec.Struct, frozen=True):
-    id: str
-    kind: str
-    venue: str
-    symbol: str | None
-    start_us: int
-    end_us: int
-    raw_symbol: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +168,7 @@ def _symbol_tokens(stream: str) -> set[str]:
     return {t for t in re.split(r"[:@]", stream.lower()) if t}
 
 
-def _concerns(label: _Label, labels: dict[str, str]) -> bool:
+def _concerns(label: IncidentLabel, labels: dict[str, str]) -> bool:
     """Whether an alert's labels point at the incident's venue (and symbol, where the alert names one)."""
     exchange = labels.get("exchange")
     if exchange is None and labels.get("series_id", "").startswith("health:"):  # health:<exchange>:<stream>:...
@@ -222,7 +211,7 @@ def _episodes(alerts: list[Alert]) -> list[_Episode]:
     return sorted(found.values(), key=lambda e: e.fired_at)
 
 
-def _outcome(label: _Label, episodes: list[_Episode], sent: list[Notification]) -> IncidentOutcome:
+def _outcome(label: IncidentLabel, episodes: list[_Episode], sent: list[Notification]) -> IncidentOutcome:
     expected = EXPECTED_RULES.get(label.kind, ())
     best = next(
         (e for e in episodes
@@ -240,7 +229,7 @@ def _outcome(label: _Label, episodes: list[_Episode], sent: list[Notification]) 
     )
 
 
-def _unexplained(labels: list[_Label], episodes: list[_Episode]) -> list[str]:
+def _unexplained(labels: list[IncidentLabel], episodes: list[_Episode]) -> list[str]:
     """Raised alerts whose rule and labels match no incident (what a user would call a false alarm)."""
     out = []
     for e in episodes:
@@ -273,9 +262,9 @@ def _table_rows(home: Path, config: Path) -> dict[str, int]:
 def build_summary(
     home: Path, labels_path: Path, topic_records: dict[str, int], receiver: WebhookReceiver, stats: DemoStats
 ) -> DemoSummary:
-    labels = []
+    labels: list[IncidentLabel] = []
     if labels_path.exists():
-        labels = [msgspec.json.decode(line, type=_Label) for line in labels_path.read_bytes().splitlines() if line]
+        labels = read_labels(labels_path)
     episodes = _episodes(stats.alert_log)
     rows = _table_rows(home, home / "config.yaml")
     records = {table_name(topic): count for topic, count in topic_records.items()}

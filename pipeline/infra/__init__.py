@@ -5,6 +5,7 @@ in the state dir and stopped by that PID only (after checking the PID still runs
 ``down`` never touches a process it did not start. Production never needs this package.
 """
 
+from pipeline.infra.scratch import scratch_broker, with_fresh_prefix
 from pipeline.infra.services import (
     InfraError,
     ManagedProcess,
@@ -23,4 +24,6 @@ __all__ = [
     "clickhouse_server_binary",
     "clickhouse_service",
     "free_port",
+    "scratch_broker",
+    "with_fresh_prefix",
 ]

@@ -12,9 +12,7 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +21,11 @@ from aiohttp import web
 from aiokafka import TopicPartition
 from rich.table import Table
 
-from pipeline.contracts import Alert, decode, load_registry
-from pipeline.infra import broker_service, free_port
+from pipeline.contracts import Alert, decode
+from pipeline.infra import free_port, scratch_broker
 from pipeline.kafka import RecordProducer, make_consumer, make_producer
-from pipeline.kafka.admin import apply, describe
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.kafka.admin import describe
+from pipeline.settings import Settings
 
 SENT_AT = "bench_sent_us"
 
@@ -36,14 +34,18 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-class NotifierProcess:
-    """A ``marketprism notify`` child process, stopped by its own PID only."""
+class PipelineProcess:
+    """A ``marketprism <command>`` child process on the settings' broker, topic prefix and state dir (metrics
+    off, no config file), logging to ``log_file``; stopped by its own PID only."""
 
-    def __init__(self, settings: Settings, routes: Path, log_file: Path):
+    def __init__(self, settings: Settings, log_file: Path):
         self._settings = settings
-        self._routes = routes
         self._log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The ``marketprism`` arguments."""
+        raise NotImplementedError
 
     def start(self) -> None:
         kafka = self._settings.kafka
@@ -57,7 +59,7 @@ class NotifierProcess:
             "MARKETPRISM_STATE_DIR": str(self._settings.state_dir),
         }
         env.pop("MARKETPRISM_CONFIG", None)
-        argv = [sys.executable, "-c", "from pipeline.cli import main; main()", "notify", "--routes", str(self._routes)]
+        argv = [sys.executable, "-c", "from pipeline.cli import main; main()", *self.command()]
         with self._log_file.open("ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -78,6 +80,17 @@ class NotifierProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+class NotifierProcess(PipelineProcess):
+    """``marketprism notify`` with the routes file ``routes``."""
+
+    def __init__(self, settings: Settings, routes: Path, log_file: Path):
+        super().__init__(settings, log_file)
+        self._routes = routes
+
+    def command(self) -> list[str]:
+        return ["notify", "--routes", str(self._routes)]
 
 
 def firing_alert(fingerprint: str, ts: int, **annotations: str) -> Alert:
@@ -143,22 +156,8 @@ def table(results: list[BenchResult]) -> Table:
 
 
 async def run_bench(base: Settings, alerts: int, rate: float, wait_s: float = 120.0) -> BenchResult:
-    with tempfile.TemporaryDirectory(prefix="mp-bench-notify-") as tmp:
-        work = Path(tmp)
-        broker = broker_service(work / "broker", port=free_port())
-        broker.start()
-        try:
-            settings = base.model_copy(
-                update={
-                    "kafka": KafkaSettings(bootstrap_servers=broker.address),
-                    "topic_prefix": f"bench{uuid.uuid4().hex[:6]}.",
-                    "state_dir": work / "state",
-                }
-            )
-            await apply(settings.kafka, load_registry(), settings.topic_prefix)
-            return await _measure(settings, work, alerts, rate, wait_s)
-        finally:
-            broker.stop()
+    async with scratch_broker(base, "bench-notify") as (settings, work):
+        return await _measure(settings, work, alerts, rate, wait_s)
 
 
 async def _measure(settings: Settings, work: Path, alerts: int, rate: float, wait_s: float) -> BenchResult:

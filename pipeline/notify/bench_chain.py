@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +24,12 @@ from aiohttp import web
 from aiokafka import TopicPartition
 from rich.table import Table
 
-from pipeline.contracts import FeedMetrics, decode, load_registry
-from pipeline.infra import broker_service, free_port
+from pipeline.contracts import FeedMetrics, decode
+from pipeline.infra import free_port, scratch_broker
 from pipeline.kafka import RecordProducer, make_consumer, make_producer
-from pipeline.kafka.admin import apply, describe
-from pipeline.notify.bench import NotifierProcess, _percentile
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.kafka.admin import describe
+from pipeline.notify.bench import NotifierProcess, PipelineProcess, _percentile
+from pipeline.settings import Settings
 
 RULES = """
 rules:
@@ -92,27 +87,15 @@ def table(results: list[ChainResult]) -> Table:
     return out
 
 
-class EngineProcess:
-    """A ``marketprism alerts run`` child process, stopped by its own PID only."""
+class EngineProcess(PipelineProcess):
+    """``marketprism alerts run`` (no core rules) with the rules file ``rules``, from the topics' latest offsets."""
 
     def __init__(self, settings: Settings, rules: Path, log_file: Path):
-        self._settings = settings
+        super().__init__(settings, log_file)
         self._rules = rules
-        self._log_file = log_file
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        env = os.environ | {
-            "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": self._settings.kafka.bootstrap_servers,
-            "MARKETPRISM_TOPIC_PREFIX": self._settings.topic_prefix,
-            "MARKETPRISM_METRICS_PORT": "0",
-            "MARKETPRISM_STATE_DIR": str(self._settings.state_dir),
-        }
-        env.pop("MARKETPRISM_CONFIG", None)
-        argv = [sys.executable, "-c", "from pipeline.cli import main; main()", "alerts", "run", "--no-core",
-                "--rules", str(self._rules), "--from", "latest", "--idle-advance", "0"]
-        with self._log_file.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def command(self) -> list[str]:
+        return ["alerts", "run", "--no-core", "--rules", str(self._rules), "--from", "latest", "--idle-advance", "0"]
 
     async def ready(self, wait_s: float) -> None:
         async with asyncio.timeout(wait_s):
@@ -121,33 +104,10 @@ class EngineProcess:
                     raise RuntimeError(f"rule engine exited: {self._log_file.read_text()[-2000:]}")
                 await asyncio.sleep(0.2)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
 
 async def run_chain_bench(base: Settings, alerts: int, rate: float, for_s: float, wait_s: float = 120.0) -> ChainResult:
-    with tempfile.TemporaryDirectory(prefix="mp-bench-chain-") as tmp:
-        work = Path(tmp)
-        broker = broker_service(work / "broker", port=free_port())
-        broker.start()
-        try:
-            settings = base.model_copy(
-                update={
-                    "kafka": KafkaSettings(bootstrap_servers=broker.address),
-                    "topic_prefix": f"bench{uuid.uuid4().hex[:6]}.",
-                    "state_dir": work / "state",
-                }
-            )
-            await apply(settings.kafka, load_registry(), settings.topic_prefix)
-            return await _measure(settings, work, alerts, rate, int(for_s * 1e6), wait_s)
-        finally:
-            broker.stop()
+    async with scratch_broker(base, "bench-chain") as (settings, work):
+        return await _measure(settings, work, alerts, rate, int(for_s * 1e6), wait_s)
 
 
 async def _measure(settings: Settings, work: Path, alerts: int, rate: float, for_us: int, wait_s: float) -> ChainResult:

@@ -11,11 +11,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.contracts.matchers import Matcher
 from pipeline.notify.base import ConfigError
 from pipeline.notify.channels import ChannelConfig
 from pipeline.notify.durations import Seconds, micros
 from pipeline.notify.retry import RetryConfig
-from pipeline.notify.routing import EscalationStep, Matcher, Route
+from pipeline.notify.routing import EscalationStep, Route
 
 
 class EscalationConfig(BaseModel):

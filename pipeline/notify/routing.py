@@ -1,4 +1,4 @@
-"""The routing tree: label matchers (``=``, ``!=``, ``=~``, ``!~``; regexes fully anchored) and
+"""The routing tree: label matchers (:mod:`pipeline.contracts.matchers`) and
 Alertmanager's matching walk (depth first; a matching child stops the walk unless it says
 ``continue``; a node none of whose children match takes the alert itself).
 
@@ -8,49 +8,10 @@ An alert's labels for matching and grouping are its ``labels`` plus ``rule`` (al
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from pipeline.contracts import Alert
-
-_MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
-
-
-@dataclass(frozen=True)
-class Matcher:
-    name: str
-    op: str
-    value: str
-    regex: re.Pattern[str] | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Matcher:
-        match = _MATCHER.match(text)
-        if match is None:
-            raise ValueError(f"bad matcher {text!r}: expected name=value, name!=value, name=~regex or name!~regex")
-        name, op, value = match.groups()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        regex = None
-        if op in ("=~", "!~"):
-            try:
-                regex = re.compile(f"^(?:{value})$")
-            except re.error as exc:
-                raise ValueError(f"bad regex in matcher {text!r}: {exc}") from exc
-        return cls(name, op, value, regex)
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        actual = labels.get(self.name, "")
-        if self.op == "=":
-            return actual == self.value
-        if self.op == "!=":
-            return actual != self.value
-        assert self.regex is not None
-        found = self.regex.match(actual) is not None
-        return found if self.op == "=~" else not found
-
-    def __str__(self) -> str:
-        return f"{self.name}{self.op}{self.value!r}"
+from pipeline.contracts.matchers import Matcher
 
 
 @dataclass(frozen=True)

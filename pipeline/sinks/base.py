@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,11 +175,17 @@ class BatchingSink(abc.ABC):
         pairs = list(records)
         self.add_batch(topic, partition, [o for o, _ in pairs], [v for _, v in pairs])
 
-    def add_batch(self, topic: str, partition: int, offsets: list[int], values: list[bytes | None]) -> None:
-        """Buffer records of one partition given as parallel lists in offset order (the hot path: the
-        whole list is converted at once by :meth:`convert_batch`)."""
+    def add_batch(
+        self, topic: str, partition: int, offsets: Sequence[int], values: Sequence[bytes | None]
+    ) -> None:
+        """Buffer records of one partition given as parallel sequences in offset order (the hot path: the
+        whole list is converted at once by :meth:`convert_batch`; lists are used as they are, not copied)."""
         if not offsets:
             return
+        if not isinstance(offsets, list):
+            offsets = list(offsets)
+        if not isinstance(values, list):
+            values = list(values)
         tp = TopicPartition(topic, partition)
         self._next_offsets[tp] = offsets[-1] + 1
         stored = self._stored.get(tp)

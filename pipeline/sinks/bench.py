@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.contracts import Trade, encode, load_registry
 from pipeline.contracts.examples import T0
+from pipeline.infra import with_fresh_prefix
 from pipeline.infra.services import port_open
 from pipeline.kafka import make_producer
 from pipeline.settings import Settings
@@ -126,11 +127,8 @@ async def _kafka_rate(settings: Settings, db_path: str, values: list[bytes]) -> 
     if not port_open(host, int(port)):
         log.warning("broker %s is not reachable; skipping the Kafka path", settings.kafka.bootstrap_servers)
         return None
-    from pipeline.kafka.admin import apply
-
-    prefix = f"bench{uuid.uuid4().hex[:8]}."
-    run_settings = settings.model_copy(update={"topic_prefix": prefix, "metrics_port": 0})
-    await apply(run_settings.kafka, load_registry(), prefix)
+    run_settings = await with_fresh_prefix(settings.model_copy(update={"metrics_port": 0}))
+    prefix = run_settings.topic_prefix
     producer = make_producer(run_settings.kafka)
     await producer.start()
     try:

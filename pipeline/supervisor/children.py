@@ -52,6 +52,11 @@ class ChildGroup:
         log.info("started %s (pid %s): %s", name, process.pid, " ".join(args))
         return child
 
+    def detach(self, child: Child) -> None:
+        """Stop watching and owning ``child`` (before stopping it on purpose: it is then neither "dead" nor
+        stopped by :meth:`stop`); the caller stops and waits for it."""
+        self.children.remove(child)
+
     def dead(self) -> list[Child]:
         return [c for c in self.children if not c.alive]
 

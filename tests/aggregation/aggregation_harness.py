@@ -11,12 +11,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from aiokafka import TopicPartition
-
-from pipeline.contracts import Bar, BatchTrade, Record, Trade, TradeBatch, decode, encode, load_registry, market_key
+from pipeline.contracts import Bar, BatchTrade, Record, Trade, TradeBatch, decode, encode, market_key
 from pipeline.kafka.clients import make_consumer, make_producer
-from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
+from tests.conftest import read_to_end as read_to_end  # the shared reader (used by test_resilience)
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKETPRISM = Path(sys.executable).parent / "marketprism"
@@ -115,13 +113,6 @@ async def read_topic(settings: Settings, topic: str, until, wait_s: float = 60.0
     finally:
         await consumer.stop()
     return messages
-
-
-async def read_to_end(settings: Settings, topic: str) -> list:  # type: ignore[type-arg]
-    """Every record the topic holds now (to the true log end, Tansu-safe)."""
-    partitions = range(load_registry().get(topic).partitions)
-    ends = await log_end_offsets(settings.kafka, [TopicPartition(settings.topic(topic), p) for p in partitions])
-    return await read_topic(settings, topic, lambda m: len(m) >= sum(ends.values()))
 
 
 async def read_trades_log(settings: Settings, count: int) -> dict[int, list[tuple[int, Trade]]]:

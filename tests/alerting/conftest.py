@@ -20,6 +20,7 @@ import pytest
 
 from pipeline.alerting.engine import AlertEngine
 from pipeline.alerting.rules import RuleSet, load_rules, parse_rule_file
+from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
 from pipeline.alerting.sources import SOURCES
 from pipeline.contracts import encode
 from pipeline.contracts.records import (
@@ -402,6 +403,20 @@ async def wait_for(settings: Settings, done: Callable[[list[Alert]], bool], wait
         await asyncio.sleep(0.5)
 
 
+async def run_engine_until(
+    settings: Settings, rules: RuleSet, options: RunnerOptions, done: Callable[[list[Alert]], bool]
+) -> list[Alert]:
+    """Run the rule engine (in this process, on the broker) until :func:`wait_for` ``done`` answers, then stop it;
+    the alerts ``wait_for`` returned."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(RuleEngineRunner(settings, rules, options).run(stop))
+    try:
+        return await wait_for(settings, done)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
 def engine_env(settings: Settings) -> dict[str, str]:
     return os.environ | {
         "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
@@ -460,5 +475,6 @@ def run_cli(settings: Settings, *args: str) -> str:
 
 @pytest.fixture
 def kafka_io() -> SimpleNamespace:
-    """Broker helpers for test modules: produce records, wait for ops.alerts.v1, run a CLI command."""
-    return SimpleNamespace(produce=produce, wait_for=wait_for, run_cli=run_cli)
+    """Broker helpers for test modules: produce records, wait for ops.alerts.v1, run the engine until alerts
+    are there, run a CLI command."""
+    return SimpleNamespace(produce=produce, wait_for=wait_for, run_engine_until=run_engine_until, run_cli=run_cli)

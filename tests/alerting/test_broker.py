@@ -48,14 +48,8 @@ async def test_core_rule_end_to_end_matches_the_engine_level_run(  # type: ignor
         records += case.make(rec, t)
         t += case.step
     await kafka_io.produce(topics, records)
-    runner = RuleEngineRunner(topics, load_rules(), RunnerOptions(start_from="earliest", idle_advance_us=0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
-    try:
-        alerts = await kafka_io.wait_for(topics, lambda got: len(got) >= len(expected))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+    options = RunnerOptions(start_from="earliest", idle_advance_us=0)
+    alerts = await kafka_io.run_engine_until(topics, load_rules(), options, lambda got: len(got) >= len(expected))
     got = sorted((a.fingerprint, a.version, a.state, a.ts_event) for a in alerts)
     assert got == sorted(expected)
     assert any(a.rule == rule and a.state == "firing" for a in alerts)
@@ -76,13 +70,9 @@ async def test_restart_resumes_from_the_checkpoint_without_repeating(topics: Set
 
     second = [r for t in range(45, 90) for r in (rec.fm(t), rec.fm(t, exchange="okx"))]
     await kafka_io.produce(topics, second)
-    stop = asyncio.Event()
-    task = asyncio.create_task(RuleEngineRunner(topics, rules, options).run(stop))
-    try:
-        alerts = await kafka_io.wait_for(topics, lambda got: any(a.state == "resolved" for a in got))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+    alerts = await kafka_io.run_engine_until(
+        topics, rules, options, lambda got: any(a.state == "resolved" for a in got)
+    )
     states = [((a.ts_event - rec.T0) // 1_000_000, a.state, a.version) for a in alerts]
     assert states == [(10, "pending", 1), (20, "firing", 2), (70, "resolved", 3)]
 
@@ -235,13 +225,9 @@ async def test_lag_probe_measures_a_stalled_consumer_group_and_the_rule_fires(  
     parsed = parse_rule_file(LAG_RULE, "lag.yaml")
     ruleset = RuleSet(rules=tuple(parsed.rules), inhibit_rules=())
     options = RunnerOptions(start_from="earliest", idle_advance_us=0, lag_groups=(group,), lag_interval_us=1_000_000)
-    stop = asyncio.Event()
-    task = asyncio.create_task(RuleEngineRunner(topics, ruleset, options).run(stop))
-    try:
-        alerts = await kafka_io.wait_for(topics, lambda got: any(a.state == "firing" for a in got))
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+    alerts = await kafka_io.run_engine_until(
+        topics, ruleset, options, lambda got: any(a.state == "firing" for a in got)
+    )
     assert alerts[0].state == "firing"
     assert alerts[0].annotations["summary"] == f"{group} md.trades.v1 150 behind"
     lags = await control.read_all(topics, "ops.consumer_lag.v1", ConsumerLag)

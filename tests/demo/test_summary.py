@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pipeline.contracts import Alert, Notification
-from pipeline.demo.summary import _episodes, _Label, _outcome, _unexplained
+from pipeline.contracts import Alert, IncidentLabel, Notification
+from pipeline.demo.summary import _episodes, _outcome, _unexplained
 
 S = 1_000_000
 T0 = 1_767_225_600 * S
@@ -20,8 +20,8 @@ def alert(rule: str, state: str, labels: dict[str, str], fired_s: float | None, 
     )
 
 
-def label(kind: str, venue: str, symbol: str | None, raw: str | None, start_s: float, end_s: float) -> _Label:
-    return _Label(id=f"{kind}-1", kind=kind, venue=venue, symbol=symbol, start_us=T0 + int(start_s * S),
+def label(kind: str, venue: str, symbol: str | None, raw: str | None, start_s: float, end_s: float) -> IncidentLabel:
+    return IncidentLabel(id=f"{kind}-1", kind=kind, venue=venue, symbol=symbol, start_us=T0 + int(start_s * S),
                   end_us=T0 + int(end_s * S), raw_symbol=raw)  # fmt: skip
 
 

@@ -72,6 +72,13 @@ class HttpReceivers:
         self.violations.append(f"{name}: {problem}")
         return web.json_response({"error": problem}, status=400)
 
+    def _errcode_answer(self, name: str, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Record a well-formed robot message and answer as DingTalk and WeCom do (a scripted errcode, else 0)."""
+        self.got[name].append(Received(request.path, body, dict(request.headers), time.monotonic()))
+        if (status := self._scripted(name)) is not None:
+            return web.json_response({"errcode": status, "errmsg": "scripted"})
+        return web.json_response({"errcode": 0, "errmsg": "ok"})
+
     async def slack(self, request: web.Request) -> web.Response:
         body = await request.json()
         if not isinstance(body.get("text"), str) or not body["text"]:
@@ -108,10 +115,7 @@ class HttpReceivers:
                 return self._bad("dingtalk", "text needs content")
         else:
             return self._bad("dingtalk", f"unknown msgtype {body.get('msgtype')}")
-        self.got["dingtalk"].append(Received(request.path, body, dict(request.headers), time.monotonic()))
-        if (status := self._scripted("dingtalk")) is not None:
-            return web.json_response({"errcode": status, "errmsg": "scripted"})
-        return web.json_response({"errcode": 0, "errmsg": "ok"})
+        return self._errcode_answer("dingtalk", request, body)
 
     async def wecom(self, request: web.Request) -> web.Response:
         if request.query.get("key") != WECOM_KEY:
@@ -128,10 +132,7 @@ class HttpReceivers:
             return self._bad("wecom", f"unknown msgtype {kind}")
         if not content or len(content.encode()) > limit:
             return self._bad("wecom", f"{kind} content empty or over {limit} bytes")
-        self.got["wecom"].append(Received(request.path, body, dict(request.headers), time.monotonic()))
-        if (status := self._scripted("wecom")) is not None:
-            return web.json_response({"errcode": status, "errmsg": "scripted"})
-        return web.json_response({"errcode": 0, "errmsg": "ok"})
+        return self._errcode_answer("wecom", request, body)
 
     async def webhook(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

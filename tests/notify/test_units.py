@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.contracts.matchers import Matcher
 from pipeline.infra import free_port
 from pipeline.notify.base import Batch, ConfigError, GroupAlert
 from pipeline.notify.channels.base import classify_status
@@ -20,7 +21,6 @@ from pipeline.notify.config import compile_routes, parse_config
 from pipeline.notify.dedup import idempotency_key, needs_update
 from pipeline.notify.durations import parse_seconds
 from pipeline.notify.nflog import Entry
-from pipeline.notify.routing import Matcher
 from tests.notify.conftest import T0, S, alert, build
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "notify.md"

@@ -65,6 +65,20 @@ def classify_status(status: int, body: str) -> Result:
     return retryable, f"HTTP {status}: {body[:200]}"
 
 
+def classify_errcode(vendor: str, response: httpx.Response, retryable_codes: frozenset[int]) -> Result:
+    """The rule of the chat robots answering ``{"errcode", "errmsg"}`` (DingTalk, WeCom): errcode 0
+    delivered, one of ``retryable_codes`` worth retrying, any other final; a body that is not such JSON is
+    retried."""
+    try:
+        answer = response.json()
+        code = int(answer.get("errcode", -2))
+    except (ValueError, AttributeError):
+        return True, f"{vendor} answered a non-JSON body: {response.text[:200]}"
+    if code == 0:
+        return False, None
+    return code in retryable_codes, f"{vendor} errcode {code}: {answer.get('errmsg', '')}"
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret:

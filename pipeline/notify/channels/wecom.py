@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import SecretStr
 
 from pipeline.notify.base import Batch
-from pipeline.notify.channels.base import ChannelConfigBase, HttpChannel, Result
+from pipeline.notify.channels.base import ChannelConfigBase, HttpChannel, Result, classify_errcode
 from pipeline.notify.templates import DEFAULT_TEXT, DEFAULT_TITLE, render
 
 RETRYABLE_ERRCODES = frozenset({45009, -1})
@@ -63,11 +63,4 @@ class WeComChannel(HttpChannel):
         )
         if error is not None or response is None:
             return retryable, error
-        try:
-            answer = response.json()
-            code = int(answer.get("errcode", -2))
-        except (ValueError, AttributeError):
-            return True, f"WeCom answered a non-JSON body: {response.text[:200]}"
-        if code == 0:
-            return False, None
-        return code in RETRYABLE_ERRCODES, f"WeCom errcode {code}: {answer.get('errmsg', '')}"
+        return classify_errcode("WeCom", response, RETRYABLE_ERRCODES)
