@@ -319,6 +319,9 @@ def demo(
     except KeyboardInterrupt:
         console.print("interrupted")
         raise typer.Exit(130) from None
+    except asyncio.CancelledError:  # SIGTERM: the run stopped its children and the broker first
+        console.print("terminated")
+        raise typer.Exit(143) from None
     summary.print(console)
     if summary.leftover_pids:
         console.print(f"[red]processes left behind: {summary.leftover_pids}[/red]")

@@ -158,6 +158,11 @@ async def _wait_sink_caught_up(
 
 
 async def run_demo(settings: Settings, options: DemoOptions, console: Console) -> DemoSummary:
+    # SIGTERM (kill, a service manager, CI) stops the run like Ctrl-C: the task is cancelled and the `finally`
+    # below stops every child and the broker (without it the default action killed us and orphaned them)
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     run = DemoRun(settings, options, console)
     wall_started = time.monotonic()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one status poll every few tenths of a second is no news
