@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +38,9 @@ import httpx
 import psutil
 
 from pipeline.aggregation.app import ensure_internal_topics
-from pipeline.contracts import Bar, BatchTrade, Trade, TradeBatch, decoder_for, encode, load_registry, market_key
+from pipeline.contracts import Bar, BatchTrade, Trade, TradeBatch, decoder_for, encode, market_key
 from pipeline.infra import free_port
-from pipeline.kafka.admin import apply
+from pipeline.infra.scratch import with_fresh_prefix
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.settings import Settings
 
@@ -120,10 +119,6 @@ def batches_at(trades: list[Trade], rate: int) -> list[TradeBatch]:
     return out + batcher.flush()
 
 
-def _prefixed(settings: Settings) -> Settings:
-    return settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}bench{uuid.uuid4().hex[:8]}."})
-
-
 def _trades(count: int, symbols: int, start_us: int, step_us: int) -> list[Trade]:
     return [
         Trade(exchange="binance", symbol=f"S{i % symbols}-USDT", raw_symbol=f"S{i % symbols}USDT", trade_id=str(i),
@@ -134,7 +129,6 @@ def _trades(count: int, symbols: int, start_us: int, step_us: int) -> list[Trade
 
 
 async def _preload(settings: Settings, trades: list[Trade], batches: list[TradeBatch]) -> None:
-    await apply(settings.kafka, load_registry(), settings.topic_prefix)
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
@@ -247,7 +241,6 @@ async def bar_latency(
     """Bar latencies (ms) of 1s bars at ``plan.rate`` trades/s of live-stamped trades, batched as the
     collectors batch them; and the worker's CPU share (CPU-seconds per second) during the run.
     ``worker_args`` are extra ``marketprism worker`` options (a tuning to compare)."""
-    await apply(settings.kafka, load_registry(), settings.topic_prefix)
     await ensure_internal_topics(settings)
     worker = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "marketprism"), "worker", *worker_args, env=_env(settings, state),
@@ -336,7 +329,7 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
     state = settings.state_dir / "bench-aggregate"
     state.mkdir(parents=True, exist_ok=True)
     for _ in range(plan.repeats):
-        run = _prefixed(settings)
+        run = await with_fresh_prefix(settings)
         await _preload(run, trades, batches)
         results["raw"].append(await raw_consume(run, plan.trades, batched=False))
         results["raw batches"].append(await raw_consume(run, plan.trades, batched=True))
@@ -352,7 +345,7 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
     latency_runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in variants}
     for _ in range(plan.latency_repeats):
         for name, args in variants.items():  # alternated, so load drifts hit both alike
-            latencies, cpu_share = await bar_latency(_prefixed(settings), plan, state, args)
+            latencies, cpu_share = await bar_latency(await with_fresh_prefix(settings), plan, state, args)
             latency_runs[name].append(
                 (_percentile(latencies, 50), _percentile(latencies, 99), cpu_share, len(latencies))
             )
