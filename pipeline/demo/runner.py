@@ -38,7 +38,7 @@ from pipeline.clock import ScaledClock
 from pipeline.contracts import IncidentLabel, load_registry
 from pipeline.contracts.labels import encode_label
 from pipeline.demo.receiver import WebhookReceiver
-from pipeline.demo.summary import DemoSummary, build_summary
+from pipeline.demo.summary import EXPECTED_RULES, DemoSummary, build_summary
 from pipeline.demo.view import WATCHED, DemoStats
 from pipeline.infra import broker_service, free_port
 from pipeline.infra.services import port_open
@@ -283,7 +283,9 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
             _inject_faults(children, f"http://{base}/sim/status", sim_duration_s, fault_labels)
         )
         try:
-            drained = await _watch(run, demo_settings, stats, children, simulator, f"http://{base}/sim/status")
+            drained = await _watch(
+                run, demo_settings, stats, children, simulator, f"http://{base}/sim/status", fault_labels
+            )
         finally:
             faults.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -337,7 +339,8 @@ async def _stop(children: ChildGroup, names: tuple[str, ...], wait_s: float = 30
 
 
 async def _watch(  # type: ignore[no-untyped-def]
-    run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator, status_url: str
+    run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator, status_url: str,
+    faults: list[IncidentLabel],
 ) -> bool:
     """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C; True when
     the scenario ended and the workers drained.
@@ -346,7 +349,8 @@ async def _watch(  # type: ignore[no-untyped-def]
     collectors still running would report every venue down (a demo must not cry wolf at its own shutdown). Then
     the view goes on until no new 1 s bar has come for ``drain_s``: the aggregation worker has worked off its
     backlog (on a loaded machine, or at a high ``--speed``, it can be many seconds behind) and the workers after
-    it have had ``drain_s`` for the last bars."""
+    it have had ``drain_s`` for the last bars; and until no alert of an injected fault (``faults``) is still
+    firing (at most ``DRAIN_MAX_S`` in all)."""
     topics = [settings.topic(t) for t in WATCHED]
     consumer = make_consumer(settings.kafka, *topics, group_id=f"{settings.topic_prefix}view")
     await consumer.start()
@@ -371,7 +375,10 @@ async def _watch(  # type: ignore[no-untyped-def]
                         live.update(stats.render("MarketPrism demo"))
                     now = time.monotonic()
                     if draining_since is not None:
-                        if now - last_bar >= run.options.drain_s or now - draining_since >= DRAIN_MAX_S:
+                        # drained: no new bar for drain_s, and no injected fault's alert still firing (it resolves
+                        # once the restarted component has caught up, which a loaded machine slows)
+                        settled = now - last_bar >= run.options.drain_s and not _fault_alerts_firing(stats, faults)
+                        if settled or now - draining_since >= DRAIN_MAX_S:
                             log.info("drained in %.1fs", now - draining_since)
                             return True
                     elif not simulator.alive or (
@@ -394,6 +401,12 @@ async def _watch(  # type: ignore[no-untyped-def]
                         )
     finally:
         await consumer.stop()
+
+
+def _fault_alerts_firing(stats: DemoStats, faults: list[IncidentLabel]) -> list[str]:
+    """Alerts of the injected faults' rules (summary.EXPECTED_RULES) still firing."""
+    rules = {rule for label in faults for rule in EXPECTED_RULES.get(label.kind, ())}
+    return [a.rule for a in stats.alert_states.values() if a.state == "firing" and a.rule in rules]
 
 
 async def _inject_faults(
