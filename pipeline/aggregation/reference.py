@@ -4,8 +4,8 @@ Assets are spot symbols grouped by base and quote, with USD, USDT and USDC count
 quote (``binance:BTC-USDT`` and ``coinbase:BTC-USD`` both price ``BTC-USD``); perpetuals are left
 out (their basis is not a price disagreement).
 
-The aggregation partitions sample each market's mid once a tick (a :class:`MidPartial` with the BBO's
-``ts_recv``, the collectors' receipt time on the shared pipeline clock). Partitions progress unevenly
+The aggregation workers ship each market's mid per second of the BBO's ``ts_recv`` (a :class:`MidPartial`;
+the collectors' receipt time on the shared pipeline clock), every tick. Partitions progress unevenly
 under load, so at any moment the venues' latest mids stand at different times; references are an
 **as-of join** in event time, not a snapshot of whatever arrived last:
 

@@ -148,7 +148,9 @@ class BarWorker:
         self._held: dict[int, list[Callable[[], object]]] = {}  # partition -> releases of applied records
         self._saved_at: dict[int, int] = {}  # partition -> clock of its last checkpoint
         self.feed = FeedStatsCollector()
-        self.mids: dict[tuple[str, str], Bbo] = {}
+        # per market, the last BBO of each receipt second since the last tick: the reference tracker gets one mid
+        # per second of market time even when a busy worker ticks late (not only the last one before the tick)
+        self.mids: dict[tuple[str, str], list[Bbo]] = {}
         self._lock = asyncio.Lock()
 
     def forget(self, partitions: Iterable[int]) -> None:
@@ -214,7 +216,13 @@ class BarWorker:
                         continue
                     if engine.add_bbo(item.offset, bbo, now) != "replayed":
                         self.feed.observe(bbo.exchange, "bbo", bbo.ts_event, bbo.ts_recv)
-                        self.mids[(bbo.exchange, bbo.symbol)] = bbo
+                        samples = self.mids.get((bbo.exchange, bbo.symbol))
+                        if samples is None:
+                            self.mids[(bbo.exchange, bbo.symbol)] = [bbo]
+                        elif samples[-1].ts_recv // 1_000_000 == bbo.ts_recv // 1_000_000:
+                            samples[-1] = bbo
+                        else:
+                            samples.append(bbo)
             if gaps:
                 await self._seek_back(gaps)
             for reason, error, item, exchange, payload in dead:
@@ -265,12 +273,13 @@ class BarWorker:
             summaries: list[tuple[bytes, Summary]] = [
                 (f"{p.exchange}:{p.stream}".encode(), p) for p in self.feed.drain()
             ]
-            for (exchange, symbol), bbo in self.mids.items():
+            for (exchange, symbol), samples in self.mids.items():
                 asset = asset_of(symbol)
                 if asset is not None:
-                    mid = EXACT.divide(EXACT.add(Decimal(bbo.bid_price), Decimal(bbo.ask_price)), Decimal(2))
-                    partial = MidPartial(exchange, symbol, fmt(mid), bbo.ts_event, bbo.ts_recv)
-                    summaries.append((asset.encode(), partial))
+                    for bbo in samples:
+                        mid = EXACT.divide(EXACT.add(Decimal(bbo.bid_price), Decimal(bbo.ask_price)), Decimal(2))
+                        partial = MidPartial(exchange, symbol, fmt(mid), bbo.ts_event, bbo.ts_recv)
+                        summaries.append((asset.encode(), partial))
             self.mids.clear()
             for key, summary in summaries:
                 await self.outputs.producer.send_raw(SUMMARY_TOPIC, key, encode_summary(summary))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -146,6 +147,31 @@ async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_
         refs = [decode(ReferencePrice, m.value) for m in await read_topic(topics, "md.reference.v1", reference_seen)]
         ref = next(r for r in refs if r.venues == 3)
         assert (ref.asset, ref.price, ref.excluded) == ("BTC-USD", "36501.5", {"kraken:BTC-USD": "diverging"})
+
+        # Six seconds of quotes reach the worker at once (a stalled collector catching up, a busy worker): each
+        # second of them still gets its own reference, okx's move showing at the second it happened.
+        base = (time.time_ns() // 1000 // S + 30) * S  # whole seconds after everything above
+
+        def eth_quotes(seconds: range) -> list[Bbo]:
+            return [Bbo(exchange=ex, symbol=sym, raw_symbol=sym, bid_price=bid, bid_size="1",
+                        ask_price=f"{int(bid) + 1}", ask_size="1", ts_event=base + k * S, ts_recv=base + k * S + 100)
+                    for k in seconds
+                    for ex, sym, bid in (("binance", "ETH-USDT", "2000"), ("coinbase", "ETH-USD", "2000"),
+                                         ("okx", "ETH-USDT", "2000" if k < 4 else "2100"))]  # fmt: skip
+
+        def eth_through(second: int) -> Callable[[list], bool]:  # type: ignore[type-arg]
+            def seen(messages: list) -> bool:  # type: ignore[type-arg]
+                eth = [decode(ReferencePrice, m.value) for m in messages if m.key == b"ETH-USD"]
+                return any(r.ts_event >= base + second * S for r in eth)
+            return seen
+
+        await produce(topics, "md.bbo.v1", eth_quotes(range(1)))  # the asset's first reference
+        await read_topic(topics, "md.reference.v1", eth_through(0))
+        await produce(topics, "md.bbo.v1", eth_quotes(range(1, 7)))  # six seconds at once
+        eth = [decode(ReferencePrice, m.value) for m in await read_topic(topics, "md.reference.v1", eth_through(5))]
+        eth = [r for r in eth if r.asset == "ETH-USD"]
+        assert [r.ts_event for r in eth][:6] == [base + k * S + 100 for k in range(6)]  # one per second
+        assert [r.excluded.get("okx:ETH-USDT") for r in eth][:6] == [None] * 4 + ["diverging"] * 2
     finally:
         await worker.stop()
 
