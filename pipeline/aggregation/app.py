@@ -61,7 +61,7 @@ class AggregatorConfig:
     checkpoint_s: float = 0.5  # a partition state is written at most this often (records commit after it)
     health_settle_us: int = 2_000_000
     stale_after_us: int = 5_000_000  # a venue whose mids stopped arriving this long (pipeline time) is stale
-    max_trail_us: int = 15_000_000  # ... or whose latest mid trails the asset's newest by more (not waited for)
+    max_trail_us: int = 60_000_000  # ... or whose latest mid trails the asset's newest by more (not waited for)
     max_divergence_bps: float = 50.0
     reference_lagging_after_us: int = 30_000_000  # a reference this far behind pipeline time is counted + logged
 

@@ -117,7 +117,7 @@ class ReferenceTracker:
         stale_after_us: int = 5_000_000,
         max_divergence_bps: float = 50.0,
         lagging_after_us: int = 30_000_000,
-        max_trail_us: int = 15_000_000,
+        max_trail_us: int = 60_000_000,
         step_us: int = 1_000_000,
     ):
         self.stale_after_us = stale_after_us
