@@ -131,6 +131,7 @@ class _Bucket:
 @dataclass
 class _Stream:
     next_bucket: int
+    through: int = -1  # end of the latest second the workers shipped a partial of this stream for
     last_recv: int | None = None
     connected: bool | None = None
     buckets: dict[int, _Bucket] = field(default_factory=dict)
@@ -143,7 +144,6 @@ class FeedHealthTracker:
         self.settle_us = settle_us
         self.max_wait_us = max_wait_us
         self._streams: dict[tuple[str, str], _Stream] = {}
-        self._partials_through = -1  # end of the latest second any worker shipped a partial for
         self.dropped_late = 0
 
     def _bucket(self, exchange: str, stream: str, bucket: int) -> _Bucket | None:
@@ -159,7 +159,8 @@ class FeedHealthTracker:
         bucket = self._bucket(partial.exchange, partial.stream, partial.bucket)
         if bucket is None:
             return
-        self._partials_through = max(self._partials_through, partial.bucket + SECOND_US)
+        state = self._streams[(partial.exchange, partial.stream)]
+        state.through = max(state.through, partial.bucket + SECOND_US)
         bucket.messages += partial.messages
         bucket.lags += partial.lags
         bucket.last_recv = max(bucket.last_recv or 0, partial.last_recv)
@@ -178,13 +179,15 @@ class FeedHealthTracker:
     def due(self, now_us: int) -> list[FeedMetrics]:
         """``FeedMetrics`` for every known stream and every settled second.
 
-        A second is settled once it ended ``settle`` ago and the workers' partials have reached it
-        (a worker working through a backlog ships old seconds late); after ``max_wait`` it is
-        settled regardless, so a feed that stopped (no partials at all) is still reported.
+        A second of a stream is settled once it ended ``settle`` ago and the workers' partials of that
+        stream have reached it (a worker working through a backlog ships old seconds late, and its
+        partitions progress unevenly: judged across all streams, a lagging stream's seconds were
+        emitted before their counts came, every other second read 0 messages in a loaded hour run);
+        after ``max_wait`` it is settled regardless, so a feed that stopped is still reported.
         """
         out: list[FeedMetrics] = []
-        horizon = max(min(now_us - self.settle_us, self._partials_through), now_us - self.max_wait_us)
         for (exchange, stream), state in sorted(self._streams.items()):
+            horizon = max(min(now_us - self.settle_us, state.through), now_us - self.max_wait_us)
             if horizon - state.next_bucket > MAX_CATCHUP_US:
                 state.next_bucket = window_start(horizon - MAX_CATCHUP_US, SECOND_US)
                 state.buckets = {b: v for b, v in state.buckets.items() if b >= state.next_bucket}

@@ -57,6 +57,24 @@ def test_partials_from_two_workers_merge_and_silent_streams_are_reported() -> No
     assert later[-1].health_score < metrics.health_score
 
 
+def test_a_stream_lagging_behind_the_others_is_not_reported_empty() -> None:
+    """The worker's bbo partition runs 4 s behind its trades: each bbo second waits for its own partials (up to
+    max_wait) instead of going out with 0 messages because the trades' partials had passed it."""
+    tracker = FeedHealthTracker(settle_us=2 * S, max_wait_us=10 * S)
+    reported: dict[str, list[int]] = {"trades": [], "bbo": []}
+    for tick in range(3, 30):
+        collector = FeedStatsCollector()
+        for k in range(10):  # ten of each per second, trades of the second that just ended, bbo 4 s older
+            collector.observe("kraken", "trades", T + (tick - 1) * S + k * 90_000, T + (tick - 1) * S + k * 90_000)
+            collector.observe("kraken", "bbo", T + (tick - 5) * S + k * 90_000, T + (tick - 5) * S + k * 90_000)
+        for partial in collector.drain():
+            tracker.add_partial(partial)
+        for metrics in tracker.due(T + tick * S):
+            reported[metrics.stream].append(metrics.messages)
+    assert set(reported["trades"][1:]) == {10} and set(reported["bbo"][1:]) == {10}, reported  # no empty seconds
+    assert tracker.dropped_late == 0
+
+
 def mid(exchange: str, symbol: str, value: str, age_s: float) -> MidPartial:
     return MidPartial(exchange, symbol, value, T - int(age_s * S), T - int(age_s * S))
 
