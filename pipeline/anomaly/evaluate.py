@@ -201,9 +201,12 @@ def evaluate(
                 result.latency_s = (first.ts_event - label.start_us) / SECOND_US
                 result.series_id, result.detector = first.series_id, first.detector
         results.append(result)
-    if labels:
-        start = o.from_us if o.from_us is not None else min(lb.start_us for lb in labels) - round(o.lead_s * SECOND_US)
-        end = o.to_us if o.to_us is not None else max(lb.end_us for lb in labels) + slack
+    # the span follows the market incidents (the demo's injected pipeline faults, venue "pipeline", may start
+    # at the scenario's first second and would stretch the lead before the first incident)
+    spanned = [lb for lb in labels if lb.venue != "pipeline"] or list(labels)
+    if spanned:
+        start = o.from_us if o.from_us is not None else min(lb.start_us for lb in spanned) - round(o.lead_s * SECOND_US)
+        end = o.to_us if o.to_us is not None else max(lb.end_us for lb in spanned) + slack
     else:
         start = o.from_us if o.from_us is not None else (found[0].ts_event if found else 0)
         end = o.to_us if o.to_us is not None else (found[-1].ts_event if found else start)

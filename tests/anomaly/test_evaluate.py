@@ -56,6 +56,8 @@ def test_detection_latency_right_series_and_false_rate() -> None:
     assert ev.recall(["frozen_price"]) == (0, 1)
     # span: 300 s before the first incident to 60 s after the last end = 0 .. 760 s
     assert ev.span_us == (T0, T0 + 760 * S)
+    sink_down = Label("sink-down", "sink_down", "pipeline", None, T0 + 1 * S, T0 + 101 * S)  # a demo fault
+    assert evaluate([sink_down, *LABELS], found, series=[]).span_us == ev.span_us  # the span follows the market
     false_keys = sorted((a.series_id, a.ts_event) for a in ev.false)
     assert false_keys == [
         ("binance:ETH-USDT:1s:volume", T0 + 100 * S),
