@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -52,28 +53,35 @@ def _ours(state: Path, port: int) -> list[str]:
     return found
 
 
-def _demo_env(state: Path, port: int) -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith("MARKETPRISM_")
-    } | {
+@contextlib.contextmanager
+def _demo(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path, int]]:
+    """``marketprism demo --no-view --speed SPEED *args`` with its own state directory and broker port, in a
+    process group of its own that is SIGKILLed if it is still running when the block ends; yields the process,
+    its log, the state directory and the broker port."""
+    state, port, log = tmp_path / "state", free_port(), tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPRISM_")} | {
         "MARKETPRISM_STATE_DIR": str(state),
         "MARKETPRISM_INFRA__BROKER_PORT": str(port),
         "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
         "COLUMNS": "200",
     }
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "demo", "--no-view", "--speed", str(SPEED), *args],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        yield proc, log, state, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path: Path) -> None:
     """``kill <demo>`` (a service manager, CI) used to kill the runner alone and orphan the broker and nine
     components; SIGTERM now runs the same shutdown as Ctrl-C."""
-    state, port = tmp_path / "state", free_port()
-    log = tmp_path / "demo.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "demo", "--no-view", "--speed", str(SPEED)],
-            stdout=sink, stderr=subprocess.STDOUT, env=_demo_env(state, port), start_new_session=True,
-        )
-    try:
+    with _demo(tmp_path) as (proc, log, state, port):
         deadline = time.monotonic() + 180
         while "started collect" not in log.read_text(errors="replace"):  # every component is running
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
@@ -81,32 +89,15 @@ def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path: Path) -> 
         assert len(_ours(state, port)) >= 8  # the broker, the simulator and the pipeline's components
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     tail = log.read_text(errors="replace")[-3000:]
     assert proc.returncode == 143 and "terminated" in tail, tail
     assert _ours(state, port) == [], "processes left behind"
 
 
 def test_demo_catches_every_incident_stores_everything_and_leaves_nothing(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    port = free_port()
     out = tmp_path / "summary.json"
-    env = _demo_env(state, port)
-    log = tmp_path / "demo.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "demo", "--no-view", "--speed", str(SPEED), "--summary-json", str(out)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-    try:
+    with _demo(tmp_path, "--summary-json", str(out)) as (proc, log, state, port):
         proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     tail = log.read_text(errors="replace")[-4000:]
     assert proc.returncode == 0, tail
     assert _ours(state, port) == [], "processes left behind"
