@@ -62,6 +62,7 @@ class AggregatorConfig:
     health_settle_us: int = 2_000_000
     stale_after_us: int = 5_000_000  # a venue whose mids stopped arriving this long (pipeline time) is stale
     max_trail_us: int = 60_000_000  # ... or whose latest mid trails the asset's newest by more (not waited for)
+    max_wait_us: int = 600_000_000  # a venue whose worker reports unread BBOs is waited for up to this far behind
     max_divergence_bps: float = 50.0
     reference_lagging_after_us: int = 30_000_000  # a reference this far behind pipeline time is counted + logged
 
@@ -239,7 +240,11 @@ def build_app(
         clock,
         FeedHealthTracker(config.health_settle_us),
         ReferenceTracker(
-            config.stale_after_us, config.max_divergence_bps, config.reference_lagging_after_us, config.max_trail_us
+            config.stale_after_us,
+            config.max_divergence_bps,
+            config.reference_lagging_after_us,
+            config.max_trail_us,
+            max_wait_us=config.max_wait_us,
         ),
     )
 

@@ -14,6 +14,9 @@ or the window was already emitted); a *duplicate* (same exchange, symbol, trade_
 open window) is not counted. Windows close at ``min(trade watermark, bbo watermark)`` once the
 partition has BBOs (so book metrics are complete), at the trade watermark alone while the BBO
 stream is idle, and after ``idle_timeout`` without any record the watermarks follow the wall clock.
+The BBO stream is idle when none arrived for ``idle_timeout`` *and* the consumer holds no unread BBO
+of the partition: a BBO partition that merely trails its trades (a loaded worker serving partitions in
+turn) holds the windows for up to ``bbo_backlog_wait`` rather than closing them without their spread.
 A window without trades yields no bar.
 """
 
@@ -211,23 +214,27 @@ class PartitionAggregator:
         """Whether the partition received no record for the idle timeout (wall clock)."""
         return now_us - max(self.last_trade_wall, self.last_bbo_wall) >= self.policy.idle_timeout_us
 
-    def effective_watermark(self, now_us: int, caught_up: bool = True) -> int:
+    def effective_watermark(self, now_us: int, caught_up: bool = True, bbo_backlog: bool = False) -> int:
         """The watermark windows close at now (advancing idle watermarks to the wall clock).
 
         ``caught_up`` says the consumer has read everything the broker holds for this partition:
-        a partition that is merely paused (rebalance, backlog) is not idle.
+        a partition that is merely paused (rebalance, backlog) is not idle. ``bbo_backlog`` says the
+        consumer knows of BBOs of this partition it has not applied yet: the BBO stream is then late, not
+        idle, and windows wait for its watermark (at most ``bbo_backlog_wait_us`` since the last BBO).
         """
-        idle = self.policy.idle_timeout_us
-        if caught_up and now_us - max(self.last_trade_wall, self.last_bbo_wall) >= idle:
-            self.trade_wm.advance_to(now_us - self.policy.allowed_lateness_us)
-            self.bbo_wm.advance_to(now_us - self.policy.allowed_lateness_us)
-        if self.state.bbo_seen and now_us - self.last_bbo_wall < idle:
-            return min(self.trade_wm.value, self.bbo_wm.value)
+        policy = self.policy
+        if caught_up and now_us - max(self.last_trade_wall, self.last_bbo_wall) >= policy.idle_timeout_us:
+            self.trade_wm.advance_to(now_us - policy.allowed_lateness_us)
+            self.bbo_wm.advance_to(now_us - policy.allowed_lateness_us)
+        if self.state.bbo_seen:
+            quiet = now_us - self.last_bbo_wall
+            if quiet < policy.idle_timeout_us or (bbo_backlog and quiet < policy.bbo_backlog_wait_us):
+                return min(self.trade_wm.value, self.bbo_wm.value)
         return self.trade_wm.value
 
-    def close_windows(self, now_us: int, caught_up: bool = True) -> list[Bar]:
+    def close_windows(self, now_us: int, caught_up: bool = True, bbo_backlog: bool = False) -> list[Bar]:
         """Close every window the watermark has passed; returns their bars, each symbol's in order."""
-        watermark = self.effective_watermark(now_us, caught_up)
+        watermark = self.effective_watermark(now_us, caught_up, bbo_backlog)
         self.state.trade_wm, self.state.bbo_wm = self.trade_wm.value, self.bbo_wm.value
         grace = self.policy.grace_us
         bars: list[Bar] = []

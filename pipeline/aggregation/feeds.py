@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pipeline.aggregation.health import FeedHealthTracker
 from pipeline.aggregation.reference import ReferenceTracker
-from pipeline.aggregation.summaries import FeedPartial, decode_summary
+from pipeline.aggregation.summaries import BacklogPartial, FeedPartial, decode_summary
 from pipeline.aggregation.worker import Outputs
 from pipeline.contracts import DecodeError, FeedMetrics, decoder_for
 
@@ -50,6 +50,8 @@ class FeedsWorker:
             return
         if isinstance(summary, FeedPartial):
             self.health.add_partial(summary)
+        elif isinstance(summary, BacklogPartial):
+            self.reference.observe_backlog(summary.exchange, summary.symbol, self.clock())
         else:
             self.reference.observe(summary, self.clock())
 

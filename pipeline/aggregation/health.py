@@ -4,7 +4,10 @@
 ts_recv)``; :class:`FeedHealthTracker` merges those partials from every worker with the collectors'
 own ``ops.feed_metrics.v1`` records (``source="collector"``: gaps, resyncs, reconnects, connected)
 and, once a second has settled, emits one ``FeedMetrics(source="aggregator")`` per known stream,
-including streams that went silent (their staleness grows and their score falls).
+including streams that went silent (their staleness grows and their score falls). Streams the workers
+never counted (the collectors' per-channel book, funding or subscription streams: only their collector
+metrics arrive) are not reported: their gaps, resyncs and connectivity are the collector's own record
+(and its rules'), and a mirror with a constant 0 rate doubled ``ops.feed_metrics.v1`` for nothing.
 
 Health score (0-100, docs/aggregation.md), the sum of four parts:
 freshness 40 (full when staleness <= 1 s, linearly 0 at 10 s), latency 20 (full when lag p99 <=
@@ -195,7 +198,8 @@ class FeedHealthTracker:
                 start = state.next_bucket
                 bucket = state.buckets.pop(start, None) or _Bucket()
                 state.next_bucket = start + SECOND_US
-                out.append(self._metrics(exchange, stream, state, start, bucket))
+                if state.through >= 0:  # counted by the workers (see the module docstring)
+                    out.append(self._metrics(exchange, stream, state, start, bucket))
         return out
 
     def _metrics(self, exchange: str, stream: str, state: _Stream, start: int, bucket: _Bucket) -> FeedMetrics:

@@ -11,8 +11,11 @@ under load, so at any moment the venues' latest mids stand at different times; r
 
 - a venue is **live** while its mids keep arriving (one within ``stale_after_us`` of pipeline time) and
   its latest mid trails the asset's newest by at most ``max_trail_us``; otherwise it is ``stale`` (its
-  feed stopped, or its partition is too far behind to wait for). A venue is never judged stale because
-  our own processing of it lags a little: that only delays the reference, it does not change it.
+  feed stopped). A venue is never judged stale because our own processing of it lags: while its bar
+  worker reports unread BBOs of its partition (a :class:`BacklogPartial`, within ``stale_after_us``) it
+  stays live and the reference waits for it, up to ``max_wait_us`` behind the asset's newest mid. That
+  delays the reference; it does not change it (a loaded worker serving partitions in turn left groups of
+  markets minutes behind, and calling them stale hid the divergences of the one venue left).
 - the references of an asset are known **through** the oldest latest mid of its live venues: every
   live venue has said where it stood then. One reference per ``step_us`` (1 s) of event time is
   published from the last one up to that point, each with every venue's mid *as of* its time (the
@@ -90,6 +93,7 @@ class _Quote:
 class _Venue:
     quotes: deque[_Quote]  # ascending ts_recv; pruned to the last one at or before the published time
     arrived_us: int  # pipeline time its latest mid arrived
+    backlog_us: int | None = None  # pipeline time its worker last reported unread BBOs of its partition
 
     @property
     def latest(self) -> _Quote:
@@ -119,12 +123,14 @@ class ReferenceTracker:
         lagging_after_us: int = 30_000_000,
         max_trail_us: int = 60_000_000,
         step_us: int = 1_000_000,
+        max_wait_us: int = 600_000_000,
     ):
         self.stale_after_us = stale_after_us
         self.max_divergence_bps = max_divergence_bps
         self.lagging_after_us = lagging_after_us
         self.max_trail_us = max_trail_us
         self.step_us = step_us
+        self.max_wait_us = max_wait_us
         self._venues: dict[str, dict[str, _Venue]] = {}
         self._published: dict[str, int] = {}  # asset -> ts_event of the last reference returned
         self._lagging: set[str] = set()  # assets whose last reference was lagging (to log transitions only)
@@ -145,15 +151,26 @@ class ReferenceTracker:
         if partial.ts_recv > venue.latest.ts_recv:  # an older or repeated mid never replaces a newer one
             venue.quotes.append(quote)
 
+    def observe_backlog(self, exchange: str, symbol: str, arrived_us: int) -> None:
+        """The bar worker of ``exchange:symbol`` knows of BBOs it has not read yet (at pipeline time ``arrived_us``)."""
+        asset = asset_of(symbol)
+        venue = self._venues.get(asset, {}).get(f"{exchange}:{symbol}") if asset is not None else None
+        if venue is not None:  # before its first mid a venue takes no part in the asset's references anyway
+            venue.backlog_us = max(venue.backlog_us or arrived_us, arrived_us)
+
+    def _live(self, venue: _Venue, newest: int, now_us: int) -> bool:
+        trail = newest - venue.latest.ts_recv
+        if now_us - venue.arrived_us <= self.stale_after_us and trail <= self.max_trail_us:
+            return True
+        waiting = venue.backlog_us is not None and now_us - venue.backlog_us <= self.stale_after_us
+        return waiting and trail <= self.max_wait_us
+
     def compute(self, now_us: int) -> list[ReferencePrice]:
         """The references of each asset from its last one up to the time all its live venues reached."""
         out = []
         for asset, venues in sorted(self._venues.items()):
             newest = max(v.latest.ts_recv for v in venues.values())
-            live = {
-                name: v for name, v in venues.items()
-                if now_us - v.arrived_us <= self.stale_after_us and newest - v.latest.ts_recv <= self.max_trail_us
-            }  # fmt: skip
+            live = {name: v for name, v in venues.items() if self._live(v, newest, now_us)}
             if not live:
                 continue  # every venue stopped: nothing new to say
             through = min(v.latest.ts_recv for v in live.values())

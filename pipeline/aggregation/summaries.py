@@ -3,7 +3,9 @@
 Each worker sees only its partitions of ``md.trades.v1`` / ``md.bbo.v1``; feed health per venue and
 the cross-venue reference need every partition. So once a second each worker sends, keyed by
 ``exchange:stream`` or by asset, a :class:`FeedPartial` per (venue, stream, second) and a
-:class:`MidPartial` per symbol with the last mid it saw. They are msgpack, internal, not a contract.
+:class:`MidPartial` per symbol with the last mid it saw, and a :class:`BacklogPartial` per symbol of a partition
+whose BBOs it knows of but has not read yet (so the reference waits for them instead of calling the venue
+stale). They are msgpack, internal, not a contract.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ class MidPartial(msgspec.Struct, tag="mid", array_like=True):
     ts_recv: int
 
 
-Summary = FeedPartial | MidPartial
+class BacklogPartial(msgspec.Struct, tag="backlog", array_like=True):
+    exchange: str
+    symbol: str
+    unread: int  # BBOs of the symbol's partition the worker knows of and has not applied
+
+
+Summary = FeedPartial | MidPartial | BacklogPartial
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Summary)

@@ -6,7 +6,8 @@ allowed lateness; it never goes back. A record whose window is already closed wh
 *late*: it is dropped from the bars and counted (trades also go to ``ops.dlq.v1``, reason ``late``).
 When a partition receives nothing for ``idle_timeout_us`` of wall-clock time, its watermark
 follows the injected wall clock (``now - allowed_lateness``), so quiet symbols and the end of a
-replay still close their windows.
+replay still close their windows. A partition's BBO stream that trails its trades (unread BBOs in the
+consumer) holds its windows for at most ``bbo_backlog_wait_us`` (see ``engine``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class WindowPolicy:
     allowed_lateness_us: int = 500_000
     grace_us: int = 500_000
     idle_timeout_us: int = 3 * SECOND_US
+    bbo_backlog_wait_us: int = 300 * SECOND_US  # how long windows wait for a BBO stream that trails its trades
 
     def closes_at(self, window_end_us: int) -> int:
         """The watermark at which a window ending at ``window_end_us`` closes."""

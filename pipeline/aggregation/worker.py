@@ -29,7 +29,7 @@ from pipeline.aggregation.bars import EXACT, fmt
 from pipeline.aggregation.engine import PartitionAggregator
 from pipeline.aggregation.health import FeedStatsCollector
 from pipeline.aggregation.reference import asset_of
-from pipeline.aggregation.summaries import MidPartial, Summary, encode_summary
+from pipeline.aggregation.summaries import BacklogPartial, MidPartial, Summary, encode_summary
 from pipeline.aggregation.windows import WindowPolicy
 from pipeline.contracts import Bar, Bbo, DecodeError, Trade, TradeBatch, decoder_for, encode, market_key
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
@@ -281,6 +281,12 @@ class BarWorker:
                         partial = MidPartial(exchange, symbol, fmt(mid), bbo.ts_event, bbo.ts_recv)
                         summaries.append((asset.encode(), partial))
             self.mids.clear()
+            for partition, engine in self.engines.items():
+                unread = self._bbo_unread(partition, engine)
+                if unread:  # the reference waits for these markets' mids rather than calling the venue stale
+                    for sym in engine.state.symbols.values():
+                        if (asset := asset_of(sym.symbol)) is not None:
+                            summaries.append((asset.encode(), BacklogPartial(sym.exchange, sym.symbol, unread)))
             for key, summary in summaries:
                 await self.outputs.producer.send_raw(SUMMARY_TOPIC, key, encode_summary(summary))
 
@@ -298,7 +304,7 @@ class BarWorker:
         caught_up = await self._confirm_caught_up(idle) if idle else set()
         for partition, engine in engines.items():
             before = (engine.trade_wm.value, engine.bbo_wm.value)
-            closed = engine.close_windows(now, partition in caught_up)
+            closed = engine.close_windows(now, partition in caught_up, self._bbo_unread(partition, engine) > 0)
             bars += closed
             changed = closed or before != (engine.trade_wm.value, engine.bbo_wm.value) or partition in self._held
             if changed and now - self._saved_at.get(partition, -self.checkpoint_us) >= self.checkpoint_us:
@@ -356,6 +362,13 @@ class BarWorker:
             ):
                 out.add(p)
         return out
+
+    def _bbo_unread(self, partition: int, engine: PartitionAggregator) -> int:
+        """How many BBOs of the partition the consumer knows of (its last fetch) and has not applied yet."""
+        if self.highwater is None or not engine.state.bbo_seen:
+            return 0
+        high = self.highwater(self.bbo_topic, partition)
+        return 0 if high is None else max(0, high - engine.state.bbo_offset - 1)
 
     def _caught_up(self, partition: int, engine: PartitionAggregator) -> bool:
         """Whether this worker has read every record the broker holds for the partition (both topics)."""

@@ -194,3 +194,35 @@ def test_book_metrics_attach_to_bars() -> None:
     minute = next(b for b in rest if b.interval == "1m")
     assert minute.crossed_us == 200 * MS
     assert minute.spread_max_bps == pytest.approx(max(spreads + [spread(100.2, 100.4)] * 2))
+
+
+def test_a_trailing_bbo_stream_holds_windows_instead_of_closing_them_without_spread() -> None:
+    """A loaded worker serves partitions in turn: the BBOs of a partition can trail its trades by more than the
+    idle timeout. While the consumer knows of unread BBOs the windows wait for them (bounded); once the BBO
+    stream is really quiet (nothing unread) or the wait is over, windows close on the trade watermark."""
+    quiet = POLICY.idle_timeout_us + 1
+    engine = PartitionAggregator(POLICY, M)
+    engine.add_bbo(0, bbo(100, "100.0", "100.2"), M)
+    engine.add_trade(0, trade("BTC-USDT", "t1", 300, "100.1", "1"), M)
+    engine.add_trade(1, trade("BTC-USDT", "t2", 5_000, "100.2", "1"), M + quiet)  # BBO stream silent > idle
+    assert engine.close_windows(M + quiet, caught_up=False, bbo_backlog=True) == []  # BBOs of window 0 coming
+    engine.add_bbo(1, bbo(900, "100.0", "100.4"), M + quiet)
+    engine.add_bbo(2, bbo(4_000, "100.1", "100.3"), M + quiet)  # the BBO watermark passes window 0
+    [bar] = [b for b in engine.close_windows(M + quiet, caught_up=False, bbo_backlog=False) if b.interval == "1s"]
+    assert bar.window_start == M and bar.spread_max_bps is not None
+    assert bar.spread_max_bps == pytest.approx(0.4 / 100.2 * 1e4)  # the late BBO at 900 ms counted
+
+    stalled = PartitionAggregator(POLICY, M)
+    stalled.add_bbo(0, bbo(100, "100.0", "100.2"), M)
+    stalled.add_trade(0, trade("BTC-USDT", "t1", 300, "100.1", "1"), M)
+    stalled.add_trade(1, trade("BTC-USDT", "t2", 5_000, "100.2", "1"), M)
+    # no unread BBOs: the BBO stream is idle and the trade watermark closes window 0 after the idle timeout
+    assert [b.window_start for b in stalled.close_windows(M + quiet, caught_up=False) if b.interval == "1s"] == [M]
+    waited = PartitionAggregator(POLICY, M)
+    waited.add_bbo(0, bbo(100, "100.0", "100.2"), M)
+    waited.add_trade(0, trade("BTC-USDT", "t1", 300, "100.1", "1"), M)
+    waited.add_trade(1, trade("BTC-USDT", "t2", 5_000, "100.2", "1"), M)
+    late = M + POLICY.bbo_backlog_wait_us
+    # unread BBOs that never come: the wait is bounded
+    assert [b.window_start for b in waited.close_windows(late, caught_up=False, bbo_backlog=True)
+            if b.interval == "1s"] == [M]  # fmt: skip

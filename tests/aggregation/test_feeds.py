@@ -57,6 +57,23 @@ def test_partials_from_two_workers_merge_and_silent_streams_are_reported() -> No
     assert later[-1].health_score < metrics.health_score
 
 
+def test_a_stream_only_the_collector_reports_is_not_mirrored() -> None:
+    """The collectors' per-channel book/funding streams never reach the bar workers: no aggregator record for them
+    (their gaps and connectivity are the collector's own record); once the workers count a stream it is reported."""
+    tracker = FeedHealthTracker(settle_us=2 * S, max_wait_us=10 * S)
+    for k in range(5):
+        tracker.add_collector(FeedMetrics(exchange="okx", stream="books", source="collector", ts_event=T + k * S,
+                                          interval_us=S, gaps=1 if k == 2 else 0, connected=True))  # fmt: skip
+    assert tracker.due(T + 20 * S) == []
+    collector = FeedStatsCollector()
+    collector.observe("okx", "books", T + 20 * S, T + 20 * S + 1000)
+    for partial in collector.drain():
+        tracker.add_partial(partial)
+    reported = tracker.due(T + 23 * S)
+    counted = [(m.stream, m.ts_event, m.messages, m.rate) for m in reported if m.messages]
+    assert counted == [("books", T + 21 * S, 1, 1.0)]
+
+
 def test_a_stream_lagging_behind_the_others_is_not_reported_empty() -> None:
     """The worker's bbo partition runs 4 s behind its trades: each bbo second waits for its own partials (up to
     max_wait) instead of going out with 0 messages because the trades' partials had passed it."""
@@ -256,6 +273,57 @@ def test_partitions_progressing_unevenly_do_not_make_venues_stale() -> None:
     assert [r.ts_event for r in published] == [T + k * S for k in range(4, 32)]
     first_diverging = next(r for r in published if r.excluded.get("okx:BTC-USDT") == "diverging")
     assert first_diverging.ts_event == T + 20 * S and first_diverging.divergence_bps["okx:BTC-USDT"] == 100.0
+
+
+def test_a_venue_whose_worker_has_unread_bbos_is_waited_for_not_stale() -> None:
+    """The replay of the live hour's misses: a loaded worker serves its partitions in turn, and the partitions of
+    coinbase and kraken ETH stand 120 s behind binance's (no mid of theirs arrives for minutes). Their worker
+    reports unread BBOs of those partitions every tick, so the reference waits for them instead of calling them
+    stale, and binance's divergence at second 150 shows at that second once they catch up. Without the backlog
+    reports the same arrivals make them stale (the divergence of the one venue left is invisible)."""
+
+    def run(report_backlog: bool) -> list:
+        tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, max_trail_us=60 * S)
+        published = []
+        for tick in range(0, 400):
+            now = T + tick * S
+            value = "2030" if 150 <= tick < 180 else "2000"  # binance 150 bps away for 30 s
+            tracker.observe(MidPartial("binance", "ETH-USDT", value, now, now), now)
+            starved = 30 <= tick < 300  # the other partitions: nothing read from 30 s to 300 s, then all at once
+            for exchange, symbol in (("coinbase", "ETH-USD"), ("kraken", "ETH-USD")):
+                if not starved:
+                    seconds = range(30, tick + 1) if tick == 300 else [tick]
+                    for k in seconds:
+                        tracker.observe(MidPartial(exchange, symbol, "2000.2", T + k * S, T + k * S), now)
+                elif report_backlog:
+                    tracker.observe_backlog(exchange, symbol, now)
+            published += tracker.compute(now)
+        return published
+
+    waited = run(report_backlog=True)
+    assert [r.ts_event for r in waited] == [T + k * S for k in range(400)]  # every second, once, in order
+    assert all(r.excluded.get(v) != "stale" for r in waited for v in r.mids)
+    diverging = [r.ts_event for r in waited if r.excluded.get("binance:ETH-USDT") == "diverging"]
+    assert diverging == [T + k * S for k in range(150, 180)]  # at the seconds it happened, whatever our lag
+    stale = run(report_backlog=False)
+    assert any(r.excluded.get("coinbase:ETH-USD") == "stale" for r in stale)
+    assert not any(r.excluded.get("binance:ETH-USDT") == "diverging" for r in stale)
+
+
+def test_a_venue_with_unread_bbos_is_waited_for_only_up_to_max_wait() -> None:
+    tracker = ReferenceTracker(stale_after_us=5 * S, max_divergence_bps=50, max_trail_us=10 * S, max_wait_us=60 * S)
+    for tick in range(0, 100):
+        now = T + tick * S
+        tracker.observe(MidPartial("binance", "ETH-USDT", "2000", now, now), now)
+        if tick == 0:
+            tracker.observe(MidPartial("coinbase", "ETH-USD", "2000", now, now), now)
+        else:
+            tracker.observe_backlog("coinbase", "ETH-USD", now)  # "unread BBOs" that never come
+        refs = tracker.compute(now)
+        if 1 <= tick <= 60:
+            assert refs == []  # waited for
+        elif tick == 61:
+            assert refs[-1].excluded == {"coinbase:ETH-USD": "stale"} and refs[-1].ts_event == now
 
 
 def test_a_burst_of_mids_after_a_stall_yields_the_missing_seconds() -> None:
