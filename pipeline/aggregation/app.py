@@ -36,7 +36,7 @@ from pipeline.aggregation.state import last_values
 from pipeline.aggregation.windows import WindowPolicy
 from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, Outputs, incoming, wall_clock_us
 from pipeline.contracts import load_registry
-from pipeline.kafka import RecordProducer, make_producer
+from pipeline.kafka import make_producer, make_record_producer
 from pipeline.kafka.clients import client_options, make_consumer
 from pipeline.kafka.faust_app import create_app
 from pipeline.settings import KafkaSettings, Settings
@@ -204,7 +204,7 @@ def build_app(
     trades_topic, bbo_topic = settings.topic(TRADE_BATCHES), settings.topic("md.bbo.v1")
     summary_topic = settings.topic(SUMMARY_TOPIC)
     table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes)
-    outputs = Outputs(lambda: RecordProducer(make_producer(settings.kafka), settings.topic_prefix))
+    outputs = Outputs(lambda: make_record_producer(settings.kafka, settings.topic_prefix))
     store = TableStore(table, settings.kafka)
 
     def assignment() -> set[tuple[str, int]]:

@@ -31,7 +31,7 @@ from pipeline.anomaly.registry import SeriesRegistry, SeriesState
 from pipeline.clock import from_settings
 from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_for
 from pipeline.contracts.records import ReferencePrice
-from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_producer
+from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_record_producer
 from pipeline.kafka.faust_app import create_app
 from pipeline.observability.metrics import counter
 from pipeline.settings import Settings
@@ -70,7 +70,7 @@ class Outputs:
             self._lock = asyncio.Lock()
         async with self._lock:
             if self._producer is None:
-                producer = RecordProducer(make_producer(self.settings.kafka), self.settings.topic_prefix)
+                producer = make_record_producer(self.settings.kafka, self.settings.topic_prefix)
                 await producer.start()
                 self._producer = producer
                 self._dlq = DeadLetterPublisher(producer, source="anomaly")

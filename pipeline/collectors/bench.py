@@ -39,7 +39,7 @@ from pipeline.collectors.output import Output
 from pipeline.collectors.runtime import VenueRuntime
 from pipeline.contracts import BookUpdate, FeedMetrics, Record, load_registry, market_key
 from pipeline.infra import broker_service, free_port
-from pipeline.kafka import RecordProducer
+from pipeline.kafka import make_record_producer
 from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_producer
 from pipeline.replay.capture import CaptureLine, read_capture
@@ -179,7 +179,7 @@ async def _pipeline_round(
 ) -> Round:
     from pipeline.contracts.examples import EXAMPLES
 
-    output = Output(RecordProducer(make_producer(settings.kafka), settings.topic_prefix), maxsize=2_000_000)
+    output = Output(make_record_producer(settings.kafka, settings.topic_prefix), maxsize=2_000_000)
     pump = asyncio.create_task(output.run())
     try:
         output.metric(EXAMPLES[FeedMetrics])  # type: ignore[arg-type]

@@ -25,15 +25,14 @@ async def collect(
     from pipeline.clock import from_settings
     from pipeline.collectors.output import Output
     from pipeline.collectors.runtime import Collector, build_venues
-    from pipeline.kafka import RecordProducer
-    from pipeline.kafka.clients import make_producer
+    from pipeline.kafka import make_record_producer
     from pipeline.observability.metrics import serve_metrics
 
     chosen = build_venues(settings, venues)
     if not chosen:
         raise typer.BadParameter("no venue enabled (settings venues.<id>.enabled or --venue)")
     serve_metrics(settings.metrics_port)
-    output = Output(RecordProducer(make_producer(settings.kafka), settings.topic_prefix), queue_size)
+    output = Output(make_record_producer(settings.kafka, settings.topic_prefix), queue_size)
     collector = Collector(settings, chosen, output, clock=from_settings(settings.clock))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
-from pipeline.kafka.producer import KeyHashPartitioner
+from pipeline.kafka.producer import KeyHashPartitioner, RecordProducer
 from pipeline.settings import KafkaSettings
 
 
@@ -49,6 +49,16 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "partitioner": KeyHashPartitioner(),  # the default partitioning, key hashes memoised
     }
     return AIOKafkaProducer(**(options | overrides))
+
+
+def make_record_producer(
+    kafka: KafkaSettings, topic_prefix: str = "", max_in_flight: int = 100_000, **overrides: Any
+) -> RecordProducer:
+    """A :class:`RecordProducer` on :func:`make_producer` (``overrides``: its options), handed the producer's
+    partitioner so it picks keyed records' partitions itself (the same ones aiokafka would)."""
+    partitioner = KeyHashPartitioner()
+    producer = make_producer(kafka, partitioner=partitioner, **overrides)
+    return RecordProducer(producer, topic_prefix, max_in_flight, partitioner=partitioner)
 
 
 def consumer_options(kafka: KafkaSettings, group_id: str | None) -> dict[str, Any]:

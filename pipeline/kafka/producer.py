@@ -70,7 +70,13 @@ class RecordProducer:
     aiokafka resolves a whole produce batch in one step, so this is one callback per batch instead of one
     per record (each was a ``call_soon`` and a Python call, about 1 µs a record)."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic_prefix: str = "", max_in_flight: int = 100_000):
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic_prefix: str = "",
+        max_in_flight: int = 100_000,
+        partitioner: KeyHashPartitioner | None = None,
+    ):
         self._producer = producer
         self._prefix = topic_prefix
         self._lanes: dict[tuple[str, int | None], _Lane] = {}
@@ -81,11 +87,11 @@ class RecordProducer:
         # per topic, made once: the PRODUCED child (labels() costs ~1 us a call) and the prefixed name
         self._produced: dict[str, Any] = {}
         self._full: dict[str, str] = {}  # topic -> prefixed name
-        # With the producer's partitioner a KeyHashPartitioner, keyed records get their partition here, from
+        # Given the producer's partitioner (``make_record_producer``), keyed records get their partition here, from
         # each topic's partition list as aiokafka builds it (forgotten at every metadata update): the same
-        # partition aiokafka would pick, without its per-record partition sets (~1 µs a record).
-        partitioner = getattr(producer, "_partitioner", None)
-        self._partitioner = partitioner if isinstance(partitioner, KeyHashPartitioner) else None
+        # partition aiokafka would pick, without its per-record partition sets (~1 µs a record). Without it
+        # aiokafka partitions every record itself.
+        self._partitioner = partitioner
         self._partitions: dict[str, list[int]] = {}  # prefixed topic -> all its partitions
         self._listening = False
 

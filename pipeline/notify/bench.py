@@ -23,7 +23,7 @@ from rich.table import Table
 
 from pipeline.contracts import Alert, decode
 from pipeline.infra import free_port, scratch_broker
-from pipeline.kafka import RecordProducer, make_consumer, make_producer
+from pipeline.kafka import RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
 from pipeline.settings import Settings
 
@@ -194,7 +194,7 @@ async def _measure(settings: Settings, work: Path, alerts: int, rate: float, wai
         )
     )
     notifier = NotifierProcess(settings, routes, work / "notifier.log")
-    producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+    producer = make_record_producer(settings.kafka, settings.topic_prefix)
     await producer.start()
     notifier.start()
     try:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from pipeline.contracts import FeedMetrics, decode
 from pipeline.infra import free_port, scratch_broker
-from pipeline.kafka import RecordProducer, make_consumer, make_producer
+from pipeline.kafka import RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
 from pipeline.notify.bench import NotifierProcess, PipelineProcess, _percentile
 from pipeline.settings import Settings
@@ -136,7 +136,7 @@ async def _measure(settings: Settings, work: Path, alerts: int, rate: float, for
     }))  # fmt: skip
     engine = EngineProcess(settings, work / "rules.yaml", work / "engine.log")
     notifier = NotifierProcess(settings, work / "notify.yaml", work / "notifier.log")
-    producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+    producer = make_record_producer(settings.kafka, settings.topic_prefix)
     await producer.start()
     engine.start()
     notifier.start()

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from pipeline.clock import from_settings
 from pipeline.contracts import Alert, DecodeError, Notification, decoder_for
-from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
+from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.notify.base import Batch, Clock, NotifyError, SystemClock
@@ -129,7 +129,7 @@ class NotifyService:
         self.nflog = NotificationLog()
 
     async def run(self, stop: asyncio.Event) -> None:
-        producer = RecordProducer(make_producer(self._settings.kafka), self._settings.topic_prefix)
+        producer = make_record_producer(self._settings.kafka, self._settings.topic_prefix)
         await producer.start()
         dlq = DeadLetterPublisher(producer, SOURCE)
         consumer = make_consumer(self._settings.kafka, group_id=None, fetch_max_wait_ms=100)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
+from pipeline.kafka import DeadLetterPublisher, make_consumer, make_record_producer
 from pipeline.settings import Settings
 from pipeline.sinks import metrics
 from pipeline.sinks.base import BatchingSink, Checkpoint, DeadRecord, SinkBackpressureError
@@ -76,7 +76,7 @@ class SinkRunner:
         self.topics = topics
         self.options = options
         self.consumer: AIOKafkaConsumer | None = None
-        self._producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+        self._producer = make_record_producer(settings.kafka, settings.topic_prefix)
         self._dlq = DeadLetterPublisher(self._producer, DLQ_SOURCE)
         self._lock = asyncio.Lock()
         self._resume_at: float | None = None

@@ -378,9 +378,9 @@ def topic_and_key(record: Record) -> tuple[str, bytes]:
 
 
 async def produce(settings: Settings, records: list[Record]) -> None:
-    from pipeline.kafka import RecordProducer, make_producer
+    from pipeline.kafka.clients import make_record_producer
 
-    producer = RecordProducer(make_producer(settings.kafka), settings.topic_prefix)
+    producer = make_record_producer(settings.kafka, settings.topic_prefix)
     await producer.start()
     try:
         for record in records:

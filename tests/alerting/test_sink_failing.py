@@ -18,7 +18,7 @@ from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
 from pipeline.contracts import load_registry
 from pipeline.contracts.examples import EXAMPLES
 from pipeline.contracts.records import Alert, ReferencePrice, Trade
-from pipeline.kafka import RecordProducer, make_producer
+from pipeline.kafka.clients import make_record_producer
 from pipeline.settings import Settings
 from pipeline.sinks.chdb_backend import ChdbSink
 from pipeline.sinks.runner import RunnerOptions as SinkOptions
@@ -44,7 +44,7 @@ async def test_a_row_the_sink_cannot_store_fires_sink_failing_which_resolves_aft
               "ts_recv": now, "price": TOO_BIG if i == 3 else example.price})
         for i in range(6)
     ]  # fmt: skip
-    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix)
+    producer = make_record_producer(topics.kafka, topics.topic_prefix)
     await producer.start()
     stop = asyncio.Event()
     sink = ChdbSink(str(tmp_path / "chdb"), load_registry(), topics.topic_prefix)

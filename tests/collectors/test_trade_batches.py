@@ -8,8 +8,7 @@ from collections import defaultdict
 
 from pipeline.collectors.output import Output
 from pipeline.contracts import Bbo, Trade, TradeBatch, decode, market_key
-from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_producer
+from pipeline.kafka.clients import make_record_producer
 from pipeline.settings import Settings
 from tests.conftest import read_to_end
 
@@ -32,7 +31,7 @@ def by_market(trades: list[Trade]) -> dict[bytes, list[Trade]]:
 
 
 async def test_a_quiet_market_sends_its_batch_at_once(topics: Settings) -> None:
-    output = Output(RecordProducer(make_producer(topics.kafka), topics.topic_prefix), batch_linger_s=600)
+    output = Output(make_record_producer(topics.kafka, topics.topic_prefix), batch_linger_s=600)
     pump = asyncio.create_task(output.run())
     try:
         output.record(trade(0, "BTC-USDT"))
@@ -46,7 +45,7 @@ async def test_a_quiet_market_sends_its_batch_at_once(topics: Settings) -> None:
 
 
 async def test_every_trade_is_in_exactly_one_batch_in_order(topics: Settings) -> None:
-    output = Output(RecordProducer(make_producer(topics.kafka), topics.topic_prefix), max_batch=40,
+    output = Output(make_record_producer(topics.kafka, topics.topic_prefix), max_batch=40,
                     batch_linger_s=0.05)  # fmt: skip
     pump = asyncio.create_task(output.run())
     try:

@@ -10,7 +10,7 @@ from aiokafka.partitioner import murmur2
 
 from pipeline.contracts import load_registry
 from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_producer
+from pipeline.kafka.clients import make_record_producer
 from pipeline.observability.metrics import PRODUCE_ERRORS, PRODUCED
 from pipeline.settings import Settings
 from tests.conftest import read_to_end
@@ -29,7 +29,7 @@ def _total(counter: object, topic: str, **labels: str) -> float:
 
 
 async def test_window_refuses_counts_and_every_record_is_acknowledged_on_its_key_partition(topics: Settings) -> None:
-    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix, max_in_flight=50)
+    producer = make_record_producer(topics.kafka, topics.topic_prefix, max_in_flight=50)
     acked_before = _total(PRODUCED, TOPIC)
     overflow_before = _total(PRODUCE_ERRORS, TOPIC, reason="overflow")
     keys = [f"venue:SYM-{n % 7}".encode() for n in range(120)]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline.contracts import DeadLetter, Notification
-from pipeline.kafka import RecordProducer, make_producer
+from pipeline.kafka.clients import make_record_producer
 from pipeline.notify.bench import NotifierProcess
 from pipeline.notify.channels.base import IDEMPOTENCY_HEADER, REDELIVERY_HEADER
 from pipeline.settings import Settings
@@ -93,7 +93,7 @@ async def test_notifier_process_survives_sigkill_without_double_sends(
     topics = fast
     routes = write_routes(tmp_path / "notify.yaml", http)
     http.fail_next("broken", *[500] * 10)
-    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix)
+    producer = make_record_producer(topics.kafka, topics.topic_prefix)
     await producer.start()
     first = NotifierProcess(topics, routes, tmp_path / "notifier-1.log")
     second = NotifierProcess(topics, routes, tmp_path / "notifier-2.log")
@@ -170,7 +170,7 @@ async def test_sigkill_after_the_receiver_accepted_and_before_the_receipt(
     kafka = fast.kafka.model_copy(update={"session_timeout_ms": 3000, "heartbeat_interval_ms": 300})
     topics = fast.model_copy(update={"kafka": kafka})
     routes = write_routes(tmp_path / "notify.yaml", http)
-    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix)
+    producer = make_record_producer(topics.kafka, topics.topic_prefix)
     await producer.start()
     first = NotifierProcess(topics, routes, tmp_path / "notifier-1.log")
     second = NotifierProcess(topics, routes, tmp_path / "notifier-2.log")
@@ -230,7 +230,7 @@ def lease_state(log_file: Path) -> str | None:
 async def test_two_replicas_send_each_transition_once(fast: Settings, http: HttpReceivers, tmp_path: Path) -> None:
     topics = fast
     routes = write_routes(tmp_path / "notify.yaml", http)
-    producer = RecordProducer(make_producer(topics.kafka), topics.topic_prefix)
+    producer = make_record_producer(topics.kafka, topics.topic_prefix)
     await producer.start()
     logs = [tmp_path / "replica-a.log", tmp_path / "replica-b.log"]
     replicas = [NotifierProcess(topics, routes, log) for log in logs]

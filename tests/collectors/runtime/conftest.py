@@ -33,8 +33,7 @@ from pipeline.collectors.base import (
 from pipeline.collectors.output import Output
 from pipeline.collectors.runtime import Collector
 from pipeline.contracts import Bbo, Trade, decode
-from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_producer
+from pipeline.kafka.clients import make_record_producer
 from pipeline.replay.capture import CaptureLine
 from pipeline.settings import Settings
 from tests.conftest import read_to_end
@@ -54,7 +53,7 @@ async def wait_for(condition: Callable[[], bool], limit_s: float = 120.0) -> Non
 
 class RunningCollector:
     def __init__(self, settings: Settings, venues: list[Venue], queue_size: int = 100_000, **options: Any):
-        self.output = Output(RecordProducer(make_producer(settings.kafka), settings.topic_prefix), queue_size)
+        self.output = Output(make_record_producer(settings.kafka, settings.topic_prefix), queue_size)
         self.collector = Collector(settings, venues, self.output, **options)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

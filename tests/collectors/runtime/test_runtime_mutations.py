@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from pipeline.collectors.output import Output, _Dead
 from pipeline.collectors.runtime import VenueRuntime
 from pipeline.collectors.venues import VENUES
-from pipeline.kafka import RecordProducer
-from pipeline.kafka.clients import make_producer
+from pipeline.kafka.clients import make_record_producer
 from pipeline.replay.capture import read_capture
 from pipeline.settings import KafkaSettings
 
@@ -59,7 +58,7 @@ async def test_mutated_frames_never_escape_and_each_rejection_is_one_dead_letter
     lines = read_capture(replay_dir / name)
     frames = [line.payload for line in lines if line.kind == "ws_in" and len(line.payload) < 20000]
     venue = VENUES[exchange](symbols)
-    output = Output(RecordProducer(make_producer(KafkaSettings())), maxsize=10_000_000)  # queue only, never started
+    output = Output(make_record_producer(KafkaSettings()), maxsize=10_000_000)  # queue only, never started
     runtime = VenueRuntime(venue, output)
     plan = runtime.plans[0]
     runtime.connected(plan)

@@ -150,7 +150,7 @@ async def test_the_producer_partitions_exactly_like_aiokafkas_default() -> None:
     of every key is the default partitioner's, so records of one market stay in order on one partition."""
     from aiokafka.partitioner import DefaultPartitioner
 
-    from pipeline.kafka.clients import make_producer
+    from pipeline.kafka.clients import make_record_producer
     from pipeline.kafka.producer import KeyHashPartitioner
     from pipeline.settings import KafkaSettings
 
@@ -162,7 +162,9 @@ async def test_the_producer_partitions_exactly_like_aiokafkas_default() -> None:
             assert memo(key, partitions, partitions) == DefaultPartitioner()(key, partitions, partitions)
     assert len(memo._hashes) <= 64
     assert {memo(None, [0, 1, 2], [2]) for _ in range(20)} == {2}  # no key: a random available partition
-    assert isinstance(make_producer(KafkaSettings())._partitioner, KeyHashPartitioner)
+    records = make_record_producer(KafkaSettings())  # picks partitions with the producer's own partitioner
+    assert isinstance(records._partitioner, KeyHashPartitioner)
+    assert records._partitioner is records._producer._partitioner
 
 
 def test_the_latency_histogram_exposes_what_the_library_histogram_would() -> None:
