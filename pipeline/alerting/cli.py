@@ -74,6 +74,7 @@ def run(
         list[str] | None, typer.Option(help="consumer group whose lag the probe publishes (repeatable)")
     ] = None,
     lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "15s",
+    fetch_wait_ms: Annotated[int, typer.Option(help="consumer fetch wait (ms); Tansu answers at its end")] = 100,
 ) -> None:
     """Run the rule engine until SIGINT/SIGTERM (resumes from its checkpoint and ops.alerts.v1)."""
     from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
@@ -93,6 +94,7 @@ def run(
         idle_advance_us=idle_us,
         lag_groups=tuple(lag_group) if lag_group else None,
         lag_interval_us=lag_us,
+        fetch_wait_ms=fetch_wait_ms,
     )
     serve_metrics(settings.metrics_port)
     console.print(f"rule engine: {len(ruleset.rules)} rules, {len(ruleset.inhibit_rules)} inhibit rules")

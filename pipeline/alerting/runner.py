@@ -48,6 +48,9 @@ class RunnerOptions:
     idle_advance_us: int = 30_000_000  # advance event time at wall speed after this long without input (0: never)
     checkpoint_interval_us: int = 1_000_000
     poll_ms: int = 200
+    # Tansu holds a fetch for its whole max wait when little data is there: aiokafka's 500 ms default would be
+    # most of the condition -> notification latency (docs/benchmarks.md, notifier section)
+    fetch_wait_ms: int = 100
     lag_groups: tuple[str, ...] | None = None  # consumer groups the lag probe measures (None: MarketPrism's own)
     lag_interval_us: int = 15_000_000  # 0 disables the lag probe
 
@@ -116,9 +119,7 @@ class RuleEngineRunner:
         producer = make_producer(self.settings.kafka, max_request_size=CHECKPOINT_MAX_BYTES)
         await producer.start()
         dlq = DeadLetterPublisher(RecordProducer(producer, self.settings.topic_prefix), "alerting")
-        # Tansu holds a fetch for its whole max wait when little data is there: aiokafka's 500 ms default would be
-        # most of the condition -> notification latency (docs/benchmarks.md, notifier section)
-        consumer = make_consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=100)
+        consumer = make_consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=self.options.fetch_wait_ms)
         await consumer.start()
         probe: asyncio.Task[None] | None = None
         try:
