@@ -34,6 +34,7 @@ SPEED = float(os.environ.get("MARKETPRISM_DEMO_TEST_SPEED", "2"))
 # Alerts whose rule counts events over a window resolve only when the window has passed the last event: a
 # dead-letter burst (DeadLetterRate, 5 minutes) cannot resolve inside a 2.5-minute scenario.
 RESOLVE_AFTER_RUN = {"malformed_frames"}
+HOUR_SCENARIO = Path(__file__).parents[2] / "pipeline" / "simulator" / "scenarios" / "anomaly-hour.yaml"
 # The one alert tolerated without an incident behind it: the anomaly worker's health forecaster may extrapolate the
 # memory ramp of the demo's ten processes starting up into a 2 GiB breach (seen once, at --speed 2). The fix belongs
 # in pipeline/anomaly (no forecast from a series' start-up ramp), not in a rule.
@@ -78,15 +79,28 @@ def _demo(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes],
             proc.wait(10)
 
 
+def _environ(command: str) -> dict[str, str]:
+    pid = int(command.split(":", 1)[0])
+    return psutil.Process(pid).environ()
+
+
 def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path: Path) -> None:
     """``kill <demo>`` (a service manager, CI) used to kill the runner alone and orphan the broker and nine
-    components; SIGTERM now runs the same shutdown as Ctrl-C."""
-    with _demo(tmp_path) as (proc, log, state, port):
+    components; SIGTERM now runs the same shutdown as Ctrl-C. Run on the one-hour scenario, which also shows the
+    long-run profile (producers linger 250 ms, the worker and rule engine fetch every 500 ms: Tansu's cost per
+    fetch grows with every batch it keeps)."""
+    with _demo(tmp_path, "--scenario", str(HOUR_SCENARIO)) as (proc, log, state, port):
         deadline = time.monotonic() + 180
         while "started collect" not in log.read_text(errors="replace"):  # every component is running
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
-        assert len(_ours(state, port)) >= 8  # the broker, the simulator and the pipeline's components
+        ours = _ours(state, port)
+        assert len(ours) >= 8  # the broker, the simulator and the pipeline's components
+        worker = next(c for c in ours if "pipeline worker" in c)
+        rules = next(c for c in ours if "pipeline alerts run" in c)
+        collect = next(c for c in ours if "pipeline collect" in c)
+        assert "--fetch-wait-ms 500" in worker and "--fetch-wait-ms 500" in rules
+        assert _environ(collect)["MARKETPRISM_KAFKA__LINGER_MS"] == "250"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     tail = log.read_text(errors="replace")[-3000:]
