@@ -12,7 +12,7 @@ under load, so at any moment the venues' latest mids stand at different times; r
 - a venue is **live** while its mids keep arriving (one within ``stale_after_us`` of pipeline time) and
   its latest mid trails the asset's newest by at most ``max_trail_us``; otherwise it is ``stale`` (its
   feed stopped). A venue is never judged stale because our own processing of it lags: while its bar
-  worker reports unread BBOs of its partition (a :class:`BacklogPartial`, within ``stale_after_us``) it
+  worker reports its partition behind with unread BBOs (a :class:`BacklogPartial`, within ``stale_after_us``) it
   stays live and the reference waits for it, up to ``max_wait_us`` behind the asset's newest mid. That
   delays the reference; it does not change it (a loaded worker serving partitions in turn left groups of
   markets minutes behind, and calling them stale hid the divergences of the one venue left).

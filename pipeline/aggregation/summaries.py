@@ -4,8 +4,8 @@ Each worker sees only its partitions of ``md.trades.v1`` / ``md.bbo.v1``; feed h
 the cross-venue reference need every partition. So once a second each worker sends, keyed by
 ``exchange:stream`` or by asset, a :class:`FeedPartial` per (venue, stream, second) and a
 :class:`MidPartial` per symbol with the last mid it saw, and a :class:`BacklogPartial` per symbol of a partition
-whose BBOs it knows of but has not read yet (so the reference waits for them instead of calling the venue
-stale). They are msgpack, internal, not a contract.
+whose BBOs it knows of but has not read yet while its newest applied BBO is older than the idle timeout (so
+the reference waits for them instead of calling the venue stale). They are msgpack, internal, not a contract.
 """
 
 from __future__ import annotations

@@ -283,7 +283,10 @@ class BarWorker:
             self.mids.clear()
             for partition, engine in self.engines.items():
                 unread = self._bbo_unread(partition, engine)
-                if unread:  # the reference waits for these markets' mids rather than calling the venue stale
+                newest = engine.bbo_wm.value + self.policy.allowed_lateness_us  # the newest BBO applied (event time)
+                if unread and now - newest > self.policy.idle_timeout_us:
+                    # behind, not stopped: the reference waits for these markets' mids instead of calling them stale
+                    # (a partition that is current has no excuse for a market whose mids stopped)
                     for sym in engine.state.symbols.values():
                         if (asset := asset_of(sym.symbol)) is not None:
                             summaries.append((asset.encode(), BacklogPartial(sym.exchange, sym.symbol, unread)))

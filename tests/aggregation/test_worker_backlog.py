@@ -59,6 +59,8 @@ def trades(ts: int, tid: str) -> bytes:
 
 
 async def test_unread_bbos_hold_the_bars_and_are_reported_to_the_reference() -> None:
+    """Unread BBOs of a partition whose newest applied BBO is older than the idle timeout: its windows wait, and
+    its markets are reported to the reference as behind (not stopped)."""
     kafka = RecordingKafka()
     high = {TRADES: 3, BBOS: 10}  # the consumer's high-water marks: 7 BBOs of partition 0 not read yet
     now = [T]
@@ -73,8 +75,11 @@ async def test_unread_bbos_hold_the_bars_and_are_reported_to_the_reference() -> 
         highwater=lambda topic, partition: high[topic],
     )
     await worker.process([Incoming(BBOS, 0, k, bbo(T + k * 100_000, "99.9", "100.1")) for k in range(3)])
+    now[0] = T + S
+    await worker.tick()  # BBOs unread, but the partition is current (newest BBO 0.8 s old): nothing to excuse
+    assert not any(isinstance(decode_summary(v), BacklogPartial) for t, v in kafka.sent if t == SUMMARY_TOPIC)
     await worker.process([Incoming(TRADES, 0, k, trades(T + k * 3 * S, f"t{k}")) for k in range(3)])
-    now[0] = T + policy.idle_timeout_us + S  # no BBO read for longer than the idle timeout
+    now[0] = T + policy.idle_timeout_us + S  # no BBO read for longer than the idle timeout: the partition is behind
     await worker.tick()
     bars = [topic for topic, _ in kafka.sent if topic.startswith("md.bars")]
     assert bars == []  # trades reached 6 s, but the unread BBOs hold the windows
