@@ -62,6 +62,19 @@ from pipeline.replay import cli as replay_cli  # noqa: E402
 
 app.command("collect")(collectors_cli.collect_command)
 bench_app.command("collect")(collectors_cli.bench_collect)
+
+
+@bench_app.command("broker")
+def bench_broker(
+    levels: Annotated[str, typer.Option(help="stored one-record batches to measure at, comma-separated")] = (
+        "200,2000,5000,10000,15000"
+    ),
+    rounds: Annotated[int, typer.Option(help="produce + fetch rounds per level (median reported)")] = 50,
+) -> None:
+    """Broker CPU per fetch as a partition's stored batches grow (the local Tansu broker's memory engine)."""
+    from pipeline.infra.bench import run_bench
+
+    typer.echo(run_bench([int(n) for n in levels.split(",")], rounds))
 app.command("replay")(replay_cli.replay_command)
 app.command("record")(replay_cli.record_command)
 

@@ -7,7 +7,8 @@ notify benches start their own scratch broker. Each asserts a clean exit and par
 promises (throughput > 0, the baseline row present and consistent), never only that it ran. The figures are
 not judged here: targets live in docs/benchmarks.md. ``bench aggregate`` (mostly waiting: two Faust process
 start-ups, a group-join wait, a live bar-latency stream) is started when the module starts and runs beside the
-other benches, so the module costs little more than it. ``bench collect`` is covered by
+other benches, so the module costs little more than it. ``bench broker`` measures the local Tansu broker
+itself (its own scratch broker). ``bench collect`` is covered by
 tests/collectors/runtime/test_runtime_bench.py.
 """
 
@@ -221,6 +222,16 @@ def test_bench_simulate(tmp_path: Path) -> None:
     (base_wall, base_cpu), (wall, cpu) = ([_num(g) for g in m.groups()] for m in (baseline, served))
     _positive(base_wall, base_cpu, wall, cpu)
     assert float(ratio.group(1)) == pytest.approx(wall / base_wall, abs=0.01)
+
+
+def test_bench_broker(tmp_path: Path) -> None:
+    out = _bench(tmp_path, "broker", "--levels", "50,1500", "--rounds", "20")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| \d", line)]
+    assert [int(r[0]) for r in rows] == [50, 1500], out
+    (_, base_cpu, base_wall, base_ratio), (_, cpu, wall, ratio) = ([c.strip() for c in r] for r in rows)
+    _positive(float(base_wall), float(wall), float(cpu))  # the first level's CPU may round to 0 ticks
+    assert base_ratio in ("1.0x", "n/a") and (ratio == "n/a" or _num(ratio) == pytest.approx(
+        float(cpu) / float(base_cpu), rel=0.05, abs=0.06))  # fmt: skip
 
 
 def test_bench_aggregate(aggregate_run: Bench) -> None:
