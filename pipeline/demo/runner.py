@@ -61,12 +61,16 @@ DEMO_FAULTS = Path(__file__).with_name("faults.yaml")
 FAULT_CHILDREN = {"sink": "sink", "aggregation": "worker", "anomaly": "anomaly"}
 # Runs this long (wall seconds) trade latency for broker load: Tansu's memory engine lists every stored batch of a
 # partition on each fetch that returns records of it (~1.5 us per batch: 23 ms of broker CPU per fetch at 15k batches,
-# measured 2026-11-22), and keeps every batch, so over an hour the broker saturated the 2-core machine. Producers
-# linger 250 ms (fewer, larger batches) and the worker and rule engine fetch every 500 ms (fewer lists).
-# Event-time results (bars, anomalies, references) are unchanged; wall-clock latency grows by up to ~0.75 s.
+# measured 2026-11-22, `marketprism bench broker`), and keeps every batch, so over an hour the broker saturated the
+# 2-core machine. The collectors (the producers that trickle: every record as it comes) linger 1 s, so a partition
+# gets about one batch a second from them; the worker and the rule engine fetch once a second (fewer lists, and the
+# worker publishes its bars in fewer batches). The other components keep their settings: they flush what they
+# publish (aiokafka's flush waits out the linger). Event-time results (bars, anomalies, references) are unchanged;
+# wall-clock latency grows by up to ~2 s. (With every producer at 250 ms and 500 ms fetches the broker's CPU still
+# grew by ~1.6 s per minute, every minute.)
 LONG_RUN_S = 600.0
-LONG_RUN_LINGER_MS = 250
-LONG_RUN_FETCH_WAIT_MS = 500
+LONG_RUN_COLLECTOR_LINGER_MS = 1000
+LONG_RUN_FETCH_WAIT_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -271,10 +275,10 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         sim_duration_s = options.sim_duration_s or float(yaml.safe_load(options.scenario.read_text())["duration_s"])
         long_run = sim_duration_s / options.speed >= LONG_RUN_S
         fetch_wait = ["--fetch-wait-ms", str(LONG_RUN_FETCH_WAIT_MS)] if long_run else []
+        collect_env = {"MARKETPRISM_KAFKA__LINGER_MS": str(LONG_RUN_COLLECTOR_LINGER_MS)} if long_run else {}
         if long_run:
-            log.info("long run (%.0f s): producers linger %d ms, worker and rule engine fetch every %d ms",
-                     sim_duration_s / options.speed, LONG_RUN_LINGER_MS, LONG_RUN_FETCH_WAIT_MS)  # fmt: skip
-            children.env = {**children.env, "MARKETPRISM_KAFKA__LINGER_MS": str(LONG_RUN_LINGER_MS)}
+            log.info("long run (%.0f s): collectors linger %d ms, worker and rule engine fetch every %d ms",
+                     sim_duration_s / options.speed, LONG_RUN_COLLECTOR_LINGER_MS, LONG_RUN_FETCH_WAIT_MS)  # fmt: skip
         children.start("worker", ["worker", *fetch_wait], metrics_env())
         children.start("anomaly", ["anomaly", "--warmup", str(options.anomaly_warmup)], metrics_env())
         demo_rules = Path(__file__).with_name("rules.yaml")
@@ -288,7 +292,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         )
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
         await asyncio.to_thread(_wait_port, sim_port, 60, lambda: simulator.alive)
-        children.start("collect", ["collect"], metrics_env())
+        children.start("collect", ["collect"], metrics_env() | collect_env)
         ready_us = await _collectors_connected(f"http://{base}/sim/status", list(symbols), wait_s=60)
         ready_before_s = None if ready_us is None else (clock.wall_us(origin_us) - ready_us) / 1e6
         if ready_before_s is not None and ready_before_s < 0:

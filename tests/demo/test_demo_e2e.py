@@ -87,7 +87,7 @@ def _environ(command: str) -> dict[str, str]:
 def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path: Path) -> None:
     """``kill <demo>`` (a service manager, CI) used to kill the runner alone and orphan the broker and nine
     components; SIGTERM now runs the same shutdown as Ctrl-C. Run on the one-hour scenario, which also shows the
-    long-run profile (producers linger 250 ms, the worker and rule engine fetch every 500 ms: Tansu's cost per
+    long-run profile (collectors linger 1 s, the worker and rule engine fetch once a second: Tansu's cost per
     fetch grows with every batch it keeps)."""
     with _demo(tmp_path, "--scenario", str(HOUR_SCENARIO)) as (proc, log, state, port):
         deadline = time.monotonic() + 180
@@ -99,8 +99,9 @@ def test_sigterm_stops_the_demo_and_every_process_it_started(tmp_path: Path) -> 
         worker = next(c for c in ours if "pipeline worker" in c)
         rules = next(c for c in ours if "pipeline alerts run" in c)
         collect = next(c for c in ours if "pipeline collect" in c)
-        assert "--fetch-wait-ms 500" in worker and "--fetch-wait-ms 500" in rules
-        assert _environ(collect)["MARKETPRISM_KAFKA__LINGER_MS"] == "250"
+        assert "--fetch-wait-ms 1000" in worker and "--fetch-wait-ms 1000" in rules
+        assert _environ(collect)["MARKETPRISM_KAFKA__LINGER_MS"] == "1000"
+        assert "MARKETPRISM_KAFKA__LINGER_MS" not in _environ(worker)  # it flushes what it publishes
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     tail = log.read_text(errors="replace")[-3000:]
