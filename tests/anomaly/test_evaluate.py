@@ -3,7 +3,10 @@ anomalies per series-hour; and the dump round trip the CLI uses."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from pipeline.anomaly.evaluate import Capture, Label, Options, evaluate, read_labels
 from pipeline.contracts import Anomaly
@@ -102,3 +105,26 @@ def test_labels_file_and_dump_round_trip(tmp_path: Path) -> None:
     captured.dump(tmp_path / "dump")
     again = Capture.load(tmp_path / "dump")
     assert again.anomalies == captured.anomalies and again.series == captured.series
+
+
+class _BrokerGoneConsumer:
+    """Stands in for AIOKafkaConsumer after the broker went away: ``stop`` re-raises its fetch task's cancellation."""
+
+    async def stop(self) -> None:
+        raise asyncio.CancelledError
+
+
+async def test_stopping_after_the_broker_went_away_does_not_end_the_capture_with_a_traceback() -> None:
+    from pipeline.anomaly.evaluate import _stop
+
+    await _stop(_BrokerGoneConsumer())  # type: ignore[arg-type]  # returns: the capture goes on to its last dump
+
+    async def cancelled_while_stopping() -> None:
+        await asyncio.sleep(0)
+        await _stop(_BrokerGoneConsumer())  # type: ignore[arg-type]
+
+    task = asyncio.create_task(cancelled_while_stopping())
+    await asyncio.sleep(0)
+    task.cancel()  # a cancellation of the capture itself is not swallowed
+    with pytest.raises(asyncio.CancelledError):
+        await task
