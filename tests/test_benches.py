@@ -118,8 +118,9 @@ def aggregate_run(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """``bench aggregate`` on the harness broker, started once for the module. The worker's trades/s is read
     from its counter between two readings >= 0.5 s apart (else NaN): over 6 symbols the batches held ~165 trades
     and the worker applied all 150k within 0.5 s (NaN, 2026-11-22); over 60 symbols (~17 trades a batch, as in
-    docs/benchmarks.md) they take it ~2 s at ~80k trades/s; the slow naive agent is measured on 3000; the bar latency run is the shortest giving 1s bars
-    past its 3 s warm-up (after the bench's fixed 8 s group-join wait)."""
+    docs/benchmarks.md) they take it ~2 s at ~80k trades/s; the slow naive agent is measured on 3000; the bar
+    latency run is the shortest giving 1s bars past its 3 s warm-up (after the bench's fixed 8 s group-join
+    wait)."""
     work = tmp_path_factory.mktemp("bench-aggregate")
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
