@@ -39,7 +39,7 @@ import psutil
 
 from pipeline.aggregation.app import ensure_internal_topics
 from pipeline.contracts import Bar, BatchTrade, Trade, TradeBatch, decoder_for, encode, market_key
-from pipeline.infra import free_port
+from pipeline.infra import cpu_seconds, free_port
 from pipeline.infra.scratch import with_fresh_prefix
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.settings import Settings
@@ -189,10 +189,6 @@ async def _applied(client: httpx.AsyncClient, url: str, metric: tuple[str, ...])
     )
 
 
-def _cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
 
 async def faust_throughput(
     settings: Settings, command: list[str], metric: tuple[str, ...], count: int, state: Path
@@ -212,7 +208,7 @@ async def faust_throughput(
                 if process.returncode is not None:
                     raise RuntimeError(f"{command[-2:]} exited with {process.returncode} before applying {count}")
                 done = await _applied(client, url, metric)
-                now, cpu = time.perf_counter(), _cpu_s(watched)
+                now, cpu = time.perf_counter(), cpu_seconds(watched)
                 if first is None and done > 0:
                     first = (now, done, cpu)
                 if done >= count and first is not None:
@@ -258,7 +254,7 @@ async def bar_latency(
         await asyncio.sleep(8)  # join the group before the measured stream starts
         topic = settings.topic(BATCHES)
         started = time.time()
-        cpu_start = _cpu_s(watched)
+        cpu_start = cpu_seconds(watched)
         i = 0
         measure_from = int((started + 3) * 1e6)  # skip the first windows (group join, warm-up)
         batcher = Batcher()
@@ -290,7 +286,7 @@ async def bar_latency(
             for b in ready:
                 await producer.send(topic, encode(b), key=market_key(b.exchange, b.symbol))
             await asyncio.sleep(0.002)
-        cpu_share = (_cpu_s(watched) - cpu_start) / (time.time() - started)
+        cpu_share = (cpu_seconds(watched) - cpu_start) / (time.time() - started)
         await asyncio.sleep(3)
         reader.cancel()
         for produced_ms, window_end in bars:

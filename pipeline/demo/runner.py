@@ -40,7 +40,7 @@ from pipeline.contracts.labels import encode_label
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.summary import EXPECTED_RULES, DemoSummary, build_summary
 from pipeline.demo.view import WATCHED, DemoStats
-from pipeline.infra import broker_service, free_port
+from pipeline.infra import broker_service, cpu_seconds, free_port
 from pipeline.infra.services import port_open
 from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_consumer
@@ -506,7 +506,7 @@ def _sample(children: ChildGroup, stats: DemoStats) -> None:
             procs += procs[0].children(recursive=True)
             rss = sum(p.memory_info().rss for p in procs)
             stats.peak_rss[child.name] = max(stats.peak_rss.get(child.name, 0), rss)
-            stats.cpu_s[child.name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+            stats.cpu_s[child.name] = sum(cpu_seconds(p) for p in procs)
 
 
 async def _scenario_ending(http: httpx.AsyncClient, status_url: str, margin_us: int) -> bool:

@@ -13,6 +13,7 @@ from pipeline.infra.services import (
     broker_service,
     clickhouse_server_binary,
     clickhouse_service,
+    cpu_seconds,
     free_port,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "broker_service",
     "clickhouse_server_binary",
     "clickhouse_service",
+    "cpu_seconds",
     "free_port",
     "scratch_broker",
     "with_fresh_prefix",

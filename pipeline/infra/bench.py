@@ -23,7 +23,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from pipeline.infra.services import broker_service, free_port
+from pipeline.infra.services import broker_service, cpu_seconds, free_port
 
 TOPIC = "bench-broker"
 
@@ -34,10 +34,6 @@ class LevelResult:
     cpu_ms: float  # broker CPU per produce + fetch round (the level's total over its rounds)
     wall_ms: float  # median wall time per round
 
-
-def _cpu_s(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 async def measure(levels: list[int], rounds: int) -> list[LevelResult]:
@@ -70,7 +66,7 @@ async def measure(levels: list[int], rounds: int) -> list[LevelResult]:
                         stored += 1
                     consumer.seek(tp, stored)
                     wall = []
-                    cpu_before = _cpu_s(process)  # per level, not per round: the kernel counts in 10 ms ticks
+                    cpu_before = cpu_seconds(process)  # per level, not per round: the kernel counts in 10 ms ticks
                     for _ in range(rounds):
                         started = time.perf_counter()
                         await (await producer.send(TOPIC, b"y", partition=0))
@@ -78,7 +74,7 @@ async def measure(levels: list[int], rounds: int) -> list[LevelResult]:
                         while not (await consumer.getmany(tp, timeout_ms=30_000)).get(tp):
                             pass
                         wall.append((time.perf_counter() - started) * 1e3)
-                    cpu_ms = (_cpu_s(process) - cpu_before) * 1e3 / rounds
+                    cpu_ms = (cpu_seconds(process) - cpu_before) * 1e3 / rounds
                     results.append(LevelResult(level, cpu_ms, statistics.median(wall)))
             finally:
                 await consumer.stop()

