@@ -1,13 +1,20 @@
 # One image for every MarketPrism component; the compose file picks the sub-command per service.
-# The project is installed in editable mode from /app so the package finds topics/ and schemas/ beside it.
+# It installs exactly what uv.lock says (runtime packages only, no test tools). The project is installed
+# in editable mode from /app so the package finds topics/ and schemas/ beside it.
 FROM python:3.11-slim
-RUN pip install --no-cache-dir uv && useradd --create-home --uid 10001 marketprism
+ARG UV_VERSION=0.13.9
+RUN pip install --no-cache-dir "uv==${UV_VERSION}" && useradd --create-home --uid 10001 marketprism
 WORKDIR /app
-COPY pyproject.toml README.md ./
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project --no-cache
 COPY topics ./topics
 COPY schemas ./schemas
 COPY pipeline ./pipeline
-RUN uv venv /opt/venv && uv pip install --python /opt/venv/bin/python --no-cache -e . \
+RUN uv sync --frozen --no-dev --no-cache \
     && mkdir -p /var/lib/marketprism && chown marketprism /var/lib/marketprism
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -1,24 +1,77 @@
-# The two commands: `make demo` and `make test`. Both create/refresh .venv first.
-PYTHON ?= python3.11
-VENV := .venv
+# The two commands: `make demo` and `make test`. Both install exactly what uv.lock says first.
+#
+#   make test                      # Python 3.11 in .venv
+#   make test PYTHON=3.12          # another supported Python, in .venv-3.12
+#   make lock                      # re-resolve uv.lock after editing pyproject.toml (UPGRADE=1: newest allowed)
+#
+# Every CI workflow step (.github/workflows/) calls one of these targets, so a forge run and a local run
+# cannot drift apart.
+PYTHON ?= 3.11
+VENV ?= $(if $(filter 3.11,$(PYTHON)),.venv,.venv-$(PYTHON))
+UV_VERSION := 0.13.9
+TOOLS := .tools/uv-$(UV_VERSION)
+UV := $(TOOLS)/bin/uv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+IMAGE ?= marketprism:dev
+# The interpreter for PYTHON (a version such as 3.12, or a command): on PATH, else under pyenv.
+PYTHON_BIN := $(shell for c in python$(PYTHON) $(PYTHON) $$HOME/.pyenv/versions/$(PYTHON)*/bin/python3; do \
+	$$c -c 'import sys' >/dev/null 2>&1 && { command -v $$c; break; }; done)
 
-.PHONY: demo test venv lint clickhouse-server clean
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip uv
-	@$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
-	@touch $(STAMP)
+.PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
+	clickhouse-server chromium pytest bench-nightly image image-check image-scan dist clean
 
-venv: $(STAMP)
+$(UV):
+	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
+	@$(PYTHON_BIN) -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-demo: $(STAMP)
+# Exactly the lock: uv sync adds what is missing and removes what the lock does not name.
+venv: $(UV)
+	@$(UV) sync --frozen --quiet --python $(PYTHON_BIN)
+
+lock: $(UV)
+	$(UV) lock $(if $(UPGRADE),--upgrade,)
+
+demo: venv
 	$(BIN)/marketprism demo
 
-# Installs Debian's clickhouse-server when missing and apt is usable; the tests that need it skip
-# with a message otherwise.
+# Quality gates: `make test` runs them before the suite.
+check: lint format typecheck security audit actionlint configs
+
+lint: venv
+	$(BIN)/ruff check .
+
+format: venv
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+# ruff's flake8-bandit rules (S) are part of `lint`; this target runs just them, for the workflow's report.
+security: venv
+	$(BIN)/ruff check --select S --output-format concise .
+
+audit: venv
+	@$(UV) export --frozen --quiet --no-emit-project --no-hashes --format requirements-txt > $(VENV)/audit-requirements.txt
+	$(BIN)/python tools/audit.py $(VENV)/audit-requirements.txt
+
+actionlint: venv
+	$(BIN)/actionlint -color=false .github/workflows/*.yml
+
+# Rule files, notifier configs, the topic registry and its schemas, compose and deployment files.
+configs: venv
+	$(BIN)/marketprism alerts rules --rules pipeline/demo/rules.yaml > /dev/null
+	$(BIN)/marketprism notify check --routes infra/notify.yaml > /dev/null
+	$(BIN)/marketprism topics list > /dev/null
+	$(BIN)/marketprism topics schemas
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy tests/contracts
+
+# Installs Debian's clickhouse-server when missing and apt is usable; its tests skip with a message
+# otherwise (and fail with CI=true).
 clickhouse-server:
 	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! test -x /usr/sbin/clickhouse-server; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -30,13 +83,33 @@ clickhouse-server:
 		fi; \
 	fi
 
-lint: $(STAMP)
-	$(BIN)/ruff check .
-
-test: $(STAMP) clickhouse-server
-	$(BIN)/ruff check .
-	$(BIN)/marketprism topics schemas
+pytest: venv clickhouse-server
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+test: check pytest
+
+# The long runs CI does nightly (benchmarks, soak, NAB); reports land in $(REPORTS).
+REPORTS ?= reports
+bench-nightly: venv
+	@mkdir -p $(REPORTS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow --run-long $(PYTEST_ARGS)
+	$(BIN)/marketprism bench nab --data ../shared/nab --out $(REPORTS)/nab.json
+
+dist: $(UV)
+	$(UV) build --out-dir dist
+
+# The image targets need a Docker engine (the forge has one; these development machines do not).
+image:
+	docker build --tag $(IMAGE) .
+
+image-check:
+	tools/image-check.sh $(IMAGE)
+
+image-scan: venv
+	docker run --rm --entrypoint python $(IMAGE) -c \
+		'import importlib.metadata as m; print("\n".join(sorted(f"{d.name}=={d.version}" for d in m.distributions())))' \
+		> $(VENV)/image-requirements.txt
+	$(BIN)/python tools/audit.py $(VENV)/image-requirements.txt
+
 clean:
-	rm -rf $(VENV) .marketprism
+	rm -rf .venv .venv-* .tools .marketprism dist

@@ -75,6 +75,8 @@ def bench_broker(
     from pipeline.infra.bench import run_bench
 
     typer.echo(run_bench([int(n) for n in levels.split(",")], rounds))
+
+
 app.command("replay")(replay_cli.replay_command)
 app.command("record")(replay_cli.record_command)
 
@@ -274,9 +276,7 @@ def run(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="settings YAML (venues, Kafka, ClickHouse)")
     ] = None,
-    component: Annotated[
-        list[str] | None, typer.Option(help="component to run (repeatable; default: all)")
-    ] = None,
+    component: Annotated[list[str] | None, typer.Option(help="component to run (repeatable; default: all)")] = None,
     notify_routes: Annotated[Path | None, typer.Option(help="notifier routing YAML (docs/notify.md)")] = None,
     log_dir: Annotated[Path | None, typer.Option(help="component logs (default: <state_dir>/run/logs)")] = None,
 ) -> None:
@@ -324,8 +324,14 @@ def demo(
     from pipeline.demo.runner import DEMO_SCENARIO, DemoOptions, run_demo
 
     options = DemoOptions(
-        duration_s=duration, speed=speed, sim_duration_s=sim_duration, seed=seed, view=view,
-        anomaly_warmup=anomaly_warmup, summary_json=summary_json, scenario=scenario or DEMO_SCENARIO,
+        duration_s=duration,
+        speed=speed,
+        sim_duration_s=sim_duration,
+        seed=seed,
+        view=view,
+        anomaly_warmup=anomaly_warmup,
+        summary_json=summary_json,
+        scenario=scenario or DEMO_SCENARIO,
     )
     try:
         summary = asyncio.run(run_demo(settings(), options, console))

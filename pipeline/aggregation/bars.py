@@ -97,8 +97,17 @@ class OhlcvAggregation:
     """
 
     @staticmethod
-    def initialize(ts: int, seq: int, price_text: str, price: int, price_scale: int, size: int, size_scale: int,
-                   side: str, trade_id: str) -> OhlcvState:
+    def initialize(
+        ts: int,
+        seq: int,
+        price_text: str,
+        price: int,
+        price_scale: int,
+        size: int,
+        size_scale: int,
+        side: str,
+        trade_id: str,
+    ) -> OhlcvState:
         buy = side == "buy"
         return OhlcvState(
             ts, seq, price_text, trade_id, ts, seq, price_text, trade_id,
@@ -109,8 +118,18 @@ class OhlcvAggregation:
         )  # fmt: skip
 
     @staticmethod
-    def add(state: OhlcvState, ts: int, seq: int, price_text: str, price: int, price_scale: int, size: int,
-            size_scale: int, side: str, trade_id: str) -> None:
+    def add(
+        state: OhlcvState,
+        ts: int,
+        seq: int,
+        price_text: str,
+        price: int,
+        price_scale: int,
+        size: int,
+        size_scale: int,
+        side: str,
+        trade_id: str,
+    ) -> None:
         if ts < state.open_ts or (ts == state.open_ts and seq < state.open_seq):
             state.open_ts, state.open_seq, state.open, state.first_trade_id = ts, seq, price_text, trade_id
         if ts > state.close_ts or (ts == state.close_ts and seq > state.close_seq):
@@ -172,8 +191,9 @@ class OhlcvAggregation:
         return scaled_text(quotient, VWAP_DIGITS)
 
     @staticmethod
-    def result(state: OhlcvState, exchange: str, symbol: str, interval: str, start: int, end: int, **book: object
-               ) -> Bar:
+    def result(
+        state: OhlcvState, exchange: str, symbol: str, interval: str, start: int, end: int, **book: object
+    ) -> Bar:
         return Bar(
             exchange=exchange,  # type: ignore[arg-type]
             symbol=symbol,

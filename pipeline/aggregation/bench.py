@@ -189,7 +189,6 @@ async def _applied(client: httpx.AsyncClient, url: str, metric: tuple[str, ...])
     )
 
 
-
 async def faust_throughput(
     settings: Settings, command: list[str], metric: tuple[str, ...], count: int, state: Path
 ) -> Rate:

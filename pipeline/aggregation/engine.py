@@ -266,8 +266,9 @@ class PartitionAggregator:
                     bars.append(self._bar(sym, minute.ohlcv, minute.book, "1m", start, end))
         return bars
 
-    def _bar(self, sym: SymbolState, ohlcv: OhlcvState, book: BookState | None, interval: str, start: int, end: int
-             ) -> Bar:
+    def _bar(
+        self, sym: SymbolState, ohlcv: OhlcvState, book: BookState | None, interval: str, start: int, end: int
+    ) -> Bar:
         self.counts.bars[interval] += 1
         return OhlcvAggregation.result(
             ohlcv, sym.exchange, sym.symbol, interval, start, end, **BookAggregation.result(book)

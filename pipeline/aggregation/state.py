@@ -24,8 +24,9 @@ from pipeline.kafka.clients import make_consumer
 from pipeline.settings import KafkaSettings
 
 
-def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition, found: dict[TopicPartition, tuple[int, bytes | None]]
-            ) -> bool:
+def _at_end(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, found: dict[TopicPartition, tuple[int, bytes | None]]
+) -> bool:
     highwater = consumer.highwater(tp)
     return tp in found and highwater is not None and found[tp][0] + 1 >= highwater
 

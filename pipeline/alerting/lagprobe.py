@@ -122,7 +122,9 @@ async def run_probe(
                 except (TimeoutError, KafkaError) as exc:
                     stale_admin = stale_admin or isinstance(exc, TimeoutError)
                     log.warning(
-                        "committed offsets of group %s not answered (%s)%s", group, exc or f"{call_timeout_s}s",
+                        "committed offsets of group %s not answered (%s)%s",
+                        group,
+                        exc or f"{call_timeout_s}s",
                         ": using the last answered" if committed else "",
                     )
                 if not committed:

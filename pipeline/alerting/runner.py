@@ -238,8 +238,9 @@ class RuleEngineRunner:
             # firing/resolved are news for an operator; pending/inactive churn (a sparse stream's rate flickering
             # under its threshold for a second) is counted in the metric and logged at debug level only
             level = logging.INFO if alert.state in ("firing", "resolved") else logging.DEBUG
-            log.log(level, "%s %s %s v%d at %d", alert.rule, alert.fingerprint, alert.state, alert.version,
-                    alert.ts_event)
+            log.log(
+                level, "%s %s %s v%d at %d", alert.rule, alert.fingerprint, alert.state, alert.version, alert.ts_event
+            )
         if pending:
             await asyncio.gather(*pending)
         ACTIVE.set(len(self.engine.active()))

@@ -120,24 +120,38 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     reference_registry = SeriesRegistry(options.config, options.report_floor, loader=reference_ckpt.load)
     dlq_name = dlq_topic.get_topic_name()
     sources = [
-        bars_topic_names[0], bars_topic_names[1], feed_topic.get_topic_name(), dlq_name,
+        bars_topic_names[0],
+        bars_topic_names[1],
+        feed_topic.get_topic_name(),
+        dlq_name,
         reference_topic.get_topic_name(),
     ]
     clock = from_settings(settings.clock)  # pipeline time stamps the health samples (taken every wall interval)
-    health = HealthMonitor(settings, options.thresholds, groups={app.conf.id: sources, **options.watch_groups},
-                           clock=lambda: clock.now_us() / 1e6)
+    health = HealthMonitor(
+        settings,
+        options.thresholds,
+        groups={app.conf.id: sources, **options.watch_groups},
+        clock=lambda: clock.now_us() / 1e6,
+    )
 
     async def dead_letter(event: faust.EventT, exc: Exception) -> None:
         message = event.message
         await outputs.dlq.publish(
-            "undecodable", str(exc), event.value or b"",
-            topic=message.topic, partition=message.partition, offset=message.offset,
+            "undecodable",
+            str(exc),
+            event.value or b"",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
         )
 
     def scoring_agent(
-        topic: faust.TopicT, source: str, decode: Callable[[bytes], Any],
+        topic: faust.TopicT,
+        source: str,
+        decode: Callable[[bytes], Any],
         score: Callable[[Any], tuple[list[Anomaly], list[SeriesState]]],
-        checkpointer: Checkpointer, extra: Callable[[Any], list[Anomaly]] = lambda _: [],
+        checkpointer: Checkpointer,
+        extra: Callable[[Any], list[Anomaly]] = lambda _: [],
     ) -> None:
         """One agent: decode each record (dead-letter what does not decode), score and learn it, publish, checkpoint."""
 
@@ -159,10 +173,21 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
         app.agent(topic, name=source)(agent)
 
     scoring_agent(bars_topic, "bars", decoder_for(Bar).decode, bar_registry.on_bar, bar_ckpt)
-    scoring_agent(feed_topic, "feed_metrics", decoder_for(FeedMetrics).decode, feed_registry.on_feed_metrics,
-                  feed_ckpt, extra=health.on_feed_metrics)
-    scoring_agent(reference_topic, "reference", decoder_for(ReferencePrice).decode, reference_registry.on_reference,
-                  reference_ckpt)
+    scoring_agent(
+        feed_topic,
+        "feed_metrics",
+        decoder_for(FeedMetrics).decode,
+        feed_registry.on_feed_metrics,
+        feed_ckpt,
+        extra=health.on_feed_metrics,
+    )
+    scoring_agent(
+        reference_topic,
+        "reference",
+        decoder_for(ReferencePrice).decode,
+        reference_registry.on_reference,
+        reference_ckpt,
+    )
 
     @app.agent(dlq_topic)
     async def dlq(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:

@@ -23,7 +23,7 @@ from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
 
 
 def synthetic(n: int, seed: int) -> list[float]:
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - simulation/jitter randomness, not security
     level = 100.0
     out = []
     for i in range(n):
@@ -45,10 +45,16 @@ class BenchResult:
     def rows(self) -> list[tuple[str, str, str]]:
         return [
             ("series detector update", f"{self.update_us:.1f} µs", "mean score+learn per series update; target <= 50"),
-            ("baseline HST(10 trees, h 8)", f"{self.hst_baseline_us:.1f} µs",
-             f"ratio {self.update_us / self.hst_baseline_us:.2f}x"),
-            ("baseline GaussianScorer", f"{self.gaussian_baseline_us:.1f} µs",
-             f"ratio {self.update_us / self.gaussian_baseline_us:.1f}x"),
+            (
+                "baseline HST(10 trees, h 8)",
+                f"{self.hst_baseline_us:.1f} µs",
+                f"ratio {self.update_us / self.hst_baseline_us:.2f}x",
+            ),
+            (
+                "baseline GaussianScorer",
+                f"{self.gaussian_baseline_us:.1f} µs",
+                f"ratio {self.update_us / self.gaussian_baseline_us:.1f}x",
+            ),
             ("memory per series", f"{self.memory_bytes / 1024:.0f} KiB", "tracemalloc, warmed up; target <= 2 MB"),
             ("checkpoint per series", f"{self.checkpoint_bytes / 1024:.1f} KiB", "pickle + zlib"),
             ("workload", f"{self.series} series x {self.points} points", "noisy random walk with spikes"),
@@ -115,5 +121,6 @@ def run_bench(series: int, points: int, repeats: int, config: DetectorConfig | N
         hst.append(_time_hst(points))
         gauss.append(_time_gaussian(points))
     memory, checkpoint = _memory(config, points)
-    return BenchResult(statistics.median(update), statistics.median(hst), statistics.median(gauss), memory,
-                       checkpoint, series, points)
+    return BenchResult(
+        statistics.median(update), statistics.median(hst), statistics.median(gauss), memory, checkpoint, series, points
+    )

@@ -88,8 +88,17 @@ def bench_nab(
     scores = run_benchmark(nab_dir, results, config, files=file, jobs=jobs)
     table = Table("profile", "score", "threshold", "TP windows", "FP rows", "FN windows", "raw", "null", "perfect")
     for r in scores:
-        table.add_row(r.profile, f"{r.score:.2f}", f"{r.threshold:.4f}", str(r.tp), str(r.fp), str(r.fn),
-                      f"{r.raw:.2f}", f"{r.null:.1f}", f"{r.perfect:.1f}")
+        table.add_row(
+            r.profile,
+            f"{r.score:.2f}",
+            f"{r.threshold:.4f}",
+            str(r.tp),
+            str(r.fp),
+            str(r.fn),
+            f"{r.raw:.2f}",
+            f"{r.null:.1f}",
+            f"{r.perfect:.1f}",
+        )
     console.print(table)
     console.print(f"config: {config}")
     console.print(f"results in {results}; {time.perf_counter() - started:.1f}s")
@@ -167,16 +176,23 @@ def evaluate_cmd(
     if series_file is not None:  # a worker that ran briefly has not checkpointed (so not named) every series
         captured.series |= set(series_file.read_text().split())
     ev = evaluate(
-        read_labels(labels), captured.anomalies, captured.series, Options(
-            within_s=within, slack_s=slack, lead_s=lead, from_us=from_us, to_us=to_us
-        ),
+        read_labels(labels),
+        captured.anomalies,
+        captured.series,
+        Options(within_s=within, slack_s=slack, lead_s=lead, from_us=from_us, to_us=to_us),
     )
     table = Table("incident", "kind", "venue", "symbol", f"<= {within:g} s", "latency s", "series", "detector")
     for r in ev.incidents:
         if r.scored:
             table.add_row(
-                r.label.id, r.label.kind, r.label.venue, r.label.symbol or "*", "yes" if r.detected else "no",
-                "" if r.latency_s is None else f"{r.latency_s:.1f}", r.series_id or "", r.detector or "",
+                r.label.id,
+                r.label.kind,
+                r.label.venue,
+                r.label.symbol or "*",
+                "yes" if r.detected else "no",
+                "" if r.latency_s is None else f"{r.latency_s:.1f}",
+                r.series_id or "",
+                r.detector or "",
             )
     console.print(table, width=max(console.width, 160))
     from pipeline.anomaly.evaluate import report_lines

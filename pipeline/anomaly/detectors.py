@@ -32,6 +32,7 @@ class Detector(AnomalyDetector):
     def ready(self) -> bool:
         raise NotImplementedError
 
+
 IQR_TO_SIGMA = 1.349
 
 

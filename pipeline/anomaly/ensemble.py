@@ -126,12 +126,13 @@ class SeriesDetector:
         self.hst = HalfSpaceTrees(c.hst_trees, c.hst_height, c.hst_window, c.hst_seed)
         self.seasonal = SeasonalProfile(c.seasonal_period_s, c.seasonal_bucket_s, c.seasonal_alpha)
         everything: dict[str, Detector] = {
-            "robust": self.robust, "predictive": self.predictive, "hst": self.hst, "seasonal": self.seasonal
+            "robust": self.robust,
+            "predictive": self.predictive,
+            "hst": self.hst,
+            "seasonal": self.seasonal,
         }
         self.detectors = {name: det for name, det in everything.items() if name in c.detectors}
-        self.calibrators = {
-            name: TailCalibrator(c.calib_long, c.calib_short, c.calib_min) for name in self.detectors
-        }
+        self.calibrators = {name: TailCalibrator(c.calib_long, c.calib_short, c.calib_min) for name in self.detectors}
         self.adwin = drift.ADWIN(delta=c.adwin_delta)
         self.seen = 0
         self.cooldown = 0
@@ -146,9 +147,7 @@ class SeriesDetector:
         c = self.config
         x: Features = {"y": value} if t_s is None else {"y": value, "t": t_s}
         raw = {name: det.score_one(x) for name, det in self.detectors.items()}
-        zs = {
-            name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()
-        }
+        zs = {name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()}
         detector = max(zs, key=zs.__getitem__)
         score = z_to_score(zs[detector], c.z_half) if self.warm else 0.0
         median, lower, upper = self.robust.expected()

@@ -147,7 +147,8 @@ class Evaluation:
             "false_per_series_hour": round(self.false_per_series_hour, 4),
             "by_family": {
                 fam: {
-                    "series": n, "false": sum(family(a.series_id) == fam for a in self.false),
+                    "series": n,
+                    "false": sum(family(a.series_id) == fam for a in self.false),
                     "false_per_series_hour": round(self.false_rate(fam), 4),
                 }
                 for fam, n in sorted(self.series_by_family.items())
@@ -157,9 +158,16 @@ class Evaluation:
             "options": self.options.__dict__,
             "incidents": [
                 {
-                    "id": r.label.id, "kind": r.label.kind, "venue": r.label.venue, "symbol": r.label.symbol,
-                    "scored": r.scored, "detected": r.detected, "latency_s": r.latency_s, "series_id": r.series_id,
-                    "detector": r.detector, "first_any_s": r.first_any_s,
+                    "id": r.label.id,
+                    "kind": r.label.kind,
+                    "venue": r.label.venue,
+                    "symbol": r.label.symbol,
+                    "scored": r.scored,
+                    "detected": r.detected,
+                    "latency_s": r.latency_s,
+                    "series_id": r.series_id,
+                    "detector": r.detector,
+                    "first_any_s": r.first_any_s,
                 }
                 for r in self.incidents
             ],

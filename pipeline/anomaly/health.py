@@ -38,6 +38,7 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class HealthThresholds:
     feed_lag_s: float = 5.0
@@ -145,11 +146,29 @@ class HealthMonitor:
         base = f"health:{m.exchange}:{m.stream}:{m.source}"
         out = []
         if m.lag_p99_us is not None:  # a negative lag is clock skew (event stamped ahead of receipt), not lag
-            out.append(self._observe(f"{base}:feed_lag_s", "feed_lag_s", self.thresholds.feed_lag_s, t_s,
-                                     max(0, m.lag_p99_us) / 1e6, exchange=m.exchange, stream=m.stream))
+            out.append(
+                self._observe(
+                    f"{base}:feed_lag_s",
+                    "feed_lag_s",
+                    self.thresholds.feed_lag_s,
+                    t_s,
+                    max(0, m.lag_p99_us) / 1e6,
+                    exchange=m.exchange,
+                    stream=m.stream,
+                )
+            )
         errors = m.parse_errors + m.gaps + m.checksum_failures
-        out.append(self._observe(f"{base}:feed_errors_per_s", "feed_errors_per_s", self.thresholds.feed_errors_per_s,
-                                 t_s, errors / (m.interval_us / 1e6), exchange=m.exchange, stream=m.stream))
+        out.append(
+            self._observe(
+                f"{base}:feed_errors_per_s",
+                "feed_errors_per_s",
+                self.thresholds.feed_errors_per_s,
+                t_s,
+                errors / (m.interval_us / 1e6),
+                exchange=m.exchange,
+                stream=m.stream,
+            )
+        )
         return [a for a in out if a is not None]
 
     async def sample(self, cluster: bool = True) -> list[Anomaly]:
@@ -158,11 +177,18 @@ class HealthMonitor:
         now = self.clock()
         values: list[tuple[str, str, float, float]] = []
         if self.host_lock.held():
-            values.append((f"health:{self.host}:memory_bytes", "memory_bytes", self.thresholds.memory_bytes,
-                           float(process_memory())))
+            values.append(
+                (
+                    f"health:{self.host}:memory_bytes",
+                    "memory_bytes",
+                    self.thresholds.memory_bytes,
+                    float(process_memory()),
+                )
+            )
             disk = psutil.disk_usage(str(self.settings.state_dir if self.settings.state_dir.exists() else "."))
-            values.append((f"health:{self.host}:disk_percent", "disk_percent", self.thresholds.disk_percent,
-                           disk.percent))
+            values.append(
+                (f"health:{self.host}:disk_percent", "disk_percent", self.thresholds.disk_percent, disk.percent)
+            )
         if cluster:
             dlq_end = await self.dlq_end()
             if dlq_end is not None:

@@ -84,7 +84,10 @@ def window_indices(
 
 
 def sweep_file(
-    name: str, timestamps: Sequence[datetime], scores: Sequence[float], windows: Sequence[tuple[datetime, datetime]],
+    name: str,
+    timestamps: Sequence[datetime],
+    scores: Sequence[float],
+    windows: Sequence[tuple[datetime, datetime]],
     first_window_id: int,
 ) -> FileRows:
     """Assign every row its reward/cost position (NAB's sweeper), before any threshold is chosen."""
@@ -159,9 +162,7 @@ def score_at(files: Sequence[FileRows], profile: Profile, threshold: float) -> T
 
 def optimise_threshold(files: Sequence[FileRows], profile: Profile) -> ThresholdScore:
     """Sweep every distinct score (descending) and keep the threshold with the highest raw score."""
-    points = sorted(
-        ((row.score, row) for f in files for row in f.rows if not row.probationary), key=lambda p: -p[0]
-    )
+    points = sorted(((row.score, row) for f in files for row in f.rows if not row.probationary), key=lambda p: -p[0])
     n_windows = sum(len(f.windows) for f in files)
     best_tp: dict[int, float] = {}
     fp_sum = 0.0

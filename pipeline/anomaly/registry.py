@@ -172,7 +172,11 @@ class SeriesRegistry:
         return SeriesDetector(self.config_for(metric))
 
     def state(
-        self, series_id: str, metric: str, exchange: str | None = None, symbol: str | None = None,
+        self,
+        series_id: str,
+        metric: str,
+        exchange: str | None = None,
+        symbol: str | None = None,
         stream: str | None = None,
     ) -> SeriesState:
         state = self.series.get(series_id)

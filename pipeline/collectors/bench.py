@@ -56,8 +56,18 @@ CAPTURES: dict[str, tuple[str, list[str]]] = {
     "coinbase.txt": ("coinbase", ["BTC-USD", "ETH-USD"]),
     "kraken.txt": (
         "kraken",
-        ["WAVES-EUR", "XMR-USD", "KSM-BTC", "GRT-ETH", "SC-EUR", "ETH-CHF", "OCEAN-BTC", "OMG-USD", "BTC-CHF",
-         "ADA-BTC"],
+        [
+            "WAVES-EUR",
+            "XMR-USD",
+            "KSM-BTC",
+            "GRT-ETH",
+            "SC-EUR",
+            "ETH-CHF",
+            "OCEAN-BTC",
+            "OMG-USD",
+            "BTC-CHF",
+            "ADA-BTC",
+        ],
     ),
 }
 
@@ -263,8 +273,16 @@ def summary(results: list[Round]) -> dict[str, dict[str, float]]:
             chosen = passes if name == "all" else [p for p in passes if p.capture == name]
             total = {
                 field: sum(getattr(p, field) for p in chosen)
-                for field in ("frames", "events", "records", "feed_cpu_s", "cpu_s", "wall_s",
-                              "baseline_records", "baseline_cpu_s")
+                for field in (
+                    "frames",
+                    "events",
+                    "records",
+                    "feed_cpu_s",
+                    "cpu_s",
+                    "wall_s",
+                    "baseline_records",
+                    "baseline_cpu_s",
+                )
             }
             per_round.append(total)
         first = per_round[0]
@@ -278,9 +296,7 @@ def summary(results: list[Round]) -> dict[str, dict[str, float]]:
             "records_per_cpu_s": _median([r["records"] / r["cpu_s"] for r in per_round]),
             "records_per_wall_s": _median([r["records"] / r["wall_s"] for r in per_round]),
             "feed_share": _median([r["feed_cpu_s"] / r["cpu_s"] for r in per_round]),
-            "produce_us_per_record": _median(
-                [(r["cpu_s"] - r["feed_cpu_s"]) / r["records"] * 1e6 for r in per_round]
-            ),
+            "produce_us_per_record": _median([(r["cpu_s"] - r["feed_cpu_s"]) / r["records"] * 1e6 for r in per_round]),
             "baseline_records_per_cpu_s": _median([r["baseline_records"] / r["baseline_cpu_s"] for r in per_round]),
             "baseline_us_per_record": _median([r["baseline_cpu_s"] / r["baseline_records"] * 1e6 for r in per_round]),
         }
@@ -290,8 +306,16 @@ def summary(results: list[Round]) -> dict[str, dict[str, float]]:
 def report(results: list[Round]) -> None:
     rows = summary(results)
     table = Table(
-        "capture", "frames", "market events", "records", "events / CPU-s", "records / CPU-s",
-        "venue+runtime share", "produce us/record", "raw aiokafka same records / CPU-s", "raw us/record",
+        "capture",
+        "frames",
+        "market events",
+        "records",
+        "events / CPU-s",
+        "records / CPU-s",
+        "venue+runtime share",
+        "produce us/record",
+        "raw aiokafka same records / CPU-s",
+        "raw us/record",
         "records ratio",
     )
     for name, row in rows.items():

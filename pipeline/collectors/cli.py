@@ -19,6 +19,7 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 async def collect(
     settings: Settings, venues: list[str] | None = None, duration_s: float | None = None, queue_size: int = 100_000
 ) -> None:

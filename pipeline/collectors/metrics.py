@@ -164,7 +164,9 @@ class FeedStats:
                 self._last_us[other] = ts_recv
             if result.gaps or result.resyncs or result.checksum_failures or result.crossed:
                 self.totals.update(
-                    gaps=result.gaps, resyncs=result.resyncs, checksum_failures=result.checksum_failures,
+                    gaps=result.gaps,
+                    resyncs=result.resyncs,
+                    checksum_failures=result.checksum_failures,
                     crossed=result.crossed,
                 )
             if result.crossed:

@@ -101,7 +101,9 @@ class Output:
                 self._keys.clear()
             key = self._keys[market] = market_key(*market)
         item: _Item = (
-            TOPIC_OF[type(record)], key, encode(record) if value is None else value,
+            TOPIC_OF[type(record)],
+            key,
+            encode(record) if value is None else value,
             record if type(record) is Trade else None,
         )
         try:

@@ -68,8 +68,9 @@ class RestClient:
             if request in self._waiting:
                 continue
             if request.weight > self.limiter.max_rate:
-                log.error("%s: request weight %d exceeds the whole budget; sending at budget", self.exchange,
-                          request.weight)
+                log.error(
+                    "%s: request weight %d exceeds the whole budget; sending at budget", self.exchange, request.weight
+                )
             self._waiting.add(request)
             self._queue.put_nowait(request)
 

@@ -87,13 +87,22 @@ class VenueRuntime:
         self.stats = FeedStats(venue.exchange)
         self.dedup = TradeDedup(dedup_capacity)
         self.rest = RestClient(
-            venue.exchange, venue.rest_limit, self.rest_body, proxy=proxy, concurrency=rest_concurrency,
+            venue.exchange,
+            venue.rest_limit,
+            self.rest_body,
+            proxy=proxy,
+            concurrency=rest_concurrency,
             wall_us=self.clock.now_us,
         )
         self.plans = venue.plan()
         self.connections = [
             ConnectionSupervisor(
-                plan, venue.keepalive, self, proxy=proxy, backoff=backoff(), ack_timeout_s=ack_timeout_s,
+                plan,
+                venue.keepalive,
+                self,
+                proxy=proxy,
+                backoff=backoff(),
+                ack_timeout_s=ack_timeout_s,
                 ts_recv=self.clock.now_us,
             )
             for plan in self.plans
@@ -227,8 +236,12 @@ class Collector:
     def __init__(self, settings: Settings, venues: list[Venue], output: Output, **runtime_options: object):
         self.output = output
         self.runtimes = [
-            VenueRuntime(venue, output, proxy=settings.venues[venue.exchange].proxy
-                         if venue.exchange in settings.venues else None, **runtime_options)  # type: ignore[arg-type]
+            VenueRuntime(
+                venue,
+                output,
+                proxy=settings.venues[venue.exchange].proxy if venue.exchange in settings.venues else None,
+                **runtime_options,  # type: ignore[arg-type]
+            )
             for venue in venues
         ]
 

@@ -22,9 +22,7 @@ class WatchdogTimeout(CollectorError):
 
 
 class Watchdog:
-    def __init__(
-        self, keepalive: KeepAlive, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep
-    ):
+    def __init__(self, keepalive: KeepAlive, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep):
         self.keepalive = keepalive
         self._clock = clock
         self._sleep = sleep

@@ -29,4 +29,5 @@ def decoder_for(record_type: type[R]) -> msgspec.json.Decoder[R]:
 
 def decode(record_type: type[R], data: bytes | str) -> R:
     """Decode and validate one topic value; raises :data:`DecodeError` with the failing path."""
-    return decoder_for(record_type).decode(data)
+    decoder: msgspec.json.Decoder[R] = decoder_for(record_type)  # @cache erases the type parameter
+    return decoder.decode(data)

@@ -45,11 +45,19 @@ EXAMPLES: dict[type[Record], Record] = {
         raw_symbol="BTCUSDT",
         trades=[
             BatchTrade(
-                trade_id="3245567890", price="36512.01000000", size="0.00120000", side="buy", ts_event=T0,
+                trade_id="3245567890",
+                price="36512.01000000",
+                size="0.00120000",
+                side="buy",
+                ts_event=T0,
                 ts_recv=T0 + 1800,
             ),
             BatchTrade(
-                trade_id="3245567891", price="36512.00000000", size="0.25000000", side="sell", ts_event=T0 + 40,
+                trade_id="3245567891",
+                price="36512.00000000",
+                size="0.25000000",
+                side="sell",
+                ts_event=T0 + 40,
                 ts_recv=T0 + 1800,
             ),
         ],

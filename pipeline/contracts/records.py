@@ -339,7 +339,6 @@ class ReferencePrice(Record, frozen=True):
     excluded: dict[str, Literal["stale", "diverging"]] = {}
 
 
-
 class ConsumerLag(Record, frozen=True):
     """Committed lag of one consumer group on one topic, measured from the broker (the rule engine's
     lag probe): ``lag`` = sum over partitions of ``end`` - ``committed`` offsets."""
@@ -351,6 +350,7 @@ class ConsumerLag(Record, frozen=True):
     partitions: Annotated[int, msgspec.Meta(ge=0)]
     committed: Annotated[int, msgspec.Meta(ge=0)] = 0
     end: Annotated[int, msgspec.Meta(ge=0)] = 0
+
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.__name__: cls

@@ -6,6 +6,7 @@ The registry lives in ``topics/registry.yaml``; the JSON Schema of each topic's 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -114,9 +115,29 @@ def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
     return TopicRegistry(tuple(topics))
 
 
+def _normalised_descriptions(node: object) -> object:
+    """``node`` with every ``description`` string cleaned as ``inspect.cleandoc`` does.
+
+    msgspec copies docstrings into descriptions, and its releases (and Python 3.13's compiler)
+    differ in how they dedent them; cleaning them here makes ``schemas/`` depend on the
+    contracts alone, not on the library or interpreter version that generated it.
+    """
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _normalised_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalised_descriptions(item) for item in node]
+    return node
+
+
 def json_schema(topic: Topic) -> dict[str, object]:
     """The JSON Schema (2020-12) of a topic's value, generated from its record type."""
-    schema = msgspec.json.schema(topic.record_type)
+    schema = _normalised_descriptions(msgspec.json.schema(topic.record_type))
+    assert isinstance(schema, dict)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://marketprism.dev/schemas/{topic.name}.json",

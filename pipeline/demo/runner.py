@@ -150,9 +150,7 @@ async def _read_all(
         await consumer.stop()
 
 
-async def _wait_sink_caught_up(
-    settings: Settings, ends: dict[TopicPartition, tuple[int, int]], wait_s: float
-) -> bool:
+async def _wait_sink_caught_up(settings: Settings, ends: dict[TopicPartition, tuple[int, int]], wait_s: float) -> bool:
     """Wait until the sink group's committed offset reaches every partition's next offset."""
     consumer = make_consumer(settings.kafka, group_id=SINK_GROUP)
     await consumer.start()
@@ -229,7 +227,9 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
             subprocess.run,
             [sys.executable, "-m", "pipeline", "db", "migrate"],
             env={**os.environ, "MARKETPRISM_CONFIG": str(home / "config.yaml")},
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if migrate.returncode != 0:
             raise RuntimeError(f"db migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
@@ -238,11 +238,18 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         (home / "notify.yaml").write_text(
             yaml.safe_dump(
                 {
-                    "route": {"receiver": "demo", "group_by": ["rule", "exchange", "symbol"], "group_wait": "0s",
-                              "group_interval": "5s", "repeat_interval": "1h"},
+                    "route": {
+                        "receiver": "demo",
+                        "group_by": ["rule", "exchange", "symbol"],
+                        "group_wait": "0s",
+                        "group_interval": "5s",
+                        "repeat_interval": "1h",
+                    },
                     "receivers": [
-                        {"name": "demo", "channels": [{"type": "log", "level": "WARNING"},
-                                                      {"type": "webhook", "url": receiver.url}]},
+                        {
+                            "name": "demo",
+                            "channels": [{"type": "log", "level": "WARNING"}, {"type": "webhook", "url": receiver.url}],
+                        },
                     ],
                 },
                 sort_keys=False,
@@ -252,19 +259,31 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         # one time line for every child: wall time until the origin, then `speed` times faster
         origin_us = (time.time_ns() // 1000 + int(options.lead_s * 1e6)) // 1_000_000 * 1_000_000 + 1_000_000
         clock = ScaledClock(options.speed, origin_us)
-        children.env = {**children.env, "MARKETPRISM_CLOCK__SPEED": repr(options.speed),
-                        "MARKETPRISM_CLOCK__ORIGIN_US": str(origin_us)}
+        children.env = {
+            **children.env,
+            "MARKETPRISM_CLOCK__SPEED": repr(options.speed),
+            "MARKETPRISM_CLOCK__ORIGIN_US": str(origin_us),
+        }
         stats.to_wall_us = clock.wall_us
-        run._step(f"simulator ({options.scenario.name}) and components: sink, aggregation, anomaly, rules, "
-                  f"notifier (clock origin in {(origin_us - time.time_ns() // 1000) / 1e6:.0f}s, speed "
-                  f"{options.speed:g})")
+        run._step(
+            f"simulator ({options.scenario.name}) and components: sink, aggregation, anomaly, rules, "
+            f"notifier (clock origin in {(origin_us - time.time_ns() // 1000) / 1e6:.0f}s, speed "
+            f"{options.speed:g})"
+        )
 
         def metrics_env() -> dict[str, str]:
             return {"MARKETPRISM_METRICS_PORT": str(free_port())}
 
         # the simulator first: it and the collectors are the long pole to the origin
-        sim_args = ["simulate", "--port", str(sim_port), "--speed", str(options.speed), "--labels",
-                    str(labels_path)]  # the scenario starts at the clock's origin
+        sim_args = [
+            "simulate",
+            "--port",
+            str(sim_port),
+            "--speed",
+            str(options.speed),
+            "--labels",
+            str(labels_path),
+        ]  # the scenario starts at the clock's origin
         if options.seed is not None:
             sim_args += ["--seed", str(options.seed)]
         if options.sim_duration_s is not None:
@@ -358,7 +377,12 @@ async def _stop(children: ChildGroup, names: tuple[str, ...], wait_s: float = 30
 
 
 async def _watch(  # type: ignore[no-untyped-def]
-    run: DemoRun, settings: Settings, stats: DemoStats, children: ChildGroup, simulator, status_url: str,
+    run: DemoRun,
+    settings: Settings,
+    stats: DemoStats,
+    children: ChildGroup,
+    simulator,
+    status_url: str,
     faults: list[IncidentLabel],
 ) -> bool:
     """Consume the watched topics into the view until the duration passes, the scenario ends or Ctrl-C; True when
@@ -380,8 +404,12 @@ async def _watch(  # type: ignore[no-untyped-def]
     last_bar = time.monotonic()
     try:
         async with httpx.AsyncClient(timeout=2.0) as http:
-            with Live(stats.render("MarketPrism demo"), console=run.console, refresh_per_second=2,
-                      transient=not run.options.view) as live:
+            with Live(
+                stats.render("MarketPrism demo"),
+                console=run.console,
+                refresh_per_second=2,
+                transient=not run.options.view,
+            ) as live:
                 while True:
                     batch = await consumer.getmany(timeout_ms=250, max_records=5000)
                     for tp, messages in batch.items():
@@ -415,9 +443,7 @@ async def _watch(  # type: ignore[no-untyped-def]
                             draining_since = last_bar = time.monotonic()
                     crashed = [c.name for c in children.dead() if c.name not in ("simulator", "collect")]
                     if crashed:
-                        raise RuntimeError(
-                            f"component(s) exited: {', '.join(crashed)} (logs in {run.home / 'logs'})"
-                        )
+                        raise RuntimeError(f"component(s) exited: {', '.join(crashed)} (logs in {run.home / 'logs'})")
     finally:
         await consumer.stop()
 
@@ -428,9 +454,7 @@ def _fault_alerts_firing(stats: DemoStats, faults: list[IncidentLabel]) -> list[
     return [a.rule for a in stats.alert_states.values() if a.state == "firing" and a.rule in rules]
 
 
-async def _inject_faults(
-    children: ChildGroup, status_url: str, duration_s: float, labels: list[IncidentLabel]
-) -> None:
+async def _inject_faults(children: ChildGroup, status_url: str, duration_s: float, labels: list[IncidentLabel]) -> None:
     """Play ``faults.yaml`` on the simulator's clock and record a label (simulated start/end) per fault:
     ``pause_component`` SIGSTOPs a child's process group at ``at_s`` and SIGCONTs it ``duration_s`` later;
     ``kill_component`` SIGKILLs it and starts it again (same command) ``duration_s`` later. Cancelled: resumes
@@ -473,8 +497,16 @@ async def _inject_faults(
                                 os.killpg(child.process.pid, signal.SIGCONT)
                         del active[fault_id]
                         log.info("fault %s over: %s back", fault_id, fault["component"])
-                        labels.append(IncidentLabel(id=fault_id, kind=f"{fault['component']}_down", venue="pipeline",
-                                                    symbol=None, start_us=since_us, end_us=now_us))
+                        labels.append(
+                            IncidentLabel(
+                                id=fault_id,
+                                kind=f"{fault['component']}_down",
+                                venue="pipeline",
+                                symbol=None,
+                                start_us=since_us,
+                                end_us=now_us,
+                            )
+                        )
     finally:
         for fault, child, _ in active.values():
             if fault["kind"] == "pause_component":

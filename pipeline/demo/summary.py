@@ -117,12 +117,27 @@ class DemoSummary:
         }
 
     def print(self, console: Console) -> None:
-        table = Table("incident", "kind", "venue", "symbol", "alert", "latency s", "resolved s", "notified s",
-                      title="incidents vs alerts (simulated seconds)")
+        table = Table(
+            "incident",
+            "kind",
+            "venue",
+            "symbol",
+            "alert",
+            "latency s",
+            "resolved s",
+            "notified s",
+            title="incidents vs alerts (simulated seconds)",
+        )
         for o in self.incidents:
             table.add_row(
-                o.incident, o.kind, o.venue, o.symbol or "*", o.rule or "[red]none[/red]", _fmt(o.latency_s),
-                _fmt(o.resolved_after_end_s) if o.caught else "-", _fmt(o.notified_s),
+                o.incident,
+                o.kind,
+                o.venue,
+                o.symbol or "*",
+                o.rule or "[red]none[/red]",
+                _fmt(o.latency_s),
+                _fmt(o.resolved_after_end_s) if o.caught else "-",
+                _fmt(o.notified_s),
             )
         console.print(table)
         rows = Table("table", "rows", "topic records", title="stored")
@@ -139,8 +154,15 @@ class DemoSummary:
         if self.unexplained:
             console.print(f"alerts no incident explains: {', '.join(self.unexplained)}")
         if self.stage_latency_ms or self.peak_rss_mib:
-            perf = Table("stage / process", "p50 ms", "p99 ms", "n", "peak RSS MiB", "CPU s",
-                         title="latency (wall clock) and resources")
+            perf = Table(
+                "stage / process",
+                "p50 ms",
+                "p99 ms",
+                "n",
+                "peak RSS MiB",
+                "CPU s",
+                title="latency (wall clock) and resources",
+            )
             for stage, q in self.stage_latency_ms.items():
                 perf.add_row(stage, f"{q['p50']:.0f}", f"{q['p99']:.0f}", f"{q['n']:.0f}", "", "")
             for name, mib in sorted(self.peak_rss_mib.items()):
@@ -156,8 +178,10 @@ def _fmt(value: float | None) -> str:
 def percentiles(values: list[float]) -> dict[str, float]:
     """p50, p99 (nearest rank) and the sample count."""
     ordered = sorted(values)
+
     def rank(q: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
     return {"p50": round(rank(0.50), 1), "p99": round(rank(0.99), 1), "n": len(ordered)}
 
 
@@ -214,15 +238,20 @@ def _episodes(alerts: list[Alert]) -> list[_Episode]:
 def _outcome(label: IncidentLabel, episodes: list[_Episode], sent: list[Notification]) -> IncidentOutcome:
     expected = EXPECTED_RULES.get(label.kind, ())
     best = next(
-        (e for e in episodes
-         if e.rule in expected and e.fired_at >= label.start_us and _concerns(label, e.labels)),
+        (e for e in episodes if e.rule in expected and e.fired_at >= label.start_us and _concerns(label, e.labels)),
         None,
     )
     if best is None:
         return IncidentOutcome(label.id, label.kind, label.venue, label.symbol, expected, None, None, None, None, None)
     notified = min((n.ts for n in sent if best.fingerprint in n.fingerprints and n.ts >= best.fired_at), default=None)
     return IncidentOutcome(
-        label.id, label.kind, label.venue, label.symbol, expected, best.rule, best.fingerprint,
+        label.id,
+        label.kind,
+        label.venue,
+        label.symbol,
+        expected,
+        best.rule,
+        best.fingerprint,
         (best.fired_at - label.start_us) / 1e6,
         None if best.resolved_at is None else max(0.0, (best.resolved_at - label.end_us) / 1e6),
         None if notified is None else (notified - label.start_us) / 1e6,
@@ -234,8 +263,7 @@ def _unexplained(labels: list[IncidentLabel], episodes: list[_Episode]) -> list[
     out = []
     for e in episodes:
         explained = (
-            label for label in labels
-            if e.rule in EXPECTED_RULES.get(label.kind, ()) + CONSEQUENCES.get(label.kind, ())
+            label for label in labels if e.rule in EXPECTED_RULES.get(label.kind, ()) + CONSEQUENCES.get(label.kind, ())
         )
         if not any(_concerns(label, e.labels) for label in explained):
             out.append(f"{e.rule}{{{','.join(f'{k}={v}' for k, v in sorted(e.labels.items()) if k in _KEYS)}}}")
@@ -248,10 +276,20 @@ _KEYS = {"exchange", "symbol", "stream", "source", "series_id", "group", "topic"
 def _table_rows(home: Path, config: Path) -> dict[str, int]:
     """Rows per table of the embedded database, read through ``marketprism query``."""
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "query", "--format", "JSONEachRow",
-         "SELECT table, sum(rows) AS rows FROM system.parts WHERE active AND database NOT IN "
-         "('system', 'INFORMATION_SCHEMA', 'information_schema') GROUP BY table"],
-        env={**os.environ, "MARKETPRISM_CONFIG": str(config)}, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "query",
+            "--format",
+            "JSONEachRow",
+            "SELECT table, sum(rows) AS rows FROM system.parts WHERE active AND database NOT IN "
+            "('system', 'INFORMATION_SCHEMA', 'information_schema') GROUP BY table",
+        ],
+        env={**os.environ, "MARKETPRISM_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         return {}
@@ -274,7 +312,7 @@ def build_summary(
         records=records,
         notifications=len(receiver.received),
         duplicate_notifications=receiver.duplicates,
-        query_hint=f'.venv/bin/marketprism --config {home / "config.yaml"} query "SELECT count() FROM trades"',
+        query_hint=f'.venv/bin/marketprism --config {home / "config.yaml"} query "SELECT count() FROM trades"',  # noqa: S608 - a hint printed for the user, never executed
         unexplained=_unexplained(labels, episodes),
     )
     summary.stage_latency_ms = {s: percentiles(stats.stage_ms[s]) for s in STAGES if stats.stage_ms.get(s)}

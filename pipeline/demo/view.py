@@ -94,9 +94,12 @@ class DemoStats:
         venues = Table("venue", "stream", "rate/s", "lag p99 ms", "gaps", "health", title="feeds", expand=True)
         for (exchange, stream), m in sorted(self.health.items())[:14]:
             venues.add_row(
-                exchange, stream, f"{m.rate or 0:.0f}",
+                exchange,
+                stream,
+                f"{m.rate or 0:.0f}",
                 "-" if m.lag_p99_us is None else f"{m.lag_p99_us / 1000:.0f}",
-                str(m.gaps), "-" if m.health_score is None else f"{m.health_score:.0f}",
+                str(m.gaps),
+                "-" if m.health_score is None else f"{m.health_score:.0f}",
             )
         bars = Table("venue", "symbol", "close", "volume", "trades", title="latest 1s bars", expand=True)
         for (exchange, symbol), bar in sorted(self.last_bar.items())[:10]:

@@ -35,7 +35,6 @@ class LevelResult:
     wall_ms: float  # median wall time per round
 
 
-
 async def measure(levels: list[int], rounds: int) -> list[LevelResult]:
     """Broker CPU and wall time per produce + fetch round at each level of stored batches (ascending)."""
     results: list[LevelResult] = []

@@ -110,7 +110,7 @@ class ManagedProcess:
         if port_open(self.host, self.port):
             raise InfraError(f"{self.name}: port {self.address} is already taken by another process")
         with self.log_file.open("ab") as out:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv built by this module, no shell
                 self.argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -230,7 +230,7 @@ def clickhouse_service(
         f"--config-file={CLICKHOUSE_DEFAULT_CONFIG}",
         "--",
         f"--path={data}/",
-        f"--tmp_path={data}/tmp/",
+        f"--tmp_path={data}/tmp/",  # noqa: S108 - a path under the per-run temp dir, not a shared /tmp name
         f"--user_files_path={data}/user_files/",
         f"--format_schema_path={data}/format_schemas/",
         f"--logger.log={data}/logs/server.log",

@@ -61,7 +61,7 @@ class PipelineProcess:
         env.pop("MARKETPRISM_CONFIG", None)
         argv = [sys.executable, "-c", "from pipeline.cli import main; main()", *self.command()]
         with self._log_file.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # noqa: S603 - fixed argv built by this module, no shell
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -49,8 +49,14 @@ def _now_us() -> int:
 
 def _metrics(stream: str, ts: int, lag_us: int) -> FeedMetrics:
     return FeedMetrics(
-        exchange="binance", stream=stream, source="collector", ts_event=ts, interval_us=1_000_000,
-        messages=100, lag_p99_us=lag_us, connected=True,
+        exchange="binance",
+        stream=stream,
+        source="collector",
+        ts_event=ts,
+        interval_us=1_000_000,
+        messages=100,
+        lag_p99_us=lag_us,
+        connected=True,
     )  # type: ignore[arg-type]
 
 
@@ -75,7 +81,14 @@ def table(results: list[ChainResult]) -> Table:
     import statistics
 
     out = Table(
-        "run", "notified", "deadline p50", "deadline p99", "hand-off p50", "hand-off p99", "topic p50", "topic p99",
+        "run",
+        "notified",
+        "deadline p50",
+        "deadline p99",
+        "hand-off p50",
+        "hand-off p99",
+        "topic p50",
+        "topic p99",
         title="condition true after `for` -> rule engine -> notifier -> webhook (ms, group_wait 0); "
         "baseline: FeedMetrics -> plain consumer",
     )
@@ -169,7 +182,12 @@ async def _measure(settings: Settings, work: Path, alerts: int, rate: float, for
 
 
 async def _produce(
-    settings: Settings, producer: RecordProducer, alerts: int, rate: float, for_us: int, complete: asyncio.Event,
+    settings: Settings,
+    producer: RecordProducer,
+    alerts: int,
+    rate: float,
+    for_us: int,
+    complete: asyncio.Event,
     wait_s: float,
 ) -> tuple[dict[str, int], dict[str, int], list[float]]:
     """Produce the two records of every series in event-time order; returns per series its deadline and the

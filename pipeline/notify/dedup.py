@@ -82,7 +82,9 @@ class DedupStage:
             IN_DOUBT.labels(channel=batch.integration).inc()
             log.warning(
                 "%s/%s: %s was in flight when a notifier stopped; sending it again as a redelivery (same key)",
-                batch.receiver, batch.integration, keyed.idempotency_key,
+                batch.receiver,
+                batch.integration,
+                keyed.idempotency_key,
             )
             keyed = msgspec.structs.replace(keyed, redelivery=True)
         return keyed

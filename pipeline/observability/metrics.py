@@ -38,7 +38,7 @@ PRODUCE_ERRORS = counter(
 DEAD_LETTERS = counter("dead_letters_total", "Inputs sent to ops.dlq.v1", ["source", "reason"])
 
 
-def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY, addr: str = "0.0.0.0") -> int | None:
+def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY, addr: str = "0.0.0.0") -> int | None:  # noqa: S104 - containers publish /metrics; binding is configurable
     """Start the ``/metrics`` endpoint on ``port`` (0 disables it); returns the port or None."""
     if port == 0:
         return None

@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 console = Console()
 
 
-
 async def serve(files: list[Path], speed: float, host: str, port: int) -> None:
     from pipeline.replay.server import ReplayServer
 
@@ -68,8 +67,9 @@ def replay_command(
     console.print(table)
 
 
-async def record(settings: Settings, venue_id: str, symbols: list[str], out: Path, duration: float | None,
-                 frames: int | None) -> int:
+async def record(
+    settings: Settings, venue_id: str, symbols: list[str], out: Path, duration: float | None, frames: int | None
+) -> int:
     from pipeline.collectors.venues import VENUES
     from pipeline.replay.recorder import Recorder
 

@@ -29,9 +29,7 @@ class Recorder:
         self.lines = 0
         self.done = asyncio.Event()
         self.rest = RestClient(venue.exchange, venue.rest_limit, self._on_rest, proxy=proxy)
-        self.connections = [
-            ConnectionSupervisor(plan, venue.keepalive, self, proxy=proxy) for plan in venue.plan()
-        ]
+        self.connections = [ConnectionSupervisor(plan, venue.keepalive, self, proxy=proxy) for plan in venue.plan()]
 
     def _write(self, line: CaptureLine) -> None:
         self.out.write(line.to_line())

@@ -145,8 +145,9 @@ class ReplayServer:
         """Close every open websocket (the clients should reconnect)."""
         sockets = list(self._sockets)
         if sockets:
-            await asyncio.wait([asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY)) for ws in sockets],
-                               timeout=5)
+            await asyncio.wait(
+                [asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY)) for ws in sockets], timeout=5
+            )
 
     def release(self, hold_at: int | None = None) -> None:
         """Let paused feeders go on, up to ``hold_at`` frames per session (None: to the end)."""

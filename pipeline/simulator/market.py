@@ -24,7 +24,7 @@ YEAR_S = 365.25 * 86_400
 def seeded(seed: int, *names: str) -> random.Random:
     """An independent, reproducible generator for one named part of the simulation."""
     digest = hashlib.blake2b(f"{seed}/{'/'.join(names)}".encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
+    return random.Random(int.from_bytes(digest, "big"))  # noqa: S311 - simulation/jitter randomness, not security
 
 
 @dataclass(frozen=True, slots=True)

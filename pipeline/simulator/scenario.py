@@ -164,4 +164,3 @@ def load_scenario(path: Path | None = None, **overrides: Any) -> Scenario:
         raise ScenarioError(f"{path}: a scenario is a mapping (seed, duration_s, symbols, incidents, ...)")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return scenario_from(data, str(path))
-

@@ -175,9 +175,7 @@ class BatchingSink(abc.ABC):
         pairs = list(records)
         self.add_batch(topic, partition, [o for o, _ in pairs], [v for _, v in pairs])
 
-    def add_batch(
-        self, topic: str, partition: int, offsets: Sequence[int], values: Sequence[bytes | None]
-    ) -> None:
+    def add_batch(self, topic: str, partition: int, offsets: Sequence[int], values: Sequence[bytes | None]) -> None:
         """Buffer records of one partition given as parallel sequences in offset order (the hot path: the
         whole list is converted at once by :meth:`convert_batch`; lists are used as they are, not copied)."""
         if not offsets:

@@ -43,9 +43,13 @@ class ChildGroup:
         argv = (sys.executable, "-m", "pipeline", *args)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as out:
-            process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env, **(env or {})}, start_new_session=True,
+            process = subprocess.Popen(  # noqa: S603 - fixed argv built by this module, no shell
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env, **(env or {})},
+                start_new_session=True,
             )
         child = Child(name, argv, log_path, process)
         self.children.append(child)

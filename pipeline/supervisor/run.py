@@ -48,7 +48,7 @@ def _prepare(config: Path | None) -> None:
     """Make the broker and the database match the registry and migrations before anything starts."""
     base = [sys.executable, "-m", "pipeline", *(("--config", str(config)) if config else ())]
     for step in (("topics", "apply"), ("db", "migrate")):
-        result = subprocess.run([*base, *step], capture_output=True, text=True, check=False)
+        result = subprocess.run([*base, *step], capture_output=True, text=True, check=False)  # noqa: S603 - fixed argv built by this module, no shell
         if result.returncode != 0:
             raise RuntimeError(f"`marketprism {' '.join(step)}` failed:\n{result.stdout}{result.stderr}")
         log.info("%s: ok", " ".join(step))
@@ -67,7 +67,7 @@ async def supervise(
     await asyncio.to_thread(_prepare, config)
     env = {"MARKETPRISM_CONFIG": str(config)} if config else {}
     group = ChildGroup(log_dir, env=env)
-    rng = random.Random()
+    rng = random.Random()  # noqa: S311 - simulation/jitter randomness, not security
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

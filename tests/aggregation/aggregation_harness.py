@@ -138,8 +138,9 @@ async def read_trades_log(settings: Settings, count: int) -> dict[int, list[tupl
     return {p: sorted(v, key=lambda x: x[0]) for p, v in by_partition.items()}
 
 
-def accepted_trades(log: dict[int, list[tuple[int, Trade]]], lateness_us: int, grace_us: int
-                    ) -> list[tuple[int, Trade]]:
+def accepted_trades(
+    log: dict[int, list[tuple[int, Trade]]], lateness_us: int, grace_us: int
+) -> list[tuple[int, Trade]]:
     """Independent acceptance per partition: late when the 1s window end + grace <= max ts seen - lateness;
     a trade id already counted is a duplicate. Arrival = (partition, position in the partition)."""
     out = []

@@ -37,8 +37,10 @@ SEQUENCE: list[tuple[Trade, str]] = [
     (trade("BTC-USDT", "7", 1700, "100.95", "0.125"), "ok"),  # window 1 still open (within grace)
     (trade("ETH-USDT", "e3", 2500, "1999.99", "0.002"), "ok"),  # ETH goes quiet after this
     (trade("ETH-USDT", "e2", 1000, "2000.02", "0.001", "sell"), "duplicate"),
-    *[(trade("BTC-USDT", f"b{i}", 3000 + i * 997, f"100.{i % 10}", "0.01", "buy" if i % 3 else "sell"), "ok")
-      for i in range(60)],  # BTC keeps trading into the next minute
+    *[
+        (trade("BTC-USDT", f"b{i}", 3000 + i * 997, f"100.{i % 10}", "0.01", "buy" if i % 3 else "sell"), "ok")
+        for i in range(60)
+    ],  # BTC keeps trading into the next minute
     (trade("ETH-USDT", "e4", 30_000, "2001", "1"), "late"),  # ETH's window passed by the partition watermark
     (trade("BTC-USDT", "x", 61_000, "101.5", "0.2"), "ok"),
 ]

@@ -198,6 +198,7 @@ async def test_worker_publishes_feed_health_and_reference(topics: Settings, tmp_
             def seen(messages: list) -> bool:  # type: ignore[type-arg]
                 eth = [decode(ReferencePrice, m.value) for m in messages if m.key == b"ETH-USD"]
                 return any(r.ts_event >= base + second * S for r in eth)
+
             return seen
 
         await produce(topics, "md.bbo.v1", eth_quotes(range(1)))  # the asset's first reference
@@ -353,8 +354,10 @@ def test_reference_is_published_while_all_venues_lag_together() -> None:
     for second, behind_s in ((0, 1), (1, 20), (2, 120), (3, 246)):  # how far the aggregator trails the quotes
         for exchange, symbol, value in (("binance", "ETH-USDT", "2000"), ("coinbase", "ETH-USD", "2000.4"),
                                         ("kraken", "ETH-USD", "2000.2")):  # fmt: skip
-            tracker.observe(MidPartial(exchange, symbol, value, T + second * S - 1000, T + second * S),
-                            T + second * S + behind_s * S)
+            tracker.observe(
+                MidPartial(exchange, symbol, value, T + second * S - 1000, T + second * S),
+                T + second * S + behind_s * S,
+            )
         (ref,) = tracker.compute(T + second * S + behind_s * S)
         assert (ref.asset, ref.ts_event, ref.price, ref.venues, ref.excluded) == (
             "ETH-USD", T + second * S, "2000.2", 3, {})  # fmt: skip

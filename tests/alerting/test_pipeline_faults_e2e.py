@@ -44,7 +44,11 @@ class Child:
     def start(self) -> Child:
         with (self.logs / f"{self.name}.log").open("ab") as log:
             self.process = subprocess.Popen(
-                [MARKETPRISM, *self.argv], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [MARKETPRISM, *self.argv],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         return self
@@ -152,9 +156,7 @@ LIVE: list[Child] = []  # the children that must be running while the test waits
 STARTED = [time.monotonic()]
 
 
-async def _wait_alert(
-    settings: Settings, rule: str, state: str, after: int, wait_s: float, **labels: str
-) -> Alert:
+async def _wait_alert(settings: Settings, rule: str, state: str, after: int, wait_s: float, **labels: str) -> Alert:
     """The first ``rule`` alert in ``state`` (after topic position ``after``) whose labels include ``labels``."""
     print(f"{time.monotonic() - STARTED[0]:6.1f}s: waiting for {rule} {state}")  # the phases' times (-s)
     deadline = time.monotonic() + wait_s
@@ -198,8 +200,17 @@ async def test_pipeline_rules_fire_and_resolve_through_real_processes(topics: Se
     sink = child("sink", "sink", "--group", sink_group)
     worker = child("worker", "worker", *WORKER_ARGS)
     engine = child(
-        "alerts", "alerts", "run", "--from", "earliest", "--lag-interval", "5s",
-        "--lag-group", sink_group, "--lag-group", f"{topics.topic_prefix}aggregator",
+        "alerts",
+        "alerts",
+        "run",
+        "--from",
+        "earliest",
+        "--lag-interval",
+        "5s",
+        "--lag-group",
+        sink_group,
+        "--lag-group",
+        f"{topics.topic_prefix}aggregator",
     )
     markets = [("binance", "BTC-USDT"), ("binance", "ETH-USDT"), ("okx", "BTC-USDT")]
     feed = Feed(topics, clock, markets)

@@ -29,8 +29,12 @@ TOO_BIG = "123456789012345678901234.5"  # 24 integer digits: Decimal(38, 18) hol
 
 def _reference(ts: int) -> ReferencePrice:
     return ReferencePrice(
-        asset="BTC-USD", ts_event=ts, price="36500.00", venues=2, mids={"binance:BTC-USDT": "36500.10",
-        "kraken:BTC-USD": "36499.90"}, divergence_bps={"binance:BTC-USDT": 0.03, "kraken:BTC-USD": -0.03},
+        asset="BTC-USD",
+        ts_event=ts,
+        price="36500.00",
+        venues=2,
+        mids={"binance:BTC-USDT": "36500.10", "kraken:BTC-USD": "36499.90"},
+        divergence_bps={"binance:BTC-USDT": 0.03, "kraken:BTC-USD": -0.03},
     )  # type: ignore[arg-type]
 
 

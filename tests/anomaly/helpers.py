@@ -43,13 +43,29 @@ def bars(
         if i < start:
             continue
         ws = T0 + i * 1_000_000
-        out.append(Bar(
-            exchange=exchange, symbol=symbol, interval="1s", window_start=ws, window_end=ws + 1_000_000,  # type: ignore[arg-type]
-            open=str(price), high=str(max(price, close)), low=str(min(price, close)), close=str(close),
-            volume=str(volume), quote_volume=str((volume * close).quantize(CENT)), vwap=str(close),
-            trade_count=trades, buy_volume=str(volume), sell_volume="0", first_trade_id=str(i * 100),
-            last_trade_id=str(i * 100 + trades), spread_mean_bps=spread, spread_max_bps=spread * 2,
-        ))
+        out.append(
+            Bar(
+                exchange=exchange,
+                symbol=symbol,
+                interval="1s",
+                window_start=ws,
+                window_end=ws + 1_000_000,  # type: ignore[arg-type]
+                open=str(price),
+                high=str(max(price, close)),
+                low=str(min(price, close)),
+                close=str(close),
+                volume=str(volume),
+                quote_volume=str((volume * close).quantize(CENT)),
+                vwap=str(close),
+                trade_count=trades,
+                buy_volume=str(volume),
+                sell_volume="0",
+                first_trade_id=str(i * 100),
+                last_trade_id=str(i * 100 + trades),
+                spread_mean_bps=spread,
+                spread_max_bps=spread * 2,
+            )
+        )
     return out
 
 

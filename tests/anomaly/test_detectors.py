@@ -148,9 +148,7 @@ def test_registry_series_from_bars_use_exact_decimal_returns() -> None:
     for bar in history:
         registry.on_bar(bar)
     ids = set(registry.series)
-    assert ids == {
-        f"okx:ETH-USDT:1s:{m}" for m in ("volume", "trade_count", "log_return", "spread_bps", "frozen_bars")
-    }
+    assert ids == {f"okx:ETH-USDT:1s:{m}" for m in ("volume", "trade_count", "log_return", "spread_bps", "frozen_bars")}
     assert registry.series["okx:ETH-USDT:1s:log_return"].detector.seen == 2
     registry.on_bar(history[-1])  # a duplicate (replayed) bar is not learned twice
     assert registry.series["okx:ETH-USDT:1s:volume"].detector.seen == 3

@@ -19,8 +19,15 @@ def anomaly(
     series_id: str, metric: str, t_s: float, exchange: str, symbol: str | None, kind: str = "anomaly"
 ) -> Anomaly:
     return Anomaly(
-        series_id=series_id, metric=metric, ts_event=T0 + round(t_s * S), value=1.0, score=0.9, detector="robust",
-        exchange=exchange, symbol=symbol, kind=kind,  # type: ignore[arg-type]
+        series_id=series_id,
+        metric=metric,
+        ts_event=T0 + round(t_s * S),
+        value=1.0,
+        score=0.9,
+        detector="robust",
+        exchange=exchange,
+        symbol=symbol,
+        kind=kind,  # type: ignore[arg-type]
     )
 
 
@@ -98,8 +105,16 @@ def test_labels_file_and_dump_round_trip(tmp_path: Path) -> None:
         '"venue":"binance"}\n'
     )
     assert read_labels(labels) == [
-        Label("spike-binance-btc", "price_spike", "binance", "BTC-USDT", 1767225620000000, 1767225635000000,
-              raw_symbol="BTCUSDT", params={"magnitude_pct": 4.0})
+        Label(
+            "spike-binance-btc",
+            "price_spike",
+            "binance",
+            "BTC-USDT",
+            1767225620000000,
+            1767225635000000,
+            raw_symbol="BTCUSDT",
+            params={"magnitude_pct": 4.0},
+        )
     ]
     captured = Capture([anomaly("a:b:1s:volume", "volume", 1, "binance", "BTC-USDT")], {"a:b:1s:volume", "c"})
     captured.dump(tmp_path / "dump")

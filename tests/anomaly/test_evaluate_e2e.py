@@ -82,8 +82,9 @@ async def test_evaluate_scores_the_real_worker_on_labelled_incidents(topics: Set
     await consumer.start()
     try:
         with worker_process(topics, tmp_path / "worker.log", *WORKER_ARGS):
-            await produce(topics, [frozen_bars(), bars("okx", "ETH-USDT", N, seed=23, spikes=frozenset({SPIKE}))],
-                          references())
+            await produce(
+                topics, [frozen_bars(), bars("okx", "ETH-USDT", N, seed=23, spikes=frozenset({SPIKE}))], references()
+            )
             wanted = {"frozen_bars", "divergence_bps", "log_return"}
             found = await collect(consumer, lambda seen: wanted <= {a.metric for a in seen}, timeout_s=90)
     finally:

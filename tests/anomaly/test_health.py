@@ -39,7 +39,10 @@ async def test_consumer_lag_memory_and_disk_are_sampled(topics: Settings) -> Non
         await monitor.stop()
     host = monitor.host
     assert {
-        f"health:{host}:memory_bytes", f"health:{host}:disk_percent", "health:dlq_per_s", f"health:consumer_lag:{group}"
+        f"health:{host}:memory_bytes",
+        f"health:{host}:disk_percent",
+        "health:dlq_per_s",
+        f"health:consumer_lag:{group}",
     } <= set(monitor.forecasters)
     assert monitor.forecasters[f"health:{host}:memory_bytes"].last_value > 0
 
@@ -70,8 +73,12 @@ def test_feed_lag_growth_publishes_a_forecast_before_the_breach(settings: Settin
     forecasts = []
     for k in range(60):  # lag grows 50 ms per 10 s interval: 5 s is reached at k = 100
         m = FeedMetrics(
-            exchange=base.exchange, stream="trades", source="aggregator", ts_event=(10_000 + k * 10) * 10**6,
-            interval_us=10_000_000, lag_p99_us=int(k * 50_000),
+            exchange=base.exchange,
+            stream="trades",
+            source="aggregator",
+            ts_event=(10_000 + k * 10) * 10**6,
+            interval_us=10_000_000,
+            lag_p99_us=int(k * 50_000),
         )
         forecasts = [a for a in monitor.on_feed_metrics(m) if a.metric == "feed_lag_s"]
     assert forecasts and forecasts[0].kind == "forecast"

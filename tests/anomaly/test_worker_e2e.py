@@ -93,9 +93,11 @@ async def test_spikes_produce_anomalies_on_the_right_series_and_quiet_data_none(
         with worker_process(topics, tmp_path / "worker.log", *WORKER_ARGS):
             await produce_raw(topics, b"okx:ETH-USDT", b'{"not": "a bar"}')  # bad input: DLQ, processing goes on
             await produce(topics, [b for pair in zip(quiet, spiky, strict=True) for b in pair])
-            found = await collect(consumer, lambda seen: {a.ts_event for a in seen} >= {spiky[250].window_end,
-                                                                                      spiky[370].window_end},
-                                  timeout_s=150)
+            found = await collect(
+                consumer,
+                lambda seen: {a.ts_event for a in seen} >= {spiky[250].window_end, spiky[370].window_end},
+                timeout_s=150,
+            )
             # Let the worker finish the rest of both series before judging the quiet one.
             await checkpoint_seen(topics, "binance:BTC-USDT:1s:volume", 400, timeout_s=120)
             found += await collect(consumer, lambda seen: False, timeout_s=3)

@@ -69,7 +69,10 @@ def _demo(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes],
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "demo", "--no-view", "--speed", str(SPEED), *args],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     try:
         yield proc, log, state, port

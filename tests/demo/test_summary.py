@@ -14,8 +14,14 @@ T0 = 1_767_225_600 * S
 def alert(rule: str, state: str, labels: dict[str, str], fired_s: float | None, at_s: float,
           resolved_s: float | None = None, fingerprint: str = "f1") -> Alert:  # fmt: skip
     return Alert(
-        fingerprint=fingerprint, rule=rule, state=state, severity="P2", labels=labels, annotations={},  # type: ignore[arg-type]
-        ts_event=T0 + int(at_s * S), fired_at=None if fired_s is None else T0 + int(fired_s * S),
+        fingerprint=fingerprint,
+        rule=rule,
+        state=state,
+        severity="P2",
+        labels=labels,
+        annotations={},  # type: ignore[arg-type]
+        ts_event=T0 + int(at_s * S),
+        fired_at=None if fired_s is None else T0 + int(fired_s * S),
         resolved_at=None if resolved_s is None else T0 + int(resolved_s * S),
     )
 
@@ -27,8 +33,15 @@ def label(kind: str, venue: str, symbol: str | None, raw: str | None, start_s: f
 
 def sent(fingerprint: str, at_s: float) -> Notification:
     return Notification(
-        notification_id="n", idempotency_key="k", channel="webhook", receiver="demo", group_key="g", status="sent",
-        attempt=1, ts=T0 + int(at_s * S), fingerprints=[fingerprint],
+        notification_id="n",
+        idempotency_key="k",
+        channel="webhook",
+        receiver="demo",
+        group_key="g",
+        status="sent",
+        attempt=1,
+        ts=T0 + int(at_s * S),
+        fingerprints=[fingerprint],
     )
 
 
@@ -95,8 +108,18 @@ def test_stage_latencies_are_wall_ms_from_the_records_pipeline_time_to_the_broke
     stats.add("md.trades.v1", encode(trade), wall_ms + 30)
     firing = alert("FeedStalled", "firing", {"exchange": "okx"}, 8, 8, fingerprint="a")
     stats.add("ops.alerts.v1", encode(firing), wall_ms + 500)
-    note = Notification(notification_id="n", idempotency_key="k", channel="webhook", receiver="demo", group_key="g",
-                        status="sent", attempt=1, ts=T0 + 9 * S, fingerprints=["a"], firing=[f"a@{T0 + 8 * S}"])
+    note = Notification(
+        notification_id="n",
+        idempotency_key="k",
+        channel="webhook",
+        receiver="demo",
+        group_key="g",
+        status="sent",
+        attempt=1,
+        ts=T0 + 9 * S,
+        fingerprints=["a"],
+        firing=[f"a@{T0 + 8 * S}"],
+    )
     stats.add("ops.notifications.v1", encode(note), wall_ms + 700)
     stats.add("ops.notifications.v1", encode(note), wall_ms + 900)  # the second channel's receipt
     assert stats.stage_ms == {"frame_to_trade": [30.0], "event_to_alert": [500.0], "alert_to_notification": [200.0]}

@@ -23,7 +23,8 @@ def _total(counter: object, topic: str, **labels: str) -> float:
         sample.value
         for metric in counter.collect()  # type: ignore[attr-defined]
         for sample in metric.samples
-        if sample.name.endswith("_total") and sample.labels["topic"] == topic
+        if sample.name.endswith("_total")
+        and sample.labels["topic"] == topic
         and all(sample.labels[k] == v for k, v in labels.items())
     )
 

@@ -32,7 +32,11 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
             [str(Path(sys.executable).with_name("marketprism")), *args],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=os.environ.copy(),
         )
 
 
@@ -57,14 +61,23 @@ async def test_collect_process_against_replay_process(topics: Settings, replay_d
     port, metrics_port = free_port(), free_port()
     base = f"127.0.0.1:{port}"
     config = tmp_path / "collect.yaml"
-    config.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": topics.kafka.bootstrap_servers},
-        "topic_prefix": topics.topic_prefix,
-        "metrics_port": metrics_port,
-        "state_dir": str(tmp_path / "state"),
-        "venues": {"binance": {"symbols": SYMBOLS, "ws_url": local_url("wss://stream.binance.com:9443", base),
-                               "rest_url": local_url("https://api.binance.com", base)}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": topics.kafka.bootstrap_servers},
+                "topic_prefix": topics.topic_prefix,
+                "metrics_port": metrics_port,
+                "state_dir": str(tmp_path / "state"),
+                "venues": {
+                    "binance": {
+                        "symbols": SYMBOLS,
+                        "ws_url": local_url("wss://stream.binance.com:9443", base),
+                        "rest_url": local_url("https://api.binance.com", base),
+                    }
+                },
+            }
+        )
+    )
     replay = _start(["replay", str(capture), "--serve", "--port", str(port)], tmp_path / "replay.log")
     collect = None
     try:
@@ -79,9 +92,10 @@ async def test_collect_process_against_replay_process(topics: Settings, replay_d
                 assert collect.poll() is None, (tmp_path / "collect.log").read_text()
                 await asyncio.sleep(0.5)
                 got = await read_records(topics, "md.trades.v1", Trade)
-            async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{metrics_port}/metrics"
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response,
+            ):
                 metrics = await response.text()
         assert _stop(collect) == 0, (tmp_path / "collect.log").read_text()
     finally:
@@ -102,18 +116,39 @@ async def test_record_process_writes_the_served_frames(replay_dir: Path, tmp_pat
     server = ReplayServer([capture])
     await server.start()
     config = tmp_path / "record.yaml"
-    config.write_text(yaml.safe_dump({
-        "metrics_port": 0,
-        "state_dir": str(tmp_path / "state"),
-        "venues": {"binance": {"symbols": SYMBOLS, "ws_url": server.url_for("wss://stream.binance.com:9443"),
-                               "rest_url": server.url_for("https://api.binance.com")}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "metrics_port": 0,
+                "state_dir": str(tmp_path / "state"),
+                "venues": {
+                    "binance": {
+                        "symbols": SYMBOLS,
+                        "ws_url": server.url_for("wss://stream.binance.com:9443"),
+                        "rest_url": server.url_for("https://api.binance.com"),
+                    }
+                },
+            }
+        )
+    )
     out = tmp_path / "recorded.txt"
     try:
         proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("marketprism")), "--config", str(config), "record", "--venue",
-            "binance", "--out", str(out), "--frames", str(len(frames)), "--duration", "120",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            str(Path(sys.executable).with_name("marketprism")),
+            "--config",
+            str(config),
+            "record",
+            "--venue",
+            "binance",
+            "--out",
+            str(out),
+            "--frames",
+            str(len(frames)),
+            "--duration",
+            "120",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         async with asyncio.timeout(180):
             output, _ = await proc.communicate()

@@ -45,8 +45,9 @@ async def test_rest_bodies_are_served_at_the_recorded_path_and_query(replay_dir:
 
 @pytest.mark.shared
 @pytest.mark.parametrize("speed", [0.0, 60.0])  # as fast as possible, and the recorded gaps scaled 60x down
-async def test_recording_the_replay_server_reproduces_the_capture(replay_dir: Path, tmp_path: Path,
-                                                                  speed: float) -> None:
+async def test_recording_the_replay_server_reproduces_the_capture(
+    replay_dir: Path, tmp_path: Path, speed: float
+) -> None:
     capture = replay_dir / "binance.txt"
     lines = list(read_capture(capture))
     frames = [line.payload for line in lines if line.kind == "ws_in"]
@@ -54,8 +55,11 @@ async def test_recording_the_replay_server_reproduces_the_capture(replay_dir: Pa
     server = ReplayServer([capture], speed=speed)
     await server.start()
     venue_cls = VENUES["binance"]
-    venue = venue_cls(["NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR"], ws_url=server.url_for(venue_cls.ws_url),
-                      rest_url=server.url_for(venue_cls.rest_url))
+    venue = venue_cls(
+        ["NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR"],
+        ws_url=server.url_for(venue_cls.ws_url),
+        rest_url=server.url_for(venue_cls.rest_url),
+    )
     out = tmp_path / "recorded.txt"
     try:
         with out.open("w") as handle:

@@ -73,6 +73,7 @@ async def test_collect_publishes_every_trade_once_and_resyncs_once(topics: Setti
                 str(MARKETPRISM), "--config", str(config), "collect", stdout=log, stderr=log
             )
         try:
+
             async def connected() -> bool:
                 return sum(len(c) for c in server.clients.values()) >= planned
 

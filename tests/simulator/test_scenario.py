@@ -40,8 +40,10 @@ def test_default_scenario_loads() -> None:
         ({"symbols": {"okx": ["btc-usdt"]}}, "not BASE-QUOTE"),
         ({"start": "yesterday"}, "start"),
         ({"duration_s": 0}, "duration_s"),
-        ({"incidents": [{"id": "x", "kind": "feed_stall", "venue": "okx", "at_s": 1, "duration_s": 1}] * 2},
-         "duplicate id"),
+        (
+            {"incidents": [{"id": "x", "kind": "feed_stall", "venue": "okx", "at_s": 1, "duration_s": 1}] * 2},
+            "duplicate id",
+        ),
     ],
 )
 def test_invalid_scenarios_name_the_problem(data: dict[str, object], message: str) -> None:

@@ -46,7 +46,7 @@ async def test_same_seed_same_bytes_over_websockets(tmp_path: Path) -> None:
     served = [t for t in first["okx"] if not t.startswith('{"event"') and '"action":"snapshot"' not in t]
     assert served == pure
     # the Coinbase connection numbers every message it receives
-    seqs = [json.loads(t)["sequence_num"] for t in first["coinbase"] if t.startswith("{\"channel\"")]
+    seqs = [json.loads(t)["sequence_num"] for t in first["coinbase"] if t.startswith('{"channel"')]
     assert seqs == list(range(len(seqs)))
 
 

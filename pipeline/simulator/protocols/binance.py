@@ -49,10 +49,7 @@ class BinanceSpot(Protocol):
 
     # -- engine side ---------------------------------------------------------------------------------
     def _diff_text(self, m: SymbolMarket, first: int, last: int, prev: int, bids: str, asks: str, ms: int) -> str:
-        return (
-            f'{{"e":"depthUpdate","E":{ms},"s":"{m.inst.raw}","U":{first},"u":{last},'
-            f'"b":[{bids}],"a":[{asks}]}}'
-        )
+        return f'{{"e":"depthUpdate","E":{ms},"s":"{m.inst.raw}","U":{first},"u":{last},"b":[{bids}],"a":[{asks}]}}'
 
     def _book_ticker_text(self, m: SymbolMarket, u: int, ms: int) -> str:
         (bp, bq), (ap, aq) = m.book.best()

@@ -69,10 +69,15 @@ class Kraken(Protocol):
         check = self._checksum(m)
         if corrupt:
             check = (check + 1) % (1 << 32)
-        return [(key, (
-            f'{{"channel":"book","type":"update","data":[{{"symbol":"{m.inst.raw}","bids":[{bids}],"asks":[{asks}],'
-            f'"checksum":{check},"timestamp":"{iso_us(ts_us)}"}}]}}'
-        ))]
+        return [
+            (
+                key,
+                (
+                    f'{{"channel":"book","type":"update","data":[{{"symbol":"{m.inst.raw}","bids":[{bids}],"asks":[{asks}],'
+                    f'"checksum":{check},"timestamp":"{iso_us(ts_us)}"}}]}}'
+                ),
+            )
+        ]
 
     def _trades(self, m: SymbolMarket, trades: list[TradePrint]) -> str:
         return ",".join(

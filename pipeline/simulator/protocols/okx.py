@@ -127,23 +127,33 @@ class Okx(Protocol):
         if second % 10 == 0 and self.want(f"funding-rate|{raw}"):
             rate = trimmed(m.funding_rate_e8(), 8)
             funding_time = (ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS
-            out.append((f"funding-rate|{raw}", (
-                f'{{"arg":{self._arg("funding-rate", raw)},"data":[{{"fundingRate":"{rate}","fundingTime":'
-                f'"{funding_time}","instId":"{raw}","instType":"SWAP","method":"current_period",'
-                f'"maxFundingRate":"0.0075","minFundingRate":"-0.0075","nextFundingRate":"",'
-                f'"nextFundingTime":"{funding_time + FUNDING_INTERVAL_MS}","premium":"{rate}",'
-                f'"settFundingRate":"{rate}","settState":"settled","ts":"{ms}"}}]}}'
-            )))
+            out.append(
+                (
+                    f"funding-rate|{raw}",
+                    (
+                        f'{{"arg":{self._arg("funding-rate", raw)},"data":[{{"fundingRate":"{rate}","fundingTime":'
+                        f'"{funding_time}","instId":"{raw}","instType":"SWAP","method":"current_period",'
+                        f'"maxFundingRate":"0.0075","minFundingRate":"-0.0075","nextFundingRate":"",'
+                        f'"nextFundingTime":"{funding_time + FUNDING_INTERVAL_MS}","premium":"{rate}",'
+                        f'"settFundingRate":"{rate}","settState":"settled","ts":"{ms}"}}]}}'
+                    ),
+                )
+            )
         if second % 3 == 0:
             m.step_open_interest()
         if second % 3 == 0 and self.want(f"open-interest|{raw}"):
             oi = m.open_interest
             oi_ccy = trimmed(round(oi * m.inst.lot_base * 10**8), 8)
             oi_usd = fixed(round(oi * m.inst.lot_base * m.venue_price() * 100), 2)
-            out.append((f"open-interest|{raw}", (
-                f'{{"arg":{self._arg("open-interest", raw)},"data":[{{"instId":"{raw}","instType":"SWAP",'
-                f'"oi":"{oi}","oiCcy":"{oi_ccy}","oiUsd":"{oi_usd}","ts":"{ms}"}}]}}'
-            )))
+            out.append(
+                (
+                    f"open-interest|{raw}",
+                    (
+                        f'{{"arg":{self._arg("open-interest", raw)},"data":[{{"instId":"{raw}","instType":"SWAP",'
+                        f'"oi":"{oi}","oiCcy":"{oi_ccy}","oiUsd":"{oi_usd}","ts":"{ms}"}}]}}'
+                    ),
+                )
+            )
         return out
 
     def liquidation(self, m: SymbolMarket, liq: TradePrint, ts_us: int) -> Out:
@@ -201,9 +211,9 @@ class Okx(Protocol):
                 raw = arg.get("instId") if isinstance(arg, dict) else None
                 m = self.markets.get(raw) if isinstance(raw, str) else None
                 if channel not in INST_CHANNELS or m is None or (channel in SWAP_ONLY and not m.inst.perp):
-                    replies.append(self._error(
-                        conn, ident, "60018", f"Wrong URL or channel:{channel},instId:{raw} doesn't exist."
-                    ))
+                    replies.append(
+                        self._error(conn, ident, "60018", f"Wrong URL or channel:{channel},instId:{raw} doesn't exist.")
+                    )
                     continue
                 key = f"{channel}|{raw}"
                 arg_text = self._arg(channel, m.inst.raw)

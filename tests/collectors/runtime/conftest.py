@@ -114,8 +114,15 @@ class ToyVenue(Venue):
             raise FrameError("unknown_channel", f"unknown op {op!r}")
         try:
             trade = Trade(
-                exchange="kraken", symbol=msg["s"], raw_symbol=msg["s"], trade_id=str(msg["id"]), price=msg["p"],
-                size=msg["q"], side=msg["side"], ts_event=msg["ts"], ts_recv=ts_recv,
+                exchange="kraken",
+                symbol=msg["s"],
+                raw_symbol=msg["s"],
+                trade_id=str(msg["id"]),
+                price=msg["p"],
+                size=msg["q"],
+                side=msg["side"],
+                ts_event=msg["ts"],
+                ts_recv=ts_recv,
             )
         except KeyError as exc:
             raise FrameError("missing_field", f"missing {exc}") from None
@@ -123,20 +130,40 @@ class ToyVenue(Venue):
 
     def on_rest(self, request: RestRequest, body: bytes, ts_recv: int) -> FrameResult:
         msg = json.loads(body)
-        bbo = Bbo(exchange="kraken", symbol=request.symbol, raw_symbol=request.symbol, bid_price=msg["b"],
-                  bid_size="1", ask_price=msg["a"], ask_size="1", ts_event=T0, ts_recv=ts_recv)
+        bbo = Bbo(
+            exchange="kraken",
+            symbol=request.symbol,
+            raw_symbol=request.symbol,
+            bid_price=msg["b"],
+            bid_size="1",
+            ask_price=msg["a"],
+            ask_size="1",
+            ts_event=T0,
+            ts_recv=ts_recv,
+        )
         return FrameResult(records=[bbo], stream="book")
 
 
 def trade_frame(n: int, symbol: str = "BTC-USD") -> str:
-    return json.dumps({"op": "trade", "s": symbol, "id": str(n), "p": f"100.{n:04d}0", "q": f"0.{n:03d}",
-                       "side": "buy" if n % 2 else "sell", "ts": T0 + n})
+    return json.dumps(
+        {
+            "op": "trade",
+            "s": symbol,
+            "id": str(n),
+            "p": f"100.{n:04d}0",
+            "q": f"0.{n:03d}",
+            "side": "buy" if n % 2 else "sell",
+            "ts": T0 + n,
+        }
+    )
 
 
 def write_capture(path: Path, frames: list[str], rest: dict[str, str] | None = None) -> Path:
-    lines = [CaptureLine(T0, "connect", TOY_WS, ""),
-             CaptureLine(T0 + 1, "ws_out", TOY_WS, '{"op":"subscribe"}'),
-             CaptureLine(T0 + 2, "ws_in", "-", '{"op":"ack"}')]
+    lines = [
+        CaptureLine(T0, "connect", TOY_WS, ""),
+        CaptureLine(T0 + 1, "ws_out", TOY_WS, '{"op":"subscribe"}'),
+        CaptureLine(T0 + 2, "ws_in", "-", '{"op":"ack"}'),
+    ]
     for url, body in (rest or {}).items():
         lines.append(CaptureLine(T0 + 3, "rest", url, body))
     lines += [CaptureLine(T0 + 10 + i, "ws_in", "-", frame) for i, frame in enumerate(frames)]
@@ -147,8 +174,13 @@ def write_capture(path: Path, frames: list[str], rest: dict[str, str] | None = N
 @pytest.fixture
 def toy() -> SimpleNamespace:
     return SimpleNamespace(
-        TOY_WS=TOY_WS, T0=T0, ToyVenue=ToyVenue, trade_frame=trade_frame, write_capture=write_capture,
-        read_topic=read_topic, wait_for=wait_for,
+        TOY_WS=TOY_WS,
+        T0=T0,
+        ToyVenue=ToyVenue,
+        trade_frame=trade_frame,
+        write_capture=write_capture,
+        read_topic=read_topic,
+        wait_for=wait_for,
     )
 
 

@@ -33,8 +33,9 @@ def _acked(topic: str) -> float:
     )
 
 
-async def test_broker_outage_overflows_counted_then_recovers(settings: Settings, tmp_path: Path, run_collector,
-                                                            toy) -> None:
+async def test_broker_outage_overflows_counted_then_recovers(
+    settings: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     service = broker_service(tmp_path / "own-broker", port=free_port())
     service.start()
     own = settings.model_copy(

@@ -155,8 +155,18 @@ CASES = {
     "coinbase": ("coinbase.txt", ["BTC-USD", "ETH-USD"], coinbase_expectations),
     "kraken": (
         "kraken.txt",
-        ["WAVES-EUR", "XMR-USD", "KSM-BTC", "GRT-ETH", "SC-EUR", "ETH-CHF", "OCEAN-BTC", "OMG-USD", "BTC-CHF",
-         "ADA-BTC"],
+        [
+            "WAVES-EUR",
+            "XMR-USD",
+            "KSM-BTC",
+            "GRT-ETH",
+            "SC-EUR",
+            "ETH-CHF",
+            "OCEAN-BTC",
+            "OMG-USD",
+            "BTC-CHF",
+            "ADA-BTC",
+        ],
         kraken_expectations,
     ),
 }
@@ -177,9 +187,11 @@ async def test_capture_end_to_end(exchange: str, topics: Settings, replay_dir: P
         async with run_collector(topics, [venue]) as running:
             runtime = running.collector.runtimes[0]
             await toy.wait_for(
-                lambda: server.state[capture].completed >= 1
-                and runtime.stats.frames >= frames
-                and runtime.rest.waiting("snapshot") == 0
+                lambda: (
+                    server.state[capture].completed >= 1
+                    and runtime.stats.frames >= frames
+                    and runtime.rest.waiting("snapshot") == 0
+                )
             )
     finally:
         await server.stop()
@@ -209,8 +221,9 @@ async def test_capture_end_to_end(exchange: str, topics: Settings, replay_dir: P
 
 
 @pytest.mark.shared
-async def test_all_captures_on_one_server_into_one_collector(topics: Settings, replay_dir: Path, run_collector,
-                                                            toy) -> None:
+async def test_all_captures_on_one_server_into_one_collector(
+    topics: Settings, replay_dir: Path, run_collector, toy
+) -> None:
     """One replay server serving every file (routed by recorded host), one collector running every venue."""
     captures = {exchange: replay_dir / name for exchange, (name, _, _) in CASES.items()}
     server = ReplayServer(list(captures.values()))
@@ -218,8 +231,9 @@ async def test_all_captures_on_one_server_into_one_collector(topics: Settings, r
     venues = []
     for exchange, (_, symbols, _) in CASES.items():
         venue_cls = VENUES[exchange]
-        venues.append(venue_cls(symbols, ws_url=server.url_for(venue_cls.ws_url),
-                                rest_url=server.url_for(venue_cls.rest_url)))
+        venues.append(
+            venue_cls(symbols, ws_url=server.url_for(venue_cls.ws_url), rest_url=server.url_for(venue_cls.rest_url))
+        )
     frames = {
         exchange: sum(1 for line in read_capture(path) if line.kind == "ws_in") for exchange, path in captures.items()
     }
@@ -227,9 +241,11 @@ async def test_all_captures_on_one_server_into_one_collector(topics: Settings, r
         async with run_collector(topics, venues) as running:
             runtimes = {r.exchange: r for r in running.collector.runtimes}
             await toy.wait_for(
-                lambda: all(server.state[path].completed >= 1 for path in captures.values())
-                and all(runtimes[e].stats.frames >= frames[e] for e in captures)
-                and all(r.rest.waiting("snapshot") == 0 for r in runtimes.values())
+                lambda: (
+                    all(server.state[path].completed >= 1 for path in captures.values())
+                    and all(runtimes[e].stats.frames >= frames[e] for e in captures)
+                    and all(r.rest.waiting("snapshot") == 0 for r in runtimes.values())
+                )
             )
     finally:
         await server.stop()

@@ -37,10 +37,17 @@ async def test_dropped_connection_reconnects_with_jitter_and_publishes_no_duplic
     assert running.collector.runtimes[0].dedup.duplicates == 2 * 199
 
 
-async def test_malformed_frames_go_to_the_dlq_and_the_feed_goes_on(topics: Settings, tmp_path: Path,
-                                                                   run_collector, toy) -> None:
-    bad = ["{not json", '["a list"]', '{"op":"mystery"}', '{"op":"trade","s":"BTC-USD"}',
-           '{"op":"trade","s":"BTC-USD","id":"x","p":"1","q":"1","side":"up","ts":1}', '{"op":"reject"}']
+async def test_malformed_frames_go_to_the_dlq_and_the_feed_goes_on(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
+    bad = [
+        "{not json",
+        '["a list"]',
+        '{"op":"mystery"}',
+        '{"op":"trade","s":"BTC-USD"}',
+        '{"op":"trade","s":"BTC-USD","id":"x","p":"1","q":"1","side":"up","ts":1}',
+        '{"op":"reject"}',
+    ]
     frames = []
     for n in range(60):
         frames.append(toy.trade_frame(n))
@@ -60,8 +67,14 @@ async def test_malformed_frames_go_to_the_dlq_and_the_feed_goes_on(topics: Setti
     dead = [record for _, record in await toy.read_topic(topics, "ops.dlq.v1", DeadLetter)]
     assert sorted(d.payload for d in dead if d.reason != "schema") == sorted(b for b in bad if '"up"' not in b)
     assert next(d.payload for d in dead if d.reason == "schema").startswith('{"exchange":"kraken"')  # the record
-    assert {d.reason for d in dead} == {"bad_json", "bad_type", "unknown_channel", "missing_field",
-                                        "schema", "subscription"}
+    assert {d.reason for d in dead} == {
+        "bad_json",
+        "bad_type",
+        "unknown_channel",
+        "missing_field",
+        "schema",
+        "subscription",
+    }
     assert all(d.source == "collector" and d.exchange == "kraken" for d in dead)
     trades = [record for _, record in await toy.read_topic(topics, "md.trades.v1", Trade)]
     assert len(trades) == 60  # every good frame around the bad ones
@@ -74,8 +87,9 @@ async def test_malformed_frames_go_to_the_dlq_and_the_feed_goes_on(topics: Setti
     assert any(m.connected for m in trades_metrics)
 
 
-async def test_silent_connection_trips_the_watchdog_and_reconnects(topics: Settings, tmp_path: Path,
-                                                                   run_collector, toy) -> None:
+async def test_silent_connection_trips_the_watchdog_and_reconnects(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     """A connection that stays open but answers nothing (no pong, no frame) is declared dead by the
     watchdog and replaced; the replayed trades of the new session are not published again."""
     capture = toy.write_capture(tmp_path / "toy.txt", [toy.trade_frame(n) for n in range(5)])
@@ -100,8 +114,9 @@ async def test_silent_connection_trips_the_watchdog_and_reconnects(topics: Setti
     assert sorted(int(t.trade_id) for t in trades) == list(range(5))
 
 
-async def test_resubscribe_frames_go_back_on_the_same_connection(topics: Settings, tmp_path: Path, run_collector,
-                                                                 toy) -> None:
+async def test_resubscribe_frames_go_back_on_the_same_connection(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     frames = [toy.trade_frame(0), '{"op":"gap"}', toy.trade_frame(1)]
     capture = toy.write_capture(tmp_path / "toy.txt", frames)
     server = ReplayServer([capture])
@@ -118,8 +133,9 @@ async def test_resubscribe_frames_go_back_on_the_same_connection(topics: Setting
     assert runtime.connections[0].sessions == 1  # a resync, not a reconnect
 
 
-async def test_planned_reconnect_at_max_lifetime_takes_no_backoff(topics: Settings, tmp_path: Path, run_collector,
-                                                                  toy) -> None:
+async def test_planned_reconnect_at_max_lifetime_takes_no_backoff(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     capture = toy.write_capture(tmp_path / "toy.txt", [toy.trade_frame(n) for n in range(20)])
     server = ReplayServer([capture])
     await server.start()

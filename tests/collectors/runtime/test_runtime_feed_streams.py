@@ -37,21 +37,41 @@ def coinbase(seq: int, channel: str, events: list[dict[str, Any]]) -> str:
 
 
 def cb_book(seq: int, kind: str, product: str, price: str) -> str:
-    updates = [{"side": "bid", "event_time": "2026-08-09T21:05:48.1Z", "price_level": price, "new_quantity": "1"},
-               {"side": "offer", "event_time": "2026-08-09T21:05:48.1Z", "price_level": "9" + price,
-                "new_quantity": "1"}]
+    updates = [
+        {"side": "bid", "event_time": "2026-08-09T21:05:48.1Z", "price_level": price, "new_quantity": "1"},
+        {"side": "offer", "event_time": "2026-08-09T21:05:48.1Z", "price_level": "9" + price, "new_quantity": "1"},
+    ]
     return coinbase(seq, "l2_data", [{"type": kind, "product_id": product, "updates": updates}])
 
 
 def cb_trades(seq: int, *products: str) -> str:
-    trades = [{"product_id": p, "trade_id": f"{seq}-{p}", "price": "10.5", "size": "0.1",
-               "time": "2026-08-09T21:05:48.1Z", "side": "SELL"} for p in products]
+    trades = [
+        {
+            "product_id": p,
+            "trade_id": f"{seq}-{p}",
+            "price": "10.5",
+            "size": "0.1",
+            "time": "2026-08-09T21:05:48.1Z",
+            "side": "SELL",
+        }
+        for p in products
+    ]
     return coinbase(seq, "market_trades", [{"type": "update", "trades": trades}])
 
 
 def cb_tickers(seq: int, *products: str) -> str:
-    tickers = [{"type": "ticker", "product_id": p, "price": "10", "best_bid": "10", "best_ask": "11",
-                "best_bid_quantity": "1", "best_ask_quantity": "2"} for p in products]
+    tickers = [
+        {
+            "type": "ticker",
+            "product_id": p,
+            "price": "10",
+            "best_bid": "10",
+            "best_ask": "11",
+            "best_bid_quantity": "1",
+            "best_ask_quantity": "2",
+        }
+        for p in products
+    ]
     return coinbase(seq, "ticker", [{"type": "update", "tickers": tickers}])
 
 
@@ -104,8 +124,15 @@ def kraken_v2(channel: str, data: list[dict[str, Any]], kind: str = "update") ->
 
 
 def kr_trade(symbol: str, trade_id: int) -> dict[str, Any]:
-    return {"symbol": symbol, "side": "buy", "price": 10.5, "qty": 0.25, "ord_type": "market",
-            "trade_id": trade_id, "timestamp": "2026-08-09T21:05:48.1Z"}
+    return {
+        "symbol": symbol,
+        "side": "buy",
+        "price": 10.5,
+        "qty": 0.25,
+        "ord_type": "market",
+        "trade_id": trade_id,
+        "timestamp": "2026-08-09T21:05:48.1Z",
+    }
 
 
 def kr_ticker(symbol: str) -> dict[str, Any]:
@@ -122,8 +149,12 @@ async def test_kraken_v2_one_pair_stalls_and_only_its_streams_go_stale() -> None
     runtime.frame(plan, kraken_v2("trade", [kr_trade("BTC/USD", next(ids)), kr_trade("ETH/USD", next(ids))]), T0)
     runtime.frame(plan, kraken_v2("ticker", [kr_ticker("BTC/USD"), kr_ticker("ETH/USD")], "snapshot"), T0)
     first = by_stream(runtime.stats.flush(T0, SECOND))
-    assert {s: first[s].messages for s in ("trade:BTC/USD", "trade:ETH/USD", "ticker:BTC/USD", "ticker:ETH/USD")} \
-        == {"trade:BTC/USD": 1, "trade:ETH/USD": 1, "ticker:BTC/USD": 1, "ticker:ETH/USD": 1}
+    assert {s: first[s].messages for s in ("trade:BTC/USD", "trade:ETH/USD", "ticker:BTC/USD", "ticker:ETH/USD")} == {
+        "trade:BTC/USD": 1,
+        "trade:ETH/USD": 1,
+        "ticker:BTC/USD": 1,
+        "ticker:ETH/USD": 1,
+    }
     for second in range(1, 31):
         now = T0 + second * SECOND
         runtime.frame(plan, kraken_v2("trade", [kr_trade("BTC/USD", next(ids))]), now)

@@ -25,8 +25,16 @@ CASES = {
     "kraken": ("kraken.txt", ["WAVES-EUR", "XMR-USD", "KSM-BTC", "GRT-ETH", "SC-EUR"]),
     "binance_usdm": ("binance_futures.txt", ["SUSHI-USDT-PERP", "AKRO-USDT-PERP"]),
 }
-ODD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**20), st.text(max_size=8),
-                       st.just("NaN"), st.just("-1e309"), st.lists(st.integers(), max_size=2), st.just({}))
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**20),
+    st.text(max_size=8),
+    st.just("NaN"),
+    st.just("-1e309"),
+    st.lists(st.integers(), max_size=2),
+    st.just({}),
+)
 
 
 def _mutate_json(value: Any, data: st.DataObject) -> Any:
@@ -52,8 +60,9 @@ def _mutate_json(value: Any, data: st.DataObject) -> Any:
 
 @pytest.mark.shared
 @pytest.mark.parametrize("exchange", list(CASES))
-async def test_mutated_frames_never_escape_and_each_rejection_is_one_dead_letter(exchange: str,
-                                                                                replay_dir: Path) -> None:
+async def test_mutated_frames_never_escape_and_each_rejection_is_one_dead_letter(
+    exchange: str, replay_dir: Path
+) -> None:
     name, symbols = CASES[exchange]
     lines = read_capture(replay_dir / name)
     frames = [line.payload for line in lines if line.kind == "ws_in" and len(line.payload) < 20000]
@@ -75,7 +84,7 @@ async def test_mutated_frames_never_escape_and_each_rejection_is_one_dead_letter
             mutated = raw[: data.draw(st.integers(0, max(0, len(raw) - 1)))]
         else:
             at = data.draw(st.integers(0, len(raw) - 1))
-            mutated = raw[:at] + data.draw(st.sampled_from(['"', "}", "]", ",", "x", "\\", "-"])) + raw[at + 1:]
+            mutated = raw[:at] + data.draw(st.sampled_from(['"', "}", "]", ",", "x", "\\", "-"])) + raw[at + 1 :]
         dead_before = runtime.dead_letters
         result = runtime.frame(plan, mutated, 1_700_000_000_000_000)  # must not raise
         if result is None:

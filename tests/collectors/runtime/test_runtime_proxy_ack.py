@@ -61,12 +61,17 @@ class HttpProxy:
         sink.close()
 
 
-async def test_websocket_and_rest_go_through_the_configured_proxy(topics: Settings, tmp_path: Path, run_collector,
-                                                                   toy) -> None:
+async def test_websocket_and_rest_go_through_the_configured_proxy(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     frames = [toy.trade_frame(0), '{"op":"snap","s":"BTC-USD"}', toy.trade_frame(1)]
-    capture = toy.write_capture(tmp_path / "toy.txt", frames, rest={
-        f"{toy.ToyVenue.rest_url}/depth?symbol=BTC-USD": '{"b":"99.5","a":"100.5"}',
-    })
+    capture = toy.write_capture(
+        tmp_path / "toy.txt",
+        frames,
+        rest={
+            f"{toy.ToyVenue.rest_url}/depth?symbol=BTC-USD": '{"b":"99.5","a":"100.5"}',
+        },
+    )
     server = ReplayServer([capture])
     await server.start()
     proxy = HttpProxy()
@@ -87,8 +92,9 @@ async def test_websocket_and_rest_go_through_the_configured_proxy(topics: Settin
     assert runtime.dead_letters == 0
 
 
-async def test_no_ack_and_no_data_after_subscribing_reconnects(topics: Settings, tmp_path: Path, run_collector,
-                                                               toy) -> None:
+async def test_no_ack_and_no_data_after_subscribing_reconnects(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     """A venue that accepts the connection but never confirms the subscription is reconnected to."""
     capture = toy.write_capture(tmp_path / "toy.txt", [])
     capture.write_text("".join(line for line in capture.read_text().splitlines(True) if '"ack"' not in line))
@@ -104,16 +110,21 @@ async def test_no_ack_and_no_data_after_subscribing_reconnects(topics: Settings,
     assert supervisor.reasons["AckTimeout"] >= 1
 
 
-async def test_websocket_and_rest_go_through_a_socks5_proxy(topics: Settings, tmp_path: Path, run_collector,
-                                                            toy) -> None:
+async def test_websocket_and_rest_go_through_a_socks5_proxy(
+    topics: Settings, tmp_path: Path, run_collector, toy
+) -> None:
     """A real SOCKS5 server (pproxy) on loopback in front of the replay server: the collector's frames
     and its REST snapshot flow through it, and the trades reach the topic."""
     import pproxy
 
     frames = [toy.trade_frame(0), '{"op":"snap","s":"BTC-USD"}', toy.trade_frame(1), toy.trade_frame(2)]
-    capture = toy.write_capture(tmp_path / "toy.txt", frames, rest={
-        f"{toy.ToyVenue.rest_url}/depth?symbol=BTC-USD": '{"b":"99.5","a":"100.5"}',
-    })
+    capture = toy.write_capture(
+        tmp_path / "toy.txt",
+        frames,
+        rest={
+            f"{toy.ToyVenue.rest_url}/depth?symbol=BTC-USD": '{"b":"99.5","a":"100.5"}',
+        },
+    )
     server = ReplayServer([capture])
     await server.start()
     relayed: list[str] = []  # pproxy logs each tunnel it opens: "socks5 client -> host:port"

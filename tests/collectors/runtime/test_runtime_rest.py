@@ -61,8 +61,9 @@ async def test_snapshot_storm_stays_within_the_weight_budget() -> None:
 
     async with server as base:
         client = RestClient("kraken", RateLimit(weight=100, period_s=1.0), on_body, concurrency=8)
-        requests = [RestRequest("snapshot", f"S{n}", f"{base}/depth", (("symbol", f"S{n}"),), weight=10)
-                    for n in range(40)]
+        requests = [
+            RestRequest("snapshot", f"S{n}", f"{base}/depth", (("symbol", f"S{n}"),), weight=10) for n in range(40)
+        ]
         client.submit(requests)
         client.submit(requests[:10])  # already waiting: coalesced, not sent twice
         await _run_until(client, done)
@@ -87,8 +88,7 @@ async def test_429_waits_and_retries() -> None:
         done.set()
 
     async with server as base:
-        client = RestClient("kraken", RateLimit(weight=10, period_s=1.0), on_body,
-                            backoff=lambda: Backoff(0.01, 0.05))
+        client = RestClient("kraken", RateLimit(weight=10, period_s=1.0), on_body, backoff=lambda: Backoff(0.01, 0.05))
         client.submit([RestRequest("snapshot", "X", f"{base}/depth", (("symbol", "X"),))])
         await _run_until(client, done)
     assert got == [b'{"symbol": "X"}']

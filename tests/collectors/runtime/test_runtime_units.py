@@ -98,8 +98,17 @@ async def test_watchdog_counts_data_frames_as_life() -> None:
 
 
 def _trade(trade_id: str, symbol: str = "BTC-USD") -> Trade:
-    return Trade(exchange="kraken", symbol=symbol, raw_symbol=symbol, trade_id=trade_id, price="1.0", size="2",
-                 side="buy", ts_event=1, ts_recv=2)
+    return Trade(
+        exchange="kraken",
+        symbol=symbol,
+        raw_symbol=symbol,
+        trade_id=trade_id,
+        price="1.0",
+        size="2",
+        side="buy",
+        ts_event=1,
+        ts_recv=2,
+    )
 
 
 def test_dedup_passes_first_copies_only_per_symbol() -> None:
@@ -129,14 +138,30 @@ def test_the_runtime_record_check_is_the_contract_except_level_patterns() -> Non
     from pipeline.contracts import BookUpdate, DecodeError, decode, decoder_for, encode
 
     def book(**changes: object) -> bytes:
-        fields: dict[str, object] = dict(exchange="okx", symbol="BTC-USDT", raw_symbol="BTC-USDT", kind="delta",
-                                         bids=[("1.5", "2")], asks=[], ts_event=1, ts_recv=2, seq_last=7)
+        fields: dict[str, object] = dict(
+            exchange="okx",
+            symbol="BTC-USDT",
+            raw_symbol="BTC-USDT",
+            kind="delta",
+            bids=[("1.5", "2")],
+            asks=[],
+            ts_event=1,
+            ts_recv=2,
+            seq_last=7,
+        )
         return encode(BookUpdate(**(fields | changes)))  # type: ignore[arg-type]
 
     check = checker_for(BookUpdate)
     assert msgspec.structs.asdict(check.decode(book())) == msgspec.structs.asdict(decode(BookUpdate, book()))
-    for bad in ({"symbol": "BTCUSDT"}, {"exchange": "nyse"}, {"kind": "full"}, {"ts_event": -1},
-                {"bids": [("1.5", 2)]}, {"asks": [("1.5",)]}, {"seq_last": "7"}):
+    for bad in (
+        {"symbol": "BTCUSDT"},
+        {"exchange": "nyse"},
+        {"kind": "full"},
+        {"ts_event": -1},
+        {"bids": [("1.5", 2)]},
+        {"asks": [("1.5",)]},
+        {"seq_last": "7"},
+    ):
         with pytest.raises(DecodeError):
             check.decode(book(**bad))
     assert check.decode(book(bids=[("1e5", "2")])).bids == [("1e5", "2")]  # the pattern is the venue's check
@@ -174,12 +199,32 @@ def test_the_latency_histogram_exposes_what_the_library_histogram_would() -> Non
 
     from pipeline.collectors.metrics import LATENCY_BUCKETS, LatencyHistograms
 
-    lags_us = [-5, 0, 999, 1000, 1001, 4_999, 5_000, 250_000, 999_999, 1_000_000, 59_999_999, 60_000_000,
-               60_000_001, 3_600_000_000]
+    lags_us = [
+        -5,
+        0,
+        999,
+        1000,
+        1001,
+        4_999,
+        5_000,
+        250_000,
+        999_999,
+        1_000_000,
+        59_999_999,
+        60_000_000,
+        60_000_001,
+        3_600_000_000,
+    ]
     ours, registry = LatencyHistograms(), CollectorRegistry()
     registry.register(ours)  # type: ignore[arg-type]
-    library = Histogram("collector_latency_seconds", LatencyHistograms.documentation, ["exchange", "stream"],
-                        namespace="marketprism", buckets=LATENCY_BUCKETS, registry=None)
+    library = Histogram(
+        "collector_latency_seconds",
+        LatencyHistograms.documentation,
+        ["exchange", "stream"],
+        namespace="marketprism",
+        buckets=LATENCY_BUCKETS,
+        registry=None,
+    )
     quiet = ours.series("okx", "bbo")  # a declared stream reports zeros, as a library child would
     library.labels("okx", "bbo")
     counts = ours.series("kraken", "book")

@@ -29,8 +29,12 @@ SNAPSHOT = ([(f"{i / 4:.2f}", "1") for i in range(200, 0, -1)], [(f"{i / 4:.2f}"
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(deep_changes, deep_changes), max_size=12), st.sampled_from([0, 150]),
-       st.sampled_from([1, 10]), st.booleans())
+@given(
+    st.lists(st.tuples(deep_changes, deep_changes), max_size=12),
+    st.sampled_from([0, 150]),
+    st.sampled_from([1, 10]),
+    st.booleans(),
+)
 def test_a_deep_book_matches_a_dict_model(steps: list[tuple[list, list]], depth: int, n: int, best_first: bool) -> None:
     """A 200-level-a-side book: change sets small against a side (sorted one by one), large ones (re-sorted
     at once), truncation below the depth, and the best levels read with and without a cached top."""

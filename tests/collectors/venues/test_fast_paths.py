@@ -193,8 +193,10 @@ def test_seconds_with_six_decimals_take_the_digit_path_exactly(value: str) -> No
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
-@given(st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(["1", "0.00100", "12.5"])), max_size=12),
-       st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(["1", "0.00100", "12.5"])), max_size=12))
+@given(
+    st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(["1", "0.00100", "12.5"])), max_size=12),
+    st.lists(st.tuples(st.sampled_from(PRICES), st.sampled_from(["1", "0.00100", "12.5"])), max_size=12),
+)
 def test_kraken_checksum_is_the_crc_of_its_sides_continued(bids: list[Level], asks: list[Level]) -> None:
     assert zlib.crc32(kraken_side(bids), zlib.crc32(kraken_side(asks))) == kraken_checksum(bids, asks)
 
