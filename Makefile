@@ -17,12 +17,15 @@ IMAGE ?= marketprism:dev
 PYTHON_BIN := $(shell for c in python$(PYTHON) $(PYTHON) $$HOME/.pyenv/versions/$(PYTHON)*/bin/python3; do \
 	$$c -c 'import sys' >/dev/null 2>&1 && { command -v $$c; break; }; done)
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
 .PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
-	clickhouse-server chromium pytest bench-nightly image image-check image-scan dist clean
+	clickhouse-server amtool chromium pytest bench-nightly image image-push image-check image-scan dist clean
 
 $(UV):
 	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
@@ -31,7 +34,7 @@ $(UV):
 
 # Exactly the lock: uv sync adds what is missing and removes what the lock does not name.
 venv: $(UV)
-	@$(UV) sync --frozen --quiet --python $(PYTHON_BIN)
+	@$(UV) sync --locked --quiet --python $(PYTHON_BIN) || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
 
 lock: $(UV)
 	$(UV) lock $(if $(UPGRADE),--upgrade,)
@@ -74,26 +77,49 @@ configs: venv
 # otherwise (and fail with CI=true).
 clickhouse-server:
 	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! test -x /usr/sbin/clickhouse-server; then \
-		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+		if command -v apt-get >/dev/null 2>&1 && $$SUDO true 2>/dev/null; then \
 			echo "installing clickhouse-server with apt"; \
-			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null) \
+			($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clickhouse-server >/dev/null) \
 				|| echo "apt could not install clickhouse-server; its tests will be skipped"; \
 		else \
-			echo "clickhouse-server missing and apt unavailable (not root); its tests will be skipped"; \
+			echo "clickhouse-server missing and apt unavailable (not root, no sudo); its tests will be skipped"; \
 		fi; \
 	fi
 
-pytest: venv clickhouse-server
+# Installs Debian's prometheus-alertmanager (it ships amtool, the real Alertmanager client the API's v2
+# compatibility tests drive) when missing and apt is usable; those tests skip otherwise (and fail with CI=true).
+amtool:
+	@if ! command -v amtool >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing prometheus-alertmanager (amtool) with apt"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null) \
+				|| echo "apt could not install prometheus-alertmanager; the amtool tests will be skipped"; \
+		else \
+			echo "amtool missing and apt unavailable (not root); the amtool tests will be skipped"; \
+		fi; \
+	fi
+
+pytest: venv clickhouse-server amtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: check pytest
 
-# The long runs CI does nightly (benchmarks, soak, NAB); reports land in $(REPORTS).
+# The long runs CI does nightly: every benchmark at its full size and the NAB corpus; reports land in
+# $(REPORTS) (docs/benchmarks.md says how to read them).
 REPORTS ?= reports
+SHARED ?= $(or $(MARKETPRISM_SHARED_DIR),../shared)
 bench-nightly: venv
 	@mkdir -p $(REPORTS)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow --run-long $(PYTEST_ARGS)
-	$(BIN)/marketprism bench nab --data ../shared/nab --out $(REPORTS)/nab.json
+	$(BIN)/marketprism bench collect | tee $(REPORTS)/collect.txt
+	$(BIN)/marketprism bench aggregate | tee $(REPORTS)/aggregate.txt
+	$(BIN)/marketprism bench sink | tee $(REPORTS)/sink.txt
+	$(BIN)/marketprism bench anomaly | tee $(REPORTS)/anomaly.txt
+	$(BIN)/marketprism bench alerting | tee $(REPORTS)/alerting.txt
+	$(BIN)/marketprism bench notify | tee $(REPORTS)/notify.txt
+	$(BIN)/marketprism bench simulate | tee $(REPORTS)/simulate.txt
+	$(BIN)/marketprism bench broker | tee $(REPORTS)/broker.txt
+	$(BIN)/marketprism bench nab $(SHARED)/nab --results $(REPORTS)/nab | tee $(REPORTS)/nab.txt
 
 dist: $(UV)
 	$(UV) build --out-dir dist
@@ -101,6 +127,9 @@ dist: $(UV)
 # The image targets need a Docker engine (the forge has one; these development machines do not).
 image:
 	docker build --tag $(IMAGE) .
+
+image-push:
+	docker push $(IMAGE)
 
 image-check:
 	tools/image-check.sh $(IMAGE)

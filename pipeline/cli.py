@@ -251,11 +251,11 @@ def topics_schemas(
     write: Annotated[bool, typer.Option(help="rewrite schemas/*.json from the records")] = False,
 ) -> None:
     """Check (or --write) that schemas/ holds the JSON Schema generated from each topic's record."""
-    from pipeline.contracts.topics import json_schema, load_registry
+    from pipeline.contracts.topics import load_registry, schema_text
 
     stale = []
     for topic in load_registry():
-        text = json.dumps(json_schema(topic), indent=2, sort_keys=True) + "\n"
+        text = schema_text(topic)
         current = topic.schema_path.read_text() if topic.schema_path.exists() else None
         if current != text:
             if write:

@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import KafkaSettings, Settings
+from tests.conftest import NAB_DIR
 
 pytestmark = pytest.mark.slow  # benchmark-style runs, bounded
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-NAB_DIR = PROJECT_ROOT.parent / "shared" / "nab"
 NAB_FILES = ["artificialWithAnomaly/art_daily_jumpsup.csv", "realKnownCause/ec2_request_latency_system_failure.csv"]
 
 

@@ -7,6 +7,7 @@ The registry lives in ``topics/registry.yaml``; the JSON Schema of each topic's 
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -145,3 +146,8 @@ def json_schema(topic: Topic) -> dict[str, object]:
         "description": topic.description,
         **schema,
     }
+
+
+def schema_text(topic: Topic) -> str:
+    """The text of ``schemas/<topic>.json``: :func:`json_schema` as sorted, indented JSON."""
+    return json.dumps(json_schema(topic), indent=2, sort_keys=True) + "\n"

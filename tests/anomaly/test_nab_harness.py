@@ -10,8 +10,8 @@ import pytest
 from pipeline.anomaly.ensemble import DetectorConfig
 from pipeline.anomaly.nab import DETECTOR_NAME, load_windows, read_file, run_benchmark, score_results, write_result
 from pipeline.anomaly.nab_scorer import window_indices
+from tests.conftest import NAB_DIR
 
-NAB_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "nab"
 FILES = [
     "artificialWithAnomaly/art_daily_jumpsup.csv",
     "realKnownCause/ec2_request_latency_system_failure.csv",

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.infra import free_port
+from tests.conftest import unavailable
 
 runner = CliRunner()
 
@@ -72,7 +73,7 @@ def test_up_starts_clickhouse_server_when_installed(tmp_path: Path) -> None:
     from pipeline.infra import clickhouse_server_binary
 
     if clickhouse_server_binary() is None:
-        pytest.skip("clickhouse-server is not installed")
+        unavailable("clickhouse-server is not installed")
     env = _env(tmp_path)
     try:
         result = runner.invoke(app, ["infra", "up"], env=env)
