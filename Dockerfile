@@ -10,11 +10,11 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --frozen --no-dev --no-install-project --no-cache
+RUN uv sync --locked --no-dev --no-install-project --no-cache
 COPY topics ./topics
 COPY schemas ./schemas
 COPY pipeline ./pipeline
-RUN uv sync --frozen --no-dev --no-cache \
+RUN uv sync --locked --no-dev --no-cache \
     && mkdir -p /var/lib/marketprism && chown marketprism /var/lib/marketprism
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
