@@ -96,7 +96,7 @@ def run(
         lag_interval_us=lag_us,
         fetch_wait_ms=fetch_wait_ms,
     )
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     console.print(f"rule engine: {len(ruleset.rules)} rules, {len(ruleset.inhibit_rules)} inhibit rules")
 
     async def main() -> None:

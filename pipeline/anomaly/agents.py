@@ -10,7 +10,11 @@
   (:mod:`pipeline.anomaly.health`).
 
 Model state lives in three Faust tables (one per source topic family) checkpointed by
-:class:`~pipeline.anomaly.checkpoint.Checkpointer`. Undecodable inputs go to ``ops.dlq.v1``.
+:class:`~pipeline.anomaly.checkpoint.Checkpointer` (sealed: a forged or corrupt checkpoint is refused, dead-lettered
+and its series starts cold). Every input the worker cannot use goes to ``ops.dlq.v1`` and the agent goes on:
+``undecodable`` records, and ``processing_error`` for a record that decodes but makes scoring raise (counted in
+``marketprism_anomaly_poison_records_total``; its series state is dropped so the next record starts it again
+from its checkpoint, never retried forever).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_f
 from pipeline.contracts.records import ReferencePrice
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_record_producer
 from pipeline.kafka.faust_app import create_app
+from pipeline.kafka.sealed import sealer_for
 from pipeline.observability.metrics import counter
 from pipeline.settings import Settings
 
@@ -42,6 +47,7 @@ APP_ID = "anomaly"
 ANOMALY_TOPIC = "ops.anomalies.v1"
 SCORED = counter("anomaly_points_total", "Series points scored and learned", ["source"])
 PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records published", ["kind"])
+POISON = counter("anomaly_poison_records_total", "Decoded records whose processing raised (dead-lettered)", ["source"])
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,11 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     reference_topic = app.topic(settings.topic("md.reference.v1"))
     bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes)
     feed_table = app.Table("feed-models", partitions=3, key_type=bytes, value_type=bytes)
-    bar_ckpt = Checkpointer(bar_table, options.checkpoint_every, options.checkpoint_interval_s)
-    feed_ckpt = Checkpointer(feed_table, options.checkpoint_every, options.checkpoint_interval_s)
+    sealer = sealer_for(settings, "anomaly-series-state")
+    bar_ckpt = Checkpointer(bar_table, sealer, options.checkpoint_every, options.checkpoint_interval_s)
+    feed_ckpt = Checkpointer(feed_table, sealer, options.checkpoint_every, options.checkpoint_interval_s)
     reference_table = app.Table("reference-models", partitions=3, key_type=bytes, value_type=bytes)
-    reference_ckpt = Checkpointer(reference_table, options.checkpoint_every, options.checkpoint_interval_s)
+    reference_ckpt = Checkpointer(reference_table, sealer, options.checkpoint_every, options.checkpoint_interval_s)
     bar_registry = SeriesRegistry(options.config, options.report_floor, loader=bar_ckpt.load)
     feed_registry = SeriesRegistry(options.config, options.report_floor, loader=feed_ckpt.load)
     reference_registry = SeriesRegistry(options.config, options.report_floor, loader=reference_ckpt.load)
@@ -134,10 +141,10 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
         clock=lambda: clock.now_us() / 1e6,
     )
 
-    async def dead_letter(event: faust.EventT, exc: Exception) -> None:
+    async def dead_letter(event: faust.EventT, exc: Exception, reason: str = "undecodable") -> None:
         message = event.message
         await outputs.dlq.publish(
-            "undecodable",
+            reason,
             str(exc),
             event.value or b"",
             topic=message.topic,
@@ -145,15 +152,26 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
             offset=message.offset,
         )
 
+    async def refused_checkpoints(checkpointer: Checkpointer, changelog: str) -> None:
+        """Dead-letter the checkpoints the last records' series refused to restore (the payload is the record's
+        hex, cut by the publisher: a forged pickle is never decoded, not even as text)."""
+        while checkpointer.refused:
+            series_id, blob, exc = checkpointer.refused.pop(0)
+            await outputs.dlq.publish(exc.reason, f"{series_id}: {exc}", blob[:4096].hex(), topic=changelog)
+
     def scoring_agent(
         topic: faust.TopicT,
         source: str,
         decode: Callable[[bytes], Any],
         score: Callable[[Any], tuple[list[Anomaly], list[SeriesState]]],
         checkpointer: Checkpointer,
+        registry: SeriesRegistry,
+        table: faust.types.TableT[Any, Any],
         extra: Callable[[Any], list[Anomaly]] = lambda _: [],
     ) -> None:
-        """One agent: decode each record (dead-letter what does not decode), score and learn it, publish, checkpoint."""
+        """One agent: decode each record (dead-letter what does not decode), score and learn it, publish, checkpoint.
+        A record whose scoring raises is dead-lettered and the agent goes on with the next one."""
+        changelog = table.changelog_topic.get_topic_name()
 
         async def agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             await outputs.start()
@@ -163,22 +181,34 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
                 except DecodeError as exc:
                     await dead_letter(event, exc)
                     continue
-                anomalies, touched = score(record)
+                try:
+                    anomalies, touched = score(record)
+                    anomalies += extra(record)
+                except Exception as exc:  # a poison record: dead letter, the series it touched start again
+                    POISON.labels(source=source).inc()
+                    log.exception("%s record at offset %s raised while scoring", source, event.message.offset)
+                    registry.forget_touched()
+                    await refused_checkpoints(checkpointer, changelog)
+                    await dead_letter(event, RuntimeError(f"{type(exc).__name__}: {exc}"), "processing_error")
+                    continue
+                await refused_checkpoints(checkpointer, changelog)
                 SCORED.labels(source=source).inc(len(touched))
-                await outputs.publish(anomalies + extra(record))
+                await outputs.publish(anomalies)
                 for state in touched:
                     checkpointer.maybe_save(state)
                 yield None
 
         app.agent(topic, name=source)(agent)
 
-    scoring_agent(bars_topic, "bars", decoder_for(Bar).decode, bar_registry.on_bar, bar_ckpt)
+    scoring_agent(bars_topic, "bars", decoder_for(Bar).decode, bar_registry.on_bar, bar_ckpt, bar_registry, bar_table)
     scoring_agent(
         feed_topic,
         "feed_metrics",
         decoder_for(FeedMetrics).decode,
         feed_registry.on_feed_metrics,
         feed_ckpt,
+        feed_registry,
+        feed_table,
         extra=health.on_feed_metrics,
     )
     scoring_agent(
@@ -187,6 +217,8 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
         decoder_for(ReferencePrice).decode,
         reference_registry.on_reference,
         reference_ckpt,
+        reference_registry,
+        reference_table,
     )
 
     @app.agent(dlq_topic)

@@ -54,7 +54,7 @@ def worker(
         health_interval_s=health_interval,
         watch_groups=_watch_groups(settings, watch_group or []),
     )
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     app = build_app(settings, options)
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 

@@ -158,6 +158,7 @@ class SeriesRegistry:
         self.series: dict[str, SeriesState] = {}
         self.restored = 0
         self._configs: dict[str, DetectorConfig] = {}
+        self._accessed: list[str] = []  # series looked up by the record being scored (poison containment)
 
     def config_for(self, metric: str) -> DetectorConfig:
         """The worker's detector configuration with the metric's policy applied."""
@@ -179,6 +180,7 @@ class SeriesRegistry:
         symbol: str | None = None,
         stream: str | None = None,
     ) -> SeriesState:
+        self._accessed.append(series_id)
         state = self.series.get(series_id)
         if state is None:
             state = self.loader(series_id) if self.loader else None
@@ -195,6 +197,7 @@ class SeriesRegistry:
 
     def on_bar(self, bar: Bar) -> tuple[list[Anomaly], list[SeriesState]]:
         """Score and learn every series of one bar; returns the anomalies and the touched states."""
+        self._accessed.clear()
         market = f"{bar.exchange}:{bar.symbol}:{bar.interval}"
         anchor = self.state(f"{market}:volume", "volume", exchange=bar.exchange, symbol=bar.symbol)
         if bar.window_end <= anchor.last_ts:
@@ -207,10 +210,12 @@ class SeriesRegistry:
         return self._score(observations, exchange=bar.exchange, symbol=bar.symbol)
 
     def on_feed_metrics(self, metrics: FeedMetrics) -> tuple[list[Anomaly], list[SeriesState]]:
+        self._accessed.clear()
         return self._score(feed_observations(metrics), exchange=metrics.exchange, stream=metrics.stream)
 
     def on_reference(self, ref: ReferencePrice) -> tuple[list[Anomaly], list[SeriesState]]:
         """Score and learn each venue's divergence from the cross-venue reference."""
+        self._accessed.clear()
         anomalies: list[Anomaly] = []
         touched: list[SeriesState] = []
         for exchange, symbol, obs in reference_observations(ref):
@@ -218,6 +223,13 @@ class SeriesRegistry:
             anomalies += a
             touched += t
         return anomalies, touched
+
+    def forget_touched(self) -> None:
+        """Drop the series the last record looked up (after its scoring raised: a detector may be half-updated);
+        the next record of each restores it from its checkpoint or starts it cold."""
+        for series_id in self._accessed:
+            self.series.pop(series_id, None)
+        self._accessed.clear()
 
     def _score(
         self, observations: list[Observation], exchange: str, symbol: str | None = None, stream: str | None = None

@@ -32,7 +32,7 @@ async def collect(
     chosen = build_venues(settings, venues)
     if not chosen:
         raise typer.BadParameter("no venue enabled (settings venues.<id>.enabled or --venue)")
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     output = Output(make_record_producer(settings.kafka, settings.topic_prefix), queue_size)
     collector = Collector(settings, chosen, output, clock=from_settings(settings.clock))
     stop = asyncio.Event()

@@ -59,7 +59,7 @@ def notify(ctx: typer.Context, routes: RoutesOption = Path("notify.yaml")) -> No
     from pipeline.notify.service import serve
     from pipeline.observability.metrics import serve_metrics
 
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, addr=settings.metrics_host)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -38,8 +38,12 @@ PRODUCE_ERRORS = counter(
 DEAD_LETTERS = counter("dead_letters_total", "Inputs sent to ops.dlq.v1", ["source", "reason"])
 
 
-def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY, addr: str = "0.0.0.0") -> int | None:  # noqa: S104 - containers publish /metrics; binding is configurable
-    """Start the ``/metrics`` endpoint on ``port`` (0 disables it); returns the port or None."""
+def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY, addr: str = "127.0.0.1") -> int | None:
+    """Start the ``/metrics`` endpoint on ``addr:port`` (0 disables it); returns the port or None.
+
+    Loopback by default (settings ``metrics_host``): metric labels name markets, topics and consumer groups, and
+    the endpoint has no authentication. A container that Prometheus scrapes sets ``MARKETPRISM_METRICS_HOST=0.0.0.0``
+    on its private network without publishing the port."""
     if port == 0:
         return None
     start_http_server(port, addr=addr, registry=registry)

@@ -138,7 +138,7 @@ def sink_command(
     options = RunnerOptions(
         group_id=group, batch_rows=batch_rows, batch_interval_s=batch_ms / 1000, max_buffer_bytes=max_buffer_mb << 20
     )
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     tune_gc()
 
     async def main() -> None:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import zlib
 
 import pytest
 
-from pipeline.anomaly.checkpoint import Checkpointer, dumps, loads
+from pipeline.anomaly.checkpoint import Checkpointer, CheckpointRefused, loads
 from pipeline.anomaly.detectors import HalfSpaceTrees, RobustZScore, SeasonalProfile, predictive
 from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
 from pipeline.anomaly.registry import SeriesRegistry
+from pipeline.kafka.sealed import Sealer
 from tests.anomaly.helpers import bars
+
+SEALER = Sealer("anomaly-series-state", b"test-key-0123456789abcdef")
 
 DETECTORS = {
     "robust": lambda: RobustZScore(100),
@@ -93,7 +97,7 @@ def test_checkpoint_round_trip_continues_identically() -> None:
     for bar in history[:200]:
         registry.on_bar(bar)
     table: dict[bytes, bytes] = {}
-    ckpt = Checkpointer(table, every=1)
+    ckpt = Checkpointer(table, SEALER, every=1)
     for state in registry.series.values():
         state.updates_since_checkpoint = 1
         assert ckpt.maybe_save(state)
@@ -107,16 +111,16 @@ def test_checkpoint_round_trip_continues_identically() -> None:
 
 
 def test_corrupt_checkpoint_starts_cold_instead_of_crashing() -> None:
-    ckpt = Checkpointer({b"x": b"not a checkpoint"})
-    assert ckpt.load("x") is None
-    with pytest.raises(TypeError):
-        loads(dumps.__globals__["zlib"].compress(pickle.dumps({"not": "state"})))
+    ckpt = Checkpointer({b"x": b"not a checkpoint"}, SEALER)
+    assert ckpt.load("x") is None and ckpt.refused[0][2].reason == "checkpoint_unsealed"
+    with pytest.raises(CheckpointRefused, match="not SeriesState"):  # sealed under the key, but not a state
+        loads(SEALER.seal(zlib.compress(pickle.dumps({"not": "state"}))), SEALER)
 
 
 def test_checkpoint_policy_by_count_and_by_time() -> None:
     now = [0.0]
     table: dict[bytes, bytes] = {}
-    ckpt = Checkpointer(table, every=10, interval_s=5.0, clock=lambda: now[0])
+    ckpt = Checkpointer(table, SEALER, every=10, interval_s=5.0, clock=lambda: now[0])
     registry = SeriesRegistry(DetectorConfig(), report_floor=0.5)
     state = registry.state("s", "volume")
     state.updates_since_checkpoint = 9
@@ -130,7 +134,7 @@ def test_checkpoint_policy_by_count_and_by_time() -> None:
 
 def test_series_first_seen_together_checkpoint_spread_over_the_interval() -> None:
     now = [0.0]
-    ckpt = Checkpointer({}, every=10_000, interval_s=120.0, clock=lambda: now[0])
+    ckpt = Checkpointer({}, SEALER, every=10_000, interval_s=120.0, clock=lambda: now[0])
     registry = SeriesRegistry(DetectorConfig(), report_floor=0.5)
     states = [registry.state(f"binance:S{i}-USDT:1s:volume", "volume") for i in range(340)]
     assert not any(ckpt.maybe_save(state) for state in states)  # first sight at t=0: nothing due yet

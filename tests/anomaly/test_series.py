@@ -12,7 +12,10 @@ from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
 from pipeline.anomaly.registry import SeriesRegistry
 from pipeline.anomaly.runs import RunConfig, RunLengthDetector
 from pipeline.contracts.records import ReferencePrice
+from pipeline.kafka.sealed import Sealer
 from tests.anomaly.helpers import T0, bars
+
+SEALER = Sealer("anomaly-series-state", b"test-key-0123456789abcdef")
 
 
 def test_a_run_of_flat_bars_is_reported_once_when_it_becomes_improbable() -> None:
@@ -43,7 +46,7 @@ def test_frozen_bars_series_counts_flat_unchanged_bars_and_reports_the_freeze() 
     assert ts == history[120 + int(run) - 1].window_end and 2 <= run <= 4  # within 4 s of the freeze
     state = registry.series["binance:BTC-USDT:1s:frozen_bars"]
     assert isinstance(state.detector, RunLengthDetector)
-    restored = loads(dumps(state))  # checkpoints carry the run detector like any other
+    restored = loads(dumps(state, SEALER), SEALER)  # checkpoints carry the run detector like any other
     assert restored.detector.seen == state.detector.seen and restored.detector.p == state.detector.p
 
 
@@ -94,7 +97,7 @@ def test_minimum_effect_keeps_small_but_unusual_moves_unreported() -> None:
 def test_restored_series_take_todays_policy() -> None:
     old = SeriesRegistry(DetectorConfig(warmup=10), report_floor=0.475, policy={})
     state = old.state("okx:trades:collector:lag_p99_s", "feed_lag_p99_s")
-    blob = dumps(state)
-    new = SeriesRegistry(DetectorConfig(warmup=10), report_floor=0.475, loader=lambda _: loads(blob))
+    blob = dumps(state, SEALER)
+    new = SeriesRegistry(DetectorConfig(warmup=10), report_floor=0.475, loader=lambda _: loads(blob, SEALER))
     restored = new.state("okx:trades:collector:lag_p99_s", "feed_lag_p99_s")
     assert restored.detector.config.min_effect == new.config_for("feed_lag_p99_s").min_effect > 0

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from pipeline.anomaly.checkpoint import loads
 from pipeline.contracts import Bar, DeadLetter, decoder_for, encode, market_key
 from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.sealed import sealer_for
 from pipeline.settings import Settings
 from tests.anomaly.helpers import bars, collect, worker_process
 
@@ -58,6 +59,7 @@ async def checkpoint_seen(settings: Settings, series_id: str, at_least: int, tim
     consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
     seen = 0
+    sealer = sealer_for(settings, "anomaly-series-state")  # the key the worker generated in the shared state dir
     try:
         async with asyncio.timeout(timeout_s):
             # Subscribe only once the worker created the changelog (subscribing first would auto-create it
@@ -69,7 +71,7 @@ async def checkpoint_seen(settings: Settings, series_id: str, at_least: int, tim
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     for m in messages:
                         if m.key == series_id.encode() and m.value:
-                            seen = max(seen, loads(m.value).detector.seen)
+                            seen = max(seen, loads(m.value, sealer).detector.seen)
     finally:
         await consumer.stop()
     return seen
