@@ -219,7 +219,10 @@ def build_app(
     offsets_reader = EndOffsets(settings)
 
     async def seek(topic: str, partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topic, partition), offset)
+        # on the consumer's own thread (Faust runs aiokafka in a thread of its own): Faust's ``seek`` calls
+        # aiokafka's from this one, and the fetcher, dropping the partition's buffered records, raced its own
+        # drain (KeyError in fetched_records, the worker crashed); ``seek_wait`` hands it to that thread
+        await app.consumer.seek_wait({TP(topic, partition): offset})
 
     bars_worker = BarWorker(
         outputs,

@@ -8,7 +8,16 @@ interval. Records are acknowledged to Faust only once a written state covers the
 an offset only after flushing that changelog, so a restarted worker restores a state at or after its
 committed offset and skips the replayed records it already counted: bars are emitted at least once
 and are identical when emitted again. Bad records (undecodable, non-positive price/size) and late trades go
-to ``ops.dlq.v1`` with reason ``decode``, ``invalid`` or ``late``, and are counted.
+to ``ops.dlq.v1`` with reason ``decode``, ``invalid`` or ``late``, and are counted; a record that decodes but
+whose processing raises goes there with reason ``processing`` and the worker carries on with the next one.
+
+Offsets: a partition state holds the last offset applied per topic (-1: none yet), and the worker
+applies each topic's records strictly in offset order from the log start: a record past the next
+expected offset (including a partition's first records when the state applied none of them) is not
+applied; the worker rewinds the consumer to the expected offset and keeps rewinding until that
+record arrives (a rewind can be lost: records Faust had in flight when it was made move its read
+offset past the expected one again). The timer also loads the state of every assigned partition,
+so windows restored from a state close even when no further record of the partition arrives.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any, Protocol
 from aiokafka.errors import KafkaError
 
 from pipeline.aggregation.bars import EXACT, fmt
-from pipeline.aggregation.engine import PartitionAggregator
+from pipeline.aggregation.engine import PartitionAggregator, PartitionState
 from pipeline.aggregation.health import FeedStatsCollector
 from pipeline.aggregation.reference import asset_of
 from pipeline.aggregation.summaries import BacklogPartial, MidPartial, Summary, encode_summary
@@ -43,6 +52,8 @@ BAR_TOPICS = {"1s": "md.bars.1s.v1", "1m": "md.bars.1m.v1"}
 RECORDS = counter("aggregation_records_total", "Records applied to bar windows by result", ["stream", "result"])
 BARS = counter("aggregation_bars_total", "Bars published", ["interval"])
 GAPS = counter("aggregation_offset_gaps_total", "Stale records skipped (offset past the next expected) and re-read")
+REWINDS = counter("aggregation_rewinds_total", "Consumer rewinds to a partition's next expected offset")
+REWIND_RETRY_US = 1_000_000  # a rewind whose expected record has not arrived after this long is made again
 OPEN_WINDOWS = gauge("aggregation_open_windows", "Open bar windows on this worker")
 
 _batch_decoder = decoder_for(TradeBatch)
@@ -56,6 +67,14 @@ def _trade_of(batch: TradeBatch, index: int) -> Trade:
         exchange=batch.exchange, symbol=batch.symbol, raw_symbol=batch.raw_symbol, trade_id=t.trade_id,
         price=t.price, size=t.size, side=t.side, ts_event=t.ts_event, ts_recv=t.ts_recv,
     )  # fmt: skip
+
+
+def _mark_read(state: PartitionState, is_trades: bool, offset: int) -> None:
+    """Record ``offset`` as the last one read of its topic (applied, or dead-lettered whole)."""
+    if is_trades:
+        state.trade_offset = max(state.trade_offset, offset)
+    else:
+        state.bbo_offset = max(state.bbo_offset, offset)
 
 
 def wall_clock_us() -> int:
@@ -152,6 +171,8 @@ class BarWorker:
         # per second of market time even when a busy worker ticks late (not only the last one before the tick)
         self.mids: dict[tuple[str, str], list[Bbo]] = {}
         self._lock = asyncio.Lock()
+        # (topic, partition) -> (offset the consumer was sent back to, clock of that rewind), until it arrives
+        self._rewinds: dict[tuple[str, int], tuple[int, int]] = {}
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop in-memory state of revoked partitions (the next owner restores it from the table)."""
@@ -159,6 +180,8 @@ class BarWorker:
             self.engines.pop(partition, None)
             self._held.pop(partition, None)  # never released: the new owner re-reads them, and skips
             self._saved_at.pop(partition, None)
+            for key in [k for k in self._rewinds if k[1] == partition]:
+                del self._rewinds[key]
 
     async def _restore(self, partitions: Iterable[int], now: int) -> None:
         """Load the engines of newly seen partitions from the state store (all at once: one read)."""
@@ -185,46 +208,27 @@ class BarWorker:
                     engine = touched[item.partition] = self.engines[item.partition]
                 is_trades = item.topic == self.trades_topic
                 expected = (engine.state.trade_offset if is_trades else engine.state.bbo_offset) + 1
-                if expected > 0 and item.offset > expected and self.seek is not None:
-                    gaps.setdefault((item.topic, item.partition), expected)
+                if item.offset > expected and self.seek is not None:
+                    # stale, or the partition's first records never reached us (nothing committed yet and the
+                    # consumer's position moved past them): not applied, not released; the consumer is rewound
+                    if self._rewind_due((item.topic, item.partition), expected, now):
+                        gaps.setdefault((item.topic, item.partition), expected)
                     GAPS.inc()
-                    continue  # stale (see _seek_back): not applied, not released, read again after the seek
+                    continue
+                if item.offset == expected:
+                    self._rewinds.pop((item.topic, item.partition), None)
                 if item.release is not None:
                     self._held.setdefault(item.partition, []).append(item.release)
-                if is_trades:
-                    try:
-                        trades = _batch_decoder.decode(item.value)
-                    except DecodeError as exc:
-                        dead.append(("decode", f"not a TradeBatch: {exc}", item, None, item.value))
-                        continue
-                    rejected = engine.add_trades(item.offset, trades, now)
-                    if rejected is None:
-                        continue  # replayed after a restart: already counted
-                    self.feed.observe_many(trades.exchange, "trades", trades.trades)
-                    for index, verdict in rejected:
-                        if verdict == "late":
-                            trade = _trade_of(trades, index)
-                            dead.append(("late", self._late_reason(engine, trade), item, trade.exchange, encode(trade)))
-                        elif verdict == "invalid":
-                            error = "price and size must be positive"
-                            dead.append(("invalid", error, item, trades.exchange, encode(_trade_of(trades, index))))
-                else:
-                    try:
-                        bbo = _bbo_decoder.decode(item.value)
-                    except DecodeError as exc:
-                        dead.append(("decode", f"not a Bbo: {exc}", item, None, item.value))
-                        continue
-                    if engine.add_bbo(item.offset, bbo, now) != "replayed":
-                        self.feed.observe(bbo.exchange, "bbo", bbo.ts_event, bbo.ts_recv)
-                        samples = self.mids.get((bbo.exchange, bbo.symbol))
-                        if samples is None:
-                            self.mids[(bbo.exchange, bbo.symbol)] = [bbo]
-                        elif samples[-1].ts_recv // 1_000_000 == bbo.ts_recv // 1_000_000:
-                            samples[-1] = bbo
-                        else:
-                            samples.append(bbo)
+                try:
+                    self._apply(engine, item, is_trades, now, dead)
+                except Exception as exc:  # a poisonous record is dead-lettered; the worker carries on
+                    log.exception("%s[%d]@%d: processing failed", item.topic, item.partition, item.offset)
+                    _mark_read(engine.state, is_trades, item.offset)
+                    RECORDS.labels(stream="trades" if is_trades else "bbo", result="error").inc()
+                    error = f"processing raised {type(exc).__name__}: {exc}"
+                    dead.append(("processing", error, item, None, item.value))
             if gaps:
-                await self._seek_back(gaps)
+                await self._seek_back(gaps, now)
             for reason, error, item, exchange, payload in dead:
                 await self.outputs.dead_letters.publish(
                     reason, error, payload, exchange=exchange, topic=item.topic, partition=item.partition,
@@ -232,7 +236,76 @@ class BarWorker:
                 )  # fmt: skip
             await self._close(touched, now)
 
-    async def _seek_back(self, gaps: dict[tuple[str, int], int]) -> None:
+    def _apply(
+        self,
+        engine: PartitionAggregator,
+        item: Incoming,
+        is_trades: bool,
+        now: int,
+        dead: list[tuple[str, str, Incoming, str | None, bytes]],
+    ) -> None:
+        """Decode one record and apply it to its partition's engine; rejected parts go to ``dead``.
+
+        A record that is dead-lettered whole (undecodable, or its processing raised) still counts as read:
+        its offset is the partition's last applied one, so the next record is the expected one.
+        """
+        state = engine.state
+        if item.offset <= (state.trade_offset if is_trades else state.bbo_offset):
+            engine.counts.replayed += 1  # replayed after a restart: already counted (or dead-lettered)
+            return
+        if is_trades:
+            try:
+                trades = _batch_decoder.decode(item.value)
+            except DecodeError as exc:
+                _mark_read(state, is_trades, item.offset)
+                dead.append(("decode", f"not a TradeBatch: {exc}", item, None, item.value))
+                return
+            rejected = engine.add_trades(item.offset, trades, now)
+            if rejected is None:
+                return  # replayed after a restart: already counted
+            self.feed.observe_many(trades.exchange, "trades", trades.trades)
+            for index, verdict in rejected:
+                if verdict == "late":
+                    trade = _trade_of(trades, index)
+                    dead.append(("late", self._late_reason(engine, trade), item, trade.exchange, encode(trade)))
+                elif verdict == "invalid":
+                    error = "price and size must be positive"
+                    dead.append(("invalid", error, item, trades.exchange, encode(_trade_of(trades, index))))
+        else:
+            try:
+                bbo = _bbo_decoder.decode(item.value)
+            except DecodeError as exc:
+                _mark_read(state, is_trades, item.offset)
+                dead.append(("decode", f"not a Bbo: {exc}", item, None, item.value))
+                return
+            if engine.add_bbo(item.offset, bbo, now) != "replayed":
+                self.feed.observe(bbo.exchange, "bbo", bbo.ts_event, bbo.ts_recv)
+                samples = self.mids.get((bbo.exchange, bbo.symbol))
+                if samples is None:
+                    self.mids[(bbo.exchange, bbo.symbol)] = [bbo]
+                elif samples[-1].ts_recv // 1_000_000 == bbo.ts_recv // 1_000_000:
+                    samples[-1] = bbo
+                else:
+                    samples.append(bbo)
+
+    def _rewind_due(self, key: tuple[str, int], expected: int, now: int) -> bool:
+        """Whether to rewind the consumer to ``expected``: not while a rewind there is pending (young)."""
+        pending = self._rewinds.get(key)
+        return pending is None or pending[0] != expected or now - pending[1] >= REWIND_RETRY_US
+
+    async def _retry_rewinds(self, now: int) -> None:
+        """Make again the rewinds whose expected record has not arrived (lost, or nothing came after them).
+
+        Faust's getmany drops records below its read offset, and a record it was handing over when the
+        rewind was made sets that offset past the expected one again: the re-read records are then dropped.
+        Records arriving later trigger another rewind, but at the end of a stream nothing arrives: without
+        this the partition stayed behind its high-water mark and its windows never closed.
+        """
+        due = {key: offset for key, (offset, at) in self._rewinds.items() if now - at >= REWIND_RETRY_US}
+        if due:
+            await self._seek_back(due, now)
+
+    async def _seek_back(self, gaps: dict[tuple[str, int], int], now: int) -> None:
         """Send the consumer back to the next expected offset of partitions that got records past it.
 
         After a rebalance Faust seeks to the committed offset, but events fetched before can still be
@@ -244,9 +317,15 @@ class BarWorker:
         assert self.seek is not None
         assigned = self.assignment() if self.assignment is not None else None
         for (topic, partition), offset in gaps.items():
-            if assigned is not None and (topic, partition) not in assigned:
+            if (assigned is not None and (topic, partition) not in assigned) or partition not in self.engines:
+                self._rewinds.pop((topic, partition), None)
                 continue  # revoked meanwhile: the next owner reads from the committed offset
-            start = (await self.log_start(topic, partition)) if self.log_start is not None else 0
+            try:
+                start = (await self.log_start(topic, partition)) if self.log_start is not None else 0
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("%s[%d]: log start unavailable (%s); rewind retried", topic, partition, exc)
+                self._rewinds[(topic, partition)] = (offset, now)
+                continue
             if offset < start:
                 log.warning("%s[%d]: records %d..%d are gone (retention); continuing at %d", topic, partition,
                             offset, start - 1, start)  # fmt: skip
@@ -256,7 +335,12 @@ class BarWorker:
                 else:
                     state.bbo_offset = start - 1
                 offset = start
-            await self.seek(topic, partition, offset)
+            self._rewinds[(topic, partition)] = (offset, now)
+            REWINDS.inc()
+            try:
+                await self.seek(topic, partition, offset)
+            except (KafkaError, OSError, TimeoutError, AssertionError) as exc:  # revoked meanwhile, broker away
+                log.warning("%s[%d]: rewind to %d failed (%s); retried", topic, partition, offset, exc)
 
     def _late_reason(self, engine: PartitionAggregator, trade: Trade) -> str:
         return (
@@ -269,6 +353,13 @@ class BarWorker:
         await self.outputs.start()
         async with self._lock:
             now = self.clock()
+            if self.assignment is not None:  # partitions no record reached since the (re)start: their windows too
+                try:
+                    await self._restore((p for t, p in self.assignment() if t == self.trades_topic), now)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    log.warning("partition states not loaded (%s); next tick retries", exc)
+            if self._rewinds:
+                await self._retry_rewinds(now)
             await self._close(self.engines, now)
             summaries: list[tuple[bytes, Summary]] = [
                 (f"{p.exchange}:{p.stream}".encode(), p) for p in self.feed.drain()

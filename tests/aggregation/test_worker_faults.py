@@ -1,0 +1,199 @@
+"""The bar worker with faults injected at the exact point (issue 16), driven record by record.
+
+Each test reproduces one defect a chaos run found, deterministically, through :class:`BarWorker`'s own
+interfaces (records, timer ticks, a consumer that rewinds, a state store, high-water marks):
+
+- a partition's first records never reach the worker (nothing committed, the consumer's position moved
+  past them) while its state applied no trade: they were skipped silently;
+- a rewind is lost (records in flight move Faust's read offset past it) at the end of the stream: the
+  partition stayed behind its high-water mark and its windows never closed;
+- a restart restores a state with open windows and no further record of the partition arrives:
+  nothing loaded that state, so its windows never closed;
+- a record that decodes but whose processing raises: dead-lettered with a reason, the worker carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from decimal import Decimal
+
+from pipeline.aggregation.engine import PartitionAggregator
+from pipeline.aggregation.windows import WindowPolicy
+from pipeline.aggregation.worker import BarWorker, Incoming, Outputs
+from pipeline.contracts import Bar, BatchTrade, Bbo, DeadLetter, TradeBatch, decode, encode
+from pipeline.kafka import RecordProducer
+
+T = 1_700_000_000_000_000
+S = 1_000_000
+TRADES, BBOS = "md.trade_batches.v1", "md.bbo.v1"
+POLICY = WindowPolicy()
+
+
+class RecordingKafka:
+    """Stands in for AIOKafkaProducer: every send is delivered and recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
+        self.sent.append((topic, value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def flush(self) -> None:
+        return None
+
+    def bars(self, interval: str = "1s") -> list[Bar]:
+        return [decode(Bar, v) for t, v in self.sent if t == f"md.bars.{interval}.v1"]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [decode(DeadLetter, v) for t, v in self.sent if t == "ops.dlq.v1"]
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.states: dict[int, bytes] = {}
+
+    async def load(self, partitions: Sequence[int]) -> dict[int, bytes | None]:
+        return {p: self.states.get(p) for p in partitions}
+
+    async def save(self, states: dict[int, bytes]) -> bool:
+        self.states.update(states)
+        return True
+
+
+class Consumer:
+    """A consumer's view for the worker: its assignment, high-water marks, and the rewinds asked of it."""
+
+    def __init__(self, high: dict[str, int]) -> None:
+        self.high = high
+        self.seeks: list[tuple[str, int, int]] = []
+
+    async def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.seeks.append((topic, partition, offset))
+
+    async def ends(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {(t, p): self.high[t] for t, p in wanted}
+
+    async def log_start(self, topic: str, partition: int) -> int:
+        return 0
+
+
+def worker_for(kafka: RecordingKafka, store: MemoryStore, consumer: Consumer, now: list[int]) -> BarWorker:
+    return BarWorker(
+        Outputs(lambda: RecordProducer(kafka)),  # type: ignore[arg-type]
+        store,
+        POLICY,
+        TRADES,
+        BBOS,
+        clock=lambda: now[0],
+        assignment=lambda: {(TRADES, 0), (BBOS, 0)},
+        highwater=lambda topic, partition: consumer.high[topic],
+        end_offsets=consumer.ends,
+        seek=consumer.seek,
+        log_start=consumer.log_start,
+    )
+
+
+def batch(ts: int, tid: str, price: str = "100", size: str = "1") -> bytes:
+    return encode(TradeBatch(exchange="coinbase", symbol="BTC-USD", raw_symbol="BTC-USD",
+                             trades=[BatchTrade(trade_id=tid, price=price, size=size, side="buy", ts_event=ts,
+                                                ts_recv=ts)]))  # fmt: skip
+
+
+def bbo(ts: int) -> bytes:
+    return encode(Bbo(exchange="coinbase", symbol="BTC-USD", raw_symbol="BTC-USD", bid_price="99.9", bid_size="1",
+                      ask_price="100.1", ask_size="1", ts_event=ts, ts_recv=ts))  # fmt: skip
+
+
+PRICES = ["100", "101", "102", "103", "104", "105"]
+
+
+def trade_records() -> list[Incoming]:
+    """Six one-trade batches at offsets 0..5, all in the 1 s window starting at T (each held until a checkpoint
+    covers it, as Faust's messages are)."""
+    return [Incoming(TRADES, 0, k, batch(T + k * 100_000, f"t{k}", PRICES[k]), release=list) for k in range(6)]
+
+
+async def settle(worker: BarWorker, now: list[int]) -> None:
+    """Let the partition go idle past its windows: the timer closes them."""
+    now[0] += POLICY.idle_timeout_us + 62 * S  # past the 1 m window too
+    await worker.tick()
+
+
+async def test_first_trades_of_a_partition_whose_state_applied_none_are_not_skipped() -> None:
+    """Nothing committed, the state applied BBOs but no trade, and the first trade records the worker sees are at
+    offset 2: it must not apply them (it did: trades 0 and 1 were lost, no dead letter) but rewind to offset 0."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 6, BBOS: 2}), [T]
+    worker = worker_for(kafka, store, consumer, now)
+    await worker.process([Incoming(BBOS, 0, k, bbo(T + k * 50_000)) for k in range(2)])
+    assert worker.engines[0].state.trade_offset == -1  # the state has applied no trade
+
+    records = trade_records()
+    await worker.process(records[2:4])  # records 0 and 1 never reached the worker
+    assert consumer.seeks == [(TRADES, 0, 0)]
+    assert worker.engines[0].state.trade_offset == -1  # nothing past the gap applied
+    await worker.process(records)  # read again from offset 0
+    await settle(worker, now)
+    bars = kafka.bars()
+    assert [(b.trade_count, b.open, b.close, b.volume) for b in bars] == [(6, "100", "105", "6")]
+    assert kafka.dead_letters() == []
+
+
+async def test_a_lost_rewind_at_the_end_of_the_stream_is_made_again_and_the_windows_close() -> None:
+    """A rewind whose re-read records never come (Faust's read offset moved past it again) while no further record
+    arrives: the worker makes it again; before, the partition stayed behind its high-water mark for good and its
+    windows never closed."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 6, BBOS: 0}), [T]
+    worker = worker_for(kafka, store, consumer, now)
+    records = trade_records()
+    await worker.process(records[:2])
+    await worker.process(records[4:])  # stale: 2 and 3 are expected first
+    assert consumer.seeks == [(TRADES, 0, 2)]
+    for _ in range(3):  # the rewind was lost: nothing more arrives
+        now[0] += S
+        await worker.tick()
+    assert consumer.seeks[1:] and set(consumer.seeks) == {(TRADES, 0, 2)}  # made again
+    await worker.process(records[2:])  # the consumer delivers from the rewound offset
+    await settle(worker, now)
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(6, "105")]
+    assert worker.engines[0].open_windows() == 0
+
+
+async def test_windows_restored_after_a_restart_close_when_no_record_of_the_partition_arrives() -> None:
+    """The state saved before a SIGKILL holds open windows and covers every record on the broker: after the
+    restart no record of the partition arrives, and its windows must still close (nothing loaded them)."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 6, BBOS: 0}), [T]
+    first = worker_for(kafka, store, consumer, now)
+    await first.process(trade_records())
+    assert first.engines[0].open_windows() > 0 and store.states[0]  # saved with its windows open
+    assert kafka.bars() == []
+
+    restarted = worker_for(kafka, store, consumer, now)  # same store: the changelog
+    for _ in range(2):
+        await settle(restarted, now)
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(6, "105")]
+    assert PartitionAggregator.restore(store.states[0], POLICY, now[0]).open_windows() == 0
+
+
+async def test_a_record_whose_processing_raises_is_dead_lettered_and_the_next_is_processed() -> None:
+    """A trade batch that decodes (the price matches the decimal pattern) but whose processing raises (more
+    digits than Python converts to an int): a dead letter with reason ``processing``, the next record counts."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 3, BBOS: 0}), [T]
+    worker = worker_for(kafka, store, consumer, now)
+    poison = batch(T + 50_000, "p0", price="1" * 5000)
+    good = trade_records()
+    await worker.process([good[0], Incoming(TRADES, 0, 1, poison), Incoming(TRADES, 0, 2, good[1].value)])
+    dead = kafka.dead_letters()
+    assert [(d.reason, d.topic, d.partition, d.offset) for d in dead] == [("processing", TRADES, 0, 1)]
+    assert "ValueError" in dead[0].error
+    assert consumer.seeks == []  # the poisonous record counts as read: no gap, no rewind
+    await settle(worker, now)
+    bars = kafka.bars()
+    assert [(b.trade_count, b.open, b.close) for b in bars] == [(2, "100", "101")]
+    assert Decimal(bars[0].volume) == 2
