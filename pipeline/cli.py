@@ -62,6 +62,10 @@ from pipeline.replay import cli as replay_cli  # noqa: E402
 
 app.command("collect")(collectors_cli.collect_command)
 bench_app.command("collect")(collectors_cli.bench_collect)
+from pipeline.api import cli as api_cli  # noqa: E402
+
+app.add_typer(api_cli.api_app, name="api")
+bench_app.command("api")(api_cli.bench_api)
 
 
 @bench_app.command("broker")

@@ -1,0 +1,251 @@
+"""What the routes do, without HTTP: query the live views (filter, group, page) and write operator commands
+(``ops.alert_actions.v1``, ``ops.silences.v1``) with the actor of a verified principal.
+
+Errors: :class:`BadRequest` names the request field that is wrong (the routes turn it into a 422 shaped like
+FastAPI's validation errors); :class:`NotFound` names what is missing (404).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from pipeline.api.views import ACTIVE_STATES, LiveViews
+from pipeline.clock import process_clock
+from pipeline.contracts import encode
+from pipeline.contracts.matchers import Matcher, all_match, parse_matcher
+from pipeline.contracts.records import Alert, AlertAction, Anomaly, Record, Silence
+from pipeline.kafka import make_producer
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACTIONS_TOPIC = "ops.alert_actions.v1"
+SILENCES_TOPIC = "ops.silences.v1"
+MAX_SILENCE_US = 90 * 24 * 3600 * 1_000_000  # a silence may last at most 90 days
+SEVERITY_ORDER = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
+
+
+class BadRequest(ValueError):
+    def __init__(self, field: str, message: str, where: str = "query"):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.where = where
+        self.message = message
+
+
+class NotFound(LookupError):
+    pass
+
+
+def parse_matchers(texts: Iterable[str], field: str = "filter", where: str = "query") -> tuple[Matcher, ...]:
+    out = []
+    for text in texts:
+        try:
+            out.append(parse_matcher(text))
+        except ValueError as exc:
+            raise BadRequest(field, str(exc), where) from None
+    return tuple(out)
+
+
+def alert_labels(alert: Alert) -> dict[str, str]:
+    """The labels matchers see: the alert's labels plus ``alertname`` and ``severity`` (as the engine adds)."""
+    labels = alert.labels
+    if "alertname" in labels and "severity" in labels:
+        return labels
+    return {"alertname": alert.rule, "severity": alert.severity} | labels
+
+
+@dataclass(frozen=True)
+class AlertQuery:
+    states: tuple[str, ...] = ()
+    severities: tuple[str, ...] = ()
+    venues: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    matchers: tuple[Matcher, ...] = ()
+    text: str | None = None
+    include_inactive: bool = False  # resolved and inactive alerts too (default: active ones only)
+
+    def accepts(self, alert: Alert) -> bool:
+        if self.states:
+            if alert.state not in self.states:
+                return False
+        elif not self.include_inactive and alert.state not in ACTIVE_STATES:
+            return False
+        if self.severities and alert.severity not in self.severities:
+            return False
+        if self.venues and alert.labels.get("exchange") not in self.venues:
+            return False
+        if self.rules and alert.rule not in self.rules:
+            return False
+        if self.matchers and not all_match(self.matchers, alert_labels(alert)):
+            return False
+        if self.text:
+            needle = self.text.lower()
+            hay = [alert.rule, alert.fingerprint, *alert.labels.values(), *alert.annotations.values()]
+            if not any(needle in h.lower() for h in hay):
+                return False
+        return True
+
+
+def sort_key(alert: Alert) -> tuple[int, int, str]:
+    return (SEVERITY_ORDER.get(alert.severity, 9), -alert.ts_event, alert.fingerprint)
+
+
+class AlertIndex:
+    """The alerts of the view sorted once per change (severity, newest first), reused by every request."""
+
+    def __init__(self, views: LiveViews):
+        self.views = views
+        self._generation = -1
+        self._sorted: list[Alert] = []
+
+    def sorted(self) -> list[Alert]:
+        view = self.views.alerts
+        if view.generation != self._generation:
+            self._sorted = sorted(view.by_fingerprint.values(), key=sort_key)
+            self._generation = view.generation
+        return self._sorted
+
+    def select(self, query: AlertQuery) -> list[Alert]:
+        return [a for a in self.sorted() if query.accepts(a)]
+
+
+def group_alerts(alerts: Sequence[Alert], by: Sequence[str]) -> list[dict[str, Any]]:
+    """Alerts grouped by the values of the labels ``by`` (a missing label groups as the empty string)."""
+    groups: dict[tuple[str, ...], list[Alert]] = {}
+    for alert in alerts:
+        labels = alert_labels(alert)
+        groups.setdefault(tuple(labels.get(name, "") for name in by), []).append(alert)
+    return [
+        {"labels": dict(zip(by, key, strict=True)), "count": len(members), "alerts": members}
+        for key, members in sorted(groups.items())
+    ]
+
+
+def silence_status(silence: Silence, now: int) -> Literal["expired", "pending", "active"]:
+    return "expired" if silence.ends_at <= now else ("pending" if silence.starts_at > now else "active")
+
+
+def silencing(views: LiveViews, alert: Alert, now: int) -> list[str]:
+    """Ids of the active silences whose matchers all match the alert."""
+    labels = alert_labels(alert)
+    out = []
+    for silence in views.silences.by_id.values():
+        if silence.starts_at <= now < silence.ends_at:
+            try:
+                matchers = [parse_matcher(m) for m in silence.matchers]
+            except ValueError:
+                continue
+            if all_match(matchers, labels):
+                out.append(silence.silence_id)
+    return sorted(out)
+
+
+def related_alerts(views: LiveViews, anomaly: Anomaly) -> list[Alert]:
+    """Current alerts about the anomaly's series (same ``series_id`` label, or same exchange/symbol/metric)."""
+    out = []
+    for alert in views.alerts.by_fingerprint.values():
+        if alert.state not in ACTIVE_STATES:
+            continue
+        labels = alert.labels
+        same_place = anomaly.exchange is not None and labels.get("exchange") == anomaly.exchange
+        same_market = anomaly.symbol is not None and labels.get("symbol") == anomaly.symbol
+        same_stream = anomaly.stream is not None and labels.get("stream") == anomaly.stream
+        if labels.get("series_id") == anomaly.series_id or (
+            same_place and (same_market or same_stream) and labels.get("metric", anomaly.metric) == anomaly.metric
+        ):
+            out.append(alert)
+    return sorted(out, key=sort_key)
+
+
+def suggested_action(anomaly: Anomaly, related: Sequence[Alert]) -> str:
+    """The runbook step for an anomaly: the related alert's runbook (docs/operations.md has one per rule)."""
+    for alert in related:
+        runbook = alert.annotations.get("runbook_url") or f"docs/operations.md#{alert.rule.lower()}"
+        return f"{alert.rule}: {alert.annotations.get('summary', '')} (runbook: {runbook})".strip()
+    if anomaly.kind == "forecast":
+        return "forecast only: no alert yet; see docs/operations.md#capacitybreachpredicted"
+    return "no alert fired for this series; see docs/operations.md#runbooks"
+
+
+class Commands:
+    """Writes operator commands to the topics the rule engine consumes; one producer for the process."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = make_producer(self.settings.kafka, linger_ms=0)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _publish(self, topic: str, key: str, record: Record) -> None:
+        if self._producer is None:
+            raise RuntimeError("commands producer not started")
+        await self._producer.send_and_wait(self.settings.topic(topic), encode(record), key=key.encode())
+
+    async def alert_action(self, fingerprint: str, action: str, actor: str, comment: str | None) -> AlertAction:
+        record = AlertAction(
+            action_id=uuid.uuid4().hex[:12],
+            fingerprint=fingerprint,
+            action=action,  # type: ignore[arg-type]
+            actor=actor,
+            ts=process_clock().now_us(),
+            comment=comment,
+        )
+        await self._publish(ACTIONS_TOPIC, fingerprint, record)
+        log.info("alert %s: %s by %s", fingerprint, action, actor)
+        return record
+
+    async def add_silence(
+        self,
+        matchers: Sequence[str],
+        starts_at: int,
+        ends_at: int,
+        author: str,
+        comment: str,
+        silence_id: str | None = None,
+        created_at: int | None = None,
+    ) -> Silence:
+        silence = Silence(
+            silence_id=silence_id or uuid.uuid4().hex,
+            matchers=list(matchers),
+            starts_at=starts_at,
+            ends_at=ends_at,
+            author=author,
+            comment=comment,
+            created_at=created_at if created_at is not None else process_clock().now_us(),
+        )
+        await self._publish(SILENCES_TOPIC, silence.silence_id, silence)
+        log.info("silence %s %s by %s", silence.silence_id, " ".join(silence.matchers), author)
+        return silence
+
+    async def expire_silence(self, silence: Silence, actor: str) -> Silence:
+        now = process_clock().now_us()
+        expired = msgspec.structs.replace(silence, ends_at=max(silence.starts_at, min(silence.ends_at, now)))
+        await self._publish(SILENCES_TOPIC, silence.silence_id, expired)
+        log.info("silence %s expired by %s", silence.silence_id, actor)
+        return expired
+
+
+def check_silence(matchers: Sequence[str], starts_at: int, ends_at: int, where: str = "body") -> None:
+    if not matchers:
+        raise BadRequest("matchers", "at least one matcher is needed", where)
+    parsed = parse_matchers(matchers, "matchers", where)
+    if all((m.op in ("=~",) and m.value in (".*", "")) or (m.op == "!=" and m.value == "") for m in parsed):
+        raise BadRequest("matchers", "a silence must not match every alert", where)
+    if ends_at <= starts_at:
+        raise BadRequest("endsAt" if where == "am" else "ends_at", "must be after the start", "body")
+    if ends_at - starts_at > MAX_SILENCE_US:
+        raise BadRequest("endsAt" if where == "am" else "ends_at", "a silence lasts at most 90 days", "body")
