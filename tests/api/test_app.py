@@ -18,6 +18,8 @@ from pipeline.api.events import EventBus
 from pipeline.api.views import LiveViews
 from pipeline.settings import ApiKeySettings
 
+OPENAPI = Path(__file__).resolve().parents[2] / "pipeline" / "api" / "openapi.json"
+
 
 def _views(build, n: int = 30) -> LiveViews:  # type: ignore[no-untyped-def]
     views = LiveViews()
@@ -56,7 +58,9 @@ async def test_alert_list_filters_pages_and_groups(build, asgi) -> None:  # type
     assert {a["labels"]["exchange"] for a in okx["items"]} == {"okx"}
     assert okx["total"] == sum(1 for a in active if a.labels["exchange"] == "okx")
 
-    matched = (await client.get("/api/v1/alerts", headers=h, params={"filter": ['exchange!="okx"', "severity=~P1|P2"]})).json()
+    matched = (
+        await client.get("/api/v1/alerts", headers=h, params={"filter": ['exchange!="okx"', "severity=~P1|P2"]})
+    ).json()
     assert matched["total"] == sum(1 for a in active if a.labels["exchange"] != "okx" and a.severity == "P1")
 
     everything = (await client.get("/api/v1/alerts", headers=h, params={"include_inactive": True, "limit": 500})).json()
@@ -67,7 +71,9 @@ async def test_alert_list_filters_pages_and_groups(build, asgi) -> None:  # type
     text = (await client.get("/api/v1/alerts", headers=h, params={"q": "s12 stalled"})).json()
     assert [a["fingerprint"] for a in text["items"]] == ["fp00012"]
 
-    groups = (await client.get("/api/v1/alerts/groups", headers=h, params={"group_by": ["exchange", "severity"]})).json()
+    groups = (
+        await client.get("/api/v1/alerts/groups", headers=h, params={"group_by": ["exchange", "severity"]})
+    ).json()
     assert sum(g["count"] for g in groups["groups"]) == groups["total"] == 24
     assert {tuple(g["labels"].values()) for g in groups["groups"]} == {
         ("binance", "P1"), ("binance", "P3"), ("okx", "P1"), ("okx", "P3")
@@ -89,9 +95,7 @@ async def test_bad_input_is_a_4xx_naming_the_field(build, asgi) -> None:  # type
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][:2] == ["query", "state"]
     missing = await client.get("/api/v1/alerts/nope", headers=h)
     assert missing.status_code == 404 and "fingerprint" in missing.json()["detail"]
-    rng = await client.get(
-        "/api/v1/markets/binance/BTC-USDT/bars", headers=h, params={"start": 10, "end": 5}
-    )
+    rng = await client.get("/api/v1/markets/binance/BTC-USDT/bars", headers=h, params={"start": 10, "end": 5})
     assert rng.status_code == 422 and rng.json()["detail"][0]["loc"] == ["query", "end"]
     body = await client.post("/api/v1/silences", headers=h, json={"matchers": ["bad matcher"], "duration_s": 60})
     assert body.status_code == 422 and body.json()["detail"][0]["loc"] == ["body", "matchers"]
@@ -105,7 +109,9 @@ async def test_bad_input_is_a_4xx_naming_the_field(build, asgi) -> None:  # type
 
 async def test_preview_anomalies_forecasts_and_venues(build, asgi) -> None:  # type: ignore[no-untyped-def]
     views = _views(build)
-    views.alerts.apply(build.alert(99, rule="PriceSpikeAnomaly", exchange="binance", symbol="BTC-USDT", metric="log_return"))
+    views.alerts.apply(
+        build.alert(99, rule="PriceSpikeAnomaly", exchange="binance", symbol="BTC-USDT", metric="log_return")
+    )
     client = asgi(views)
     h = _auth(build)
     preview = (await client.post("/api/v1/silences/preview", headers=h, json={"matchers": ['exchange="okx"']})).json()
@@ -261,8 +267,14 @@ async def test_openapi_document_is_3_1_and_checked_in(build, asgi) -> None:  # t
     doc = (await client.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
     paths = set(doc["paths"])
-    assert {"/api/v1/alerts", "/api/v1/stream", "/api/v2/alerts", "/api/v2/silences", "/api/v2/silence/{silence_id}"} <= paths
-    checked_in = Path(__file__).resolve().parents[2] / "pipeline" / "api" / "openapi.json"
+    assert {
+        "/api/v1/alerts",
+        "/api/v1/stream",
+        "/api/v2/alerts",
+        "/api/v2/silences",
+        "/api/v2/silence/{silence_id}",
+    } <= paths
+    checked_in = OPENAPI
     served = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if not checked_in.exists() or checked_in.read_text() != served:
+    if await asyncio.to_thread(checked_in.read_text) != served:
         pytest.fail(f"{checked_in} differs from the served document: run `marketprism api openapi --write`")
