@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from pipeline.contracts import decoder_for, encode, load_registry
 from pipeline.contracts.records import Alert, Record, Silence
@@ -32,13 +32,12 @@ def partitions(settings: Settings, name: str) -> list[TopicPartition]:
     return [TopicPartition(settings.topic(name), p) for p in range(topic.partitions)]
 
 
-async def read_all(settings: Settings, name: str, record_type: type[R]) -> list[R]:
-    """Every record of a topic from its beginning to its end at call time (undecodable ones are logged)."""
+async def read_raw(settings: Settings, name: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic (with its headers) from its beginning to its end at call time."""
     tps = partitions(settings, name)
     consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
-    out: list[R] = []
-    decoder = decoder_for(record_type)
+    out: list[ConsumerRecord[bytes, bytes]] = []
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -46,17 +45,25 @@ async def read_all(settings: Settings, name: str, record_type: type[R]) -> list[
         remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, messages in batch.items():
-                for message in messages:
-                    if message.value is None:
-                        continue
-                    try:
-                        out.append(decoder.decode(message.value))
-                    except Exception as exc:  # a tombstone or foreign record in a view: skip, say so
-                        log.warning("%s@%d:%d undecodable: %s", tp.topic, tp.partition, message.offset, exc)
+            for messages in batch.values():
+                out += messages
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
+    return out
+
+
+async def read_all(settings: Settings, name: str, record_type: type[R]) -> list[R]:
+    """Every record of a topic from its beginning to its end at call time (undecodable ones are logged)."""
+    out: list[R] = []
+    decoder = decoder_for(record_type)
+    for message in await read_raw(settings, name):
+        if message.value is None:
+            continue
+        try:
+            out.append(decoder.decode(message.value))
+        except Exception as exc:  # a tombstone or foreign record in a view: skip, say so
+            log.warning("%s@%d:%d undecodable: %s", message.topic, message.partition, message.offset, exc)
     return out
 
 

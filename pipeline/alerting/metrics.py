@@ -11,5 +11,8 @@ REPLAYED = counter(
     "alerting_replayed_transitions_total", "Transitions regenerated after a restart and not published again"
 )
 CHECKPOINTS = counter("alerting_checkpoints_total", "Engine checkpoints written")
+CHECKPOINTS_REFUSED = counter(
+    "alerting_checkpoints_refused_total", "Checkpoints refused at start (forged, unsealed, unreadable)", ["reason"]
+)
 EVENT_TIME = gauge("alerting_event_time_seconds", "The rule engine's event-time watermark")
 ACTIVE = gauge("alerting_active_alerts", "Pending and firing alerts")

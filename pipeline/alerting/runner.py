@@ -11,6 +11,12 @@ Exactly-once transitions without Kafka transactions: each transition carries a p
 ``version``; after a restart the engine resumes from its last checkpoint, regenerates the transitions
 after it deterministically and publishes only versions above those already on ``ops.alerts.v1``.
 Order of durable writes per batch: transitions (flushed) -> checkpoint (flushed).
+
+Checkpoints are sealed: each carries an HMAC-SHA256 tag of its value in the header ``marketprism-seal``
+(:mod:`pipeline.kafka.sealed`, key ``security.checkpoint_key``). At start the engine resumes from its latest
+checkpoint whose tag verifies and whose state decodes; a forged, unsealed or unreadable one is dead-lettered
+(``checkpoint_*`` reasons, ``marketprism_alerting_checkpoints_refused_total``) and skipped. Any input record
+whose processing raises is dead-lettered (``processing_error``) and the engine goes on with the next one.
 """
 
 from __future__ import annotations
@@ -20,13 +26,22 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from pipeline.alerting import control
 from pipeline.alerting.engine import AlertEngine
 from pipeline.alerting.errors import BadInput
 from pipeline.alerting.lagprobe import default_groups, run_probe
-from pipeline.alerting.metrics import ACTIVE, BAD_INPUTS, CHECKPOINTS, EVENT_TIME, INPUTS, REPLAYED, TRANSITIONS
+from pipeline.alerting.metrics import (
+    ACTIVE,
+    BAD_INPUTS,
+    CHECKPOINTS,
+    CHECKPOINTS_REFUSED,
+    EVENT_TIME,
+    INPUTS,
+    REPLAYED,
+    TRANSITIONS,
+)
 from pipeline.alerting.rules import RuleSet
 from pipeline.alerting.sources import SOURCES, Source
 from pipeline.clock import Clock, SystemClock
@@ -34,11 +49,14 @@ from pipeline.contracts import DecodeError, decoder_for, encode
 from pipeline.contracts.records import Alert, AlertAction, RuleEngineCheckpoint, Silence
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_producer
 from pipeline.kafka.offsets import log_end_offsets
+from pipeline.kafka.sealed import Sealer, sealer_for
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_MAX_BYTES = 16 * 1024 * 1024
+SEAL_HEADER = "marketprism-seal"
+SEAL_PURPOSE = "alerting-checkpoint"
 
 
 @dataclass(frozen=True)
@@ -73,17 +91,50 @@ class RuleEngineRunner:
         self._idle_base: tuple[int, int] | None = None  # (event time, wall time) when inputs went idle
         self._dirty = False
         self.ready = asyncio.Event()
+        self.sealer: Sealer = sealer_for(settings, SEAL_PURPOSE)
+        self._refused: list[tuple[str, str, ConsumerRecord[bytes, bytes]]] = []  # dead-lettered once the DLQ runs
 
     # ------------------------------------------------------------------ start
 
+    def _refuse(self, reason: str, error: str, message: ConsumerRecord[bytes, bytes]) -> None:
+        CHECKPOINTS_REFUSED.labels(reason=reason).inc()
+        log.error("checkpoint at offset %d refused (%s): %s", message.offset, reason, error)
+        self._refused.append((reason, error, message))
+
+    def _verified(self, message: ConsumerRecord[bytes, bytes]) -> RuleEngineCheckpoint | None:
+        """The checkpoint of one record if its seal verifies and it decodes; else refused (None)."""
+        value = message.value or b""
+        if len(value) > self.sealer.max_bytes:
+            self._refuse("checkpoint_too_large", f"{len(value)} bytes", message)
+            return None
+        tags = [v for k, v in (message.headers or ()) if k == SEAL_HEADER]
+        if not tags:
+            self._refuse("checkpoint_unsealed", "no seal header", message)
+            return None
+        if not self.sealer.verify(value, tags[-1]):
+            self._refuse("checkpoint_bad_tag", "seal does not verify under any accepted key", message)
+            return None
+        try:
+            return decoder_for(RuleEngineCheckpoint).decode(value)
+        except DecodeError as exc:
+            self._refuse("checkpoint_corrupt", str(exc), message)
+            return None
+
     async def _restore(self) -> dict[str, int]:
-        checkpoints = await control.read_all(self.settings, control.CHECKPOINTS_TOPIC, RuleEngineCheckpoint)
-        mine = [c for c in checkpoints if c.engine_id == self.options.engine_id]
+        records = await control.read_raw(self.settings, control.CHECKPOINTS_TOPIC)
+        mine = [m for m in records if m.key == self.options.engine_id.encode() and m.value]
         alerts = await control.current_alerts(self.settings)
         self.published = {fp: a.version for fp, a in alerts.items()}
-        if mine:
-            checkpoint = mine[-1]
-            self.engine.restore(checkpoint.state)
+        for message in reversed(mine):  # the newest checkpoint that verifies and restores
+            checkpoint = self._verified(message)
+            if checkpoint is None:
+                continue
+            try:
+                self.engine.restore(checkpoint.state)
+            except Exception as exc:  # sealed by us but unreadable now (an older state format): the one before
+                self.engine = AlertEngine(self.engine.ruleset)
+                self._refuse("checkpoint_corrupt", f"{type(exc).__name__}: {exc}", message)
+                continue
             log.info("resumed from checkpoint at event time %d (%d alerts on the topic)", self.engine.now, len(alerts))
             return checkpoint.offsets
         if self.options.start_from == "earliest":
@@ -124,6 +175,16 @@ class RuleEngineRunner:
         probe: asyncio.Task[None] | None = None
         try:
             offsets = await self._restore()
+            for reason, error, message in self._refused:
+                await dlq.publish(
+                    reason,
+                    error,
+                    (message.value or b"")[:4096].hex(),
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
+            self._refused.clear()
             await self._position_inputs(consumer, offsets)
             self._last_input_wall = self.clock.now_us()
             if self.options.lag_interval_us and "consumer_lag" in self.engine.evaluator.sources():
@@ -174,16 +235,15 @@ class RuleEngineRunner:
                 out += self.engine.process(sample)
             return out
         except BadInput as exc:
-            BAD_INPUTS.labels(reason=exc.reason).inc()
-            await dlq.publish(
-                exc.reason,
-                str(exc),
-                message.value or b"",
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=message.offset,
-            )
-            return []
+            reason, error = exc.reason, str(exc)
+        except Exception as exc:  # a record that decodes but breaks evaluation: dead letter, go on with the next
+            log.exception("%s record at %d:%d raised while evaluating", name, tp.partition, message.offset)
+            reason, error = "processing_error", f"{name}: {type(exc).__name__}: {exc}"
+        BAD_INPUTS.labels(reason=reason).inc()
+        await dlq.publish(
+            reason, error, message.value or b"", topic=tp.topic, partition=tp.partition, offset=message.offset
+        )
+        return []
 
     def _watermark(self) -> int | None:
         """Event time every data partition has reached: a partition still behind its end holds it back."""
@@ -256,8 +316,12 @@ class RuleEngineRunner:
         checkpoint = RuleEngineCheckpoint(
             engine_id=self.options.engine_id, ts=wall, offsets=offsets, state=self.engine.snapshot().decode()
         )
+        value = encode(checkpoint)
         await producer.send_and_wait(
-            self.settings.topic(control.CHECKPOINTS_TOPIC), encode(checkpoint), key=self.options.engine_id.encode()
+            self.settings.topic(control.CHECKPOINTS_TOPIC),
+            value,
+            key=self.options.engine_id.encode(),
+            headers=[(SEAL_HEADER, self.sealer.tag(value))],
         )
         CHECKPOINTS.inc()
         self._last_checkpoint_wall = wall
