@@ -48,6 +48,9 @@ class HealthThresholds:
     memory_bytes: float = 2 * 1024**3
     disk_percent: float = 90.0
     horizon_steps: int = 360
+    # A process's resident memory climbs while it starts (imports, caches, consumer buffers): no trend is learnt
+    # from the memory series until the youngest process of the deployment is this old.
+    memory_warmup_s: float = 120.0
 
 
 def forecast_record(
@@ -177,14 +180,12 @@ class HealthMonitor:
         now = self.clock()
         values: list[tuple[str, str, float, float]] = []
         if self.host_lock.held():
-            values.append(
-                (
-                    f"health:{self.host}:memory_bytes",
-                    "memory_bytes",
-                    self.thresholds.memory_bytes,
-                    float(process_memory()),
-                )
-            )
+            memory_series = f"health:{self.host}:memory_bytes"
+            memory = process_memory()
+            if memory.youngest_age_s < self.thresholds.memory_warmup_s:
+                self.forecasters.pop(memory_series, None)  # a start-up ramp is not a trend: learn after it
+            else:
+                values.append((memory_series, "memory_bytes", self.thresholds.memory_bytes, float(memory.rss_bytes)))
             disk = psutil.disk_usage(str(self.settings.state_dir if self.settings.state_dir.exists() else "."))
             values.append(
                 (f"health:{self.host}:disk_percent", "disk_percent", self.thresholds.disk_percent, disk.percent)
@@ -262,13 +263,41 @@ class HealthMonitor:
         self.host_lock.release()
 
 
-def process_memory() -> int:
-    """Resident memory of this process plus every other ``marketprism`` process of this user."""
+# The environment variables that tell one deployment's processes from another's on the same host (the demo and
+# the test harness give every run its own state directory and config; production pods run one process each).
+DEPLOYMENT_ENV = ("MARKETPRISM_STATE_DIR", "MARKETPRISM_CONFIG", "MARKETPRISM_TOPIC_PREFIX")
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    rss_bytes: int
+    youngest_age_s: float  # age of the youngest process counted (this one included)
+
+
+def _deployment(environ: Mapping[str, str]) -> tuple[str | None, ...]:
+    return tuple(environ.get(name) for name in DEPLOYMENT_ENV)
+
+
+def process_memory(now_s: float | None = None) -> MemorySample:
+    """Resident memory of this process plus every other ``marketprism`` process of this user that belongs to
+    the same deployment (same state directory, config and topic prefix in its environment). Counting every
+    ``marketprism`` process of the user made another run on the same machine (a second demo, a test suite)
+    look like this deployment's memory climbing toward its limit."""
+    now_s = time.time() if now_s is None else now_s
     me = psutil.Process()
+    ours = _deployment(os.environ)
     total = me.memory_info().rss
-    for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+    youngest = now_s - me.create_time()
+    for proc in psutil.process_iter(["pid", "cmdline", "memory_info", "create_time"]):
         if proc.info["pid"] == me.pid or not proc.info["memory_info"]:
             continue
-        if any("marketprism" in part for part in proc.info["cmdline"] or ()):
-            total += proc.info["memory_info"].rss
-    return total
+        if not any("marketprism" in part for part in proc.info["cmdline"] or ()):
+            continue
+        try:
+            if _deployment(proc.environ()) != ours:
+                continue
+        except psutil.Error:  # gone, or not ours to read
+            continue
+        total += proc.info["memory_info"].rss
+        youngest = min(youngest, now_s - proc.info["create_time"])
+    return MemorySample(total, max(0.0, youngest))

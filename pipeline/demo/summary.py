@@ -49,6 +49,7 @@ CONSEQUENCES: dict[str, tuple[str, ...]] = {
     "venue_divergence": ("PriceSpikeAnomaly",),
     "disconnect_storm": ("FeedStalled", "MessageRateCollapse", "CapacityBreachPredicted"),
     "latency_increase": ("DeadLetterRate", "CapacityBreachPredicted"),
+    "malformed_frames": ("CapacityBreachPredicted",),  # the dead-letter burst is forecast to breach the DLQ limit
 }
 # States of an alert that has fired: inhibited or silenced alerts were raised too, only not notified.
 RAISED = frozenset({"firing", "silenced", "acked", "flapping"})

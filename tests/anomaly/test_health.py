@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from aiokafka import TopicPartition
 
-from pipeline.anomaly.health import HealthMonitor, HealthThresholds
+from pipeline.anomaly.health import HealthMonitor, HealthThresholds, process_memory
 from pipeline.contracts import FeedMetrics, encode
 from pipeline.contracts.examples import EXAMPLES
 from pipeline.kafka.clients import make_consumer, make_producer
@@ -29,7 +35,7 @@ async def test_consumer_lag_memory_and_disk_are_sampled(topics: Settings) -> Non
         await consumer.commit({tp: 4})  # 6 of 10 records not yet consumed
     finally:
         await consumer.stop()
-    monitor = HealthMonitor(topics, HealthThresholds(), groups={group: [topic]})
+    monitor = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0), groups={group: [topic]})
     try:
         lags = await monitor.consumer_lags()
         assert lags.get(group) == 6, lags
@@ -50,8 +56,8 @@ async def test_consumer_lag_memory_and_disk_are_sampled(topics: Settings) -> Non
 async def test_each_health_series_is_sampled_by_one_worker_only(topics: Settings) -> None:
     """Two workers of one deployment on one host: the host series come from the lock holder only, the
     cluster-wide series from the worker told it owns them (the owner of ops.dlq.v1 partition 0)."""
-    first = HealthMonitor(topics, HealthThresholds())
-    second = HealthMonitor(topics, HealthThresholds())
+    first = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0))
+    second = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0))
     try:
         for _ in range(2):
             await first.sample(cluster=True)
@@ -83,3 +89,45 @@ def test_feed_lag_growth_publishes_a_forecast_before_the_breach(settings: Settin
         forecasts = [a for a in monitor.on_feed_metrics(m) if a.metric == "feed_lag_s"]
     assert forecasts and forecasts[0].kind == "forecast"
     assert abs(forecasts[0].time_to_threshold_s - 410.0) <= 0.2 * 410.0
+
+
+def _idle_process(tmp_path: Path, name: str, **env: str) -> subprocess.Popen[bytes]:
+    """A sleeping Python process with ``marketprism`` in its command line, holding ~40 MB, with ``env``."""
+    script = tmp_path / f"marketprism-{name}.py"
+    script.write_text("import sys\nblob = bytearray(40 * 1024 * 1024)\nsys.stdin.read()\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MARKETPRISM_")} | env
+    return subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, env=environ)
+
+
+def test_process_memory_counts_only_this_deployment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Another run on the same machine (a second demo, a test suite) is not this deployment's memory: it used to
+    be summed in, and its start-up looked like this deployment heading for its memory limit."""
+    monkeypatch.setenv("MARKETPRISM_STATE_DIR", str(tmp_path / "ours"))
+    for name in ("MARKETPRISM_CONFIG", "MARKETPRISM_TOPIC_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    before = process_memory()
+    other = _idle_process(tmp_path, "other", MARKETPRISM_STATE_DIR=str(tmp_path / "theirs"))
+    ours = _idle_process(tmp_path, "ours", MARKETPRISM_STATE_DIR=str(tmp_path / "ours"))
+    try:
+        deadline = time.monotonic() + 60
+        while (sample := process_memory()).rss_bytes - before.rss_bytes < 30 * 1024 * 1024:
+            assert time.monotonic() < deadline, "our idle process never counted"
+            time.sleep(0.1)
+        # the other deployment's 40 MB are not in it (ours are, about once)
+        assert sample.rss_bytes - before.rss_bytes < 70 * 1024 * 1024
+        assert sample.youngest_age_s < before.youngest_age_s
+    finally:
+        for proc in (other, ours):
+            proc.kill()
+            proc.wait()
+
+
+async def test_no_memory_trend_is_learnt_while_a_process_is_starting(topics: Settings) -> None:
+    monitor = HealthMonitor(topics, HealthThresholds(memory_warmup_s=10 * 365 * 86400.0))
+    try:
+        await monitor.sample(cluster=False)
+        await monitor.sample(cluster=False)
+    finally:
+        await monitor.stop()
+    assert f"health:{monitor.host}:memory_bytes" not in monitor.forecasters
+    assert f"health:{monitor.host}:disk_percent" in monitor.forecasters
