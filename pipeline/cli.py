@@ -83,6 +83,9 @@ def bench_broker(
 
 app.command("replay")(replay_cli.replay_command)
 app.command("record")(replay_cli.record_command)
+from pipeline.bench import cli as bench_cli  # noqa: E402
+
+bench_app.command("chaos")(bench_cli.bench_chaos)
 
 console = Console()
 log = logging.getLogger("marketprism")

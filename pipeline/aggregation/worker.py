@@ -173,6 +173,7 @@ class BarWorker:
         self._lock = asyncio.Lock()
         # (topic, partition) -> (offset the consumer was sent back to, clock of that rewind), until it arrives
         self._rewinds: dict[tuple[str, int], tuple[int, int]] = {}
+        self._empty: set[int] = set()  # assigned partitions the timer found without a stored state
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop in-memory state of revoked partitions (the next owner restores it from the table)."""
@@ -180,16 +181,27 @@ class BarWorker:
             self.engines.pop(partition, None)
             self._held.pop(partition, None)  # never released: the new owner re-reads them, and skips
             self._saved_at.pop(partition, None)
+            self._empty.discard(partition)
             for key in [k for k in self._rewinds if k[1] == partition]:
                 del self._rewinds[key]
 
-    async def _restore(self, partitions: Iterable[int], now: int) -> None:
-        """Load the engines of newly seen partitions from the state store (all at once: one read)."""
-        missing = sorted({p for p in partitions if p not in self.engines})
+    async def _restore(self, partitions: Iterable[int], now: int, stored_only: bool = False) -> None:
+        """Load the engines of newly seen partitions from the state store (all at once: one read).
+
+        ``stored_only`` (the timer, for assigned partitions no record reached yet): only partitions that have
+        a stored state get an engine now; an empty engine would go idle before the partition's first record
+        and follow the wall clock, making that record late. Partitions found without a state are not asked again
+        until they are revoked.
+        """
+        missing = sorted({p for p in partitions if p not in self.engines and not (stored_only and p in self._empty)})
         if missing:
             states = await self.store.load(missing)
             for partition in missing:
-                self.engines[partition] = PartitionAggregator.restore(states.get(partition), self.policy, now)
+                state = states.get(partition)
+                if stored_only and state is None:
+                    self._empty.add(partition)
+                    continue
+                self.engines[partition] = PartitionAggregator.restore(state, self.policy, now)
 
     async def process(self, batch: Sequence[Incoming]) -> None:
         await self.outputs.start()
@@ -355,7 +367,9 @@ class BarWorker:
             now = self.clock()
             if self.assignment is not None:  # partitions no record reached since the (re)start: their windows too
                 try:
-                    await self._restore((p for t, p in self.assignment() if t == self.trades_topic), now)
+                    await self._restore(
+                        (p for t, p in self.assignment() if t == self.trades_topic), now, stored_only=True
+                    )
                 except (KafkaError, OSError, TimeoutError) as exc:
                     log.warning("partition states not loaded (%s); next tick retries", exc)
             if self._rewinds:

@@ -197,3 +197,19 @@ async def test_a_record_whose_processing_raises_is_dead_lettered_and_the_next_is
     bars = kafka.bars()
     assert [(b.trade_count, b.open, b.close) for b in bars] == [(2, "100", "101")]
     assert Decimal(bars[0].volume) == 2
+
+
+async def test_an_assigned_partition_without_a_state_gets_no_engine_before_its_first_record() -> None:
+    """The timer loads assigned partitions' states (above); a partition with none must not get an empty engine
+    then: it would go idle before its first record, follow the wall clock, and that record would be late."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 0, BBOS: 0}), [T + 3600 * S]
+    worker = worker_for(kafka, store, consumer, now)
+    for _ in range(5):  # the market is quiet for longer than the idle timeout after the assignment
+        now[0] += S
+        await worker.tick()
+    assert worker.engines == {}
+    consumer.high[TRADES] = 6
+    await worker.process(trade_records())  # event time an hour behind the clock: a replayed capture
+    await settle(worker, now)
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(6, "105")]
+    assert kafka.dead_letters() == []
