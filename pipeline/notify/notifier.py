@@ -32,6 +32,7 @@ class Notifier:
         self.tree = compile_routes(config.route)
         self.nflog = nflog
         self.clock = clock
+        self.sink = sink
         self.dispatcher = Dispatcher(self.tree, clock)
         self.escalator = Escalator(clock)
         self._chains: dict[str, Stage] = {}
@@ -69,8 +70,12 @@ class Notifier:
     async def _flush(self, group: AggregationGroup, batch: Batch) -> None:
         try:
             await self._chains[batch.receiver].exec(batch)
-        except Exception:
+        except Exception as exc:  # a stage bug: the batch is dead-lettered (once), the notifier goes on
             log.exception("flush of %s to %s failed", batch.group_key, batch.receiver)
+            try:
+                await self.sink.dead_letter(batch, f"stage failed: {type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("dead letter of %s failed", batch.group_key)
         finally:
             self.dispatcher.flushed(group, batch)
 

@@ -15,6 +15,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from pipeline.contracts import Notification
 from pipeline.notify.base import Batch, ChannelError, Clock, ReceiptSink
 from pipeline.notify.channels import Channel
+from pipeline.notify.channels.base import channel_secrets, redact
 from pipeline.notify.durations import Seconds
 from pipeline.observability.metrics import counter, histogram
 
@@ -89,6 +90,9 @@ class RetryStage:
             retryable, error = await self._channel.notify(batch)
         except ChannelError as exc:
             retryable, error = exc.retryable, str(exc)
+        except Exception as exc:  # a channel bug or a message it chokes on: retried (bounded), then dead-lettered
+            log.exception("%s/%s: channel raised", batch.receiver, batch.integration)
+            retryable, error = True, redact(f"{type(exc).__name__}: {exc}", channel_secrets(self._channel))
         elapsed = max(self._clock.now_us() - started, 0)
         LATENCY.labels(channel=self._channel.kind).observe(elapsed / 1e6)
         return error, retryable, elapsed

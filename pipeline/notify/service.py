@@ -8,7 +8,9 @@ Start-up: both topics are read up to their end offsets first; only the latest re
 fingerprint then enters the dispatcher, and the rebuilt notification log keeps anything already
 settled from being sent again. No consumer-group offsets are needed: state comes from the topics.
 Only the replica holding the :class:`~pipeline.notify.lease.Lease` sends. A record that does not
-decode becomes a dead letter and processing goes on.
+decode becomes a dead letter (``schema``), so does one that decodes but breaks routing or grouping
+(``processing_error``), and processing goes on. A delivery that keeps failing is retried a bounded number of
+times and dead-lettered (``delivery_failed``, :mod:`pipeline.notify.retry`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from pipeline.clock import from_settings
-from pipeline.contracts import Alert, DecodeError, Notification, decoder_for
+from pipeline.contracts import Alert, DecodeError, Notification, decoder_for, encode
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
 from pipeline.kafka.offsets import log_end_offsets
@@ -42,6 +44,7 @@ SOURCE = "notify"
 MAX_POLL_MS = 200
 
 ALERTS_SEEN = counter("notify_alert_records_total", "Alert state changes read by the notifier", ["state"])
+POISON = counter("notify_poison_records_total", "Decoded alert records whose routing or grouping raised")
 GROUPS = gauge("notify_groups", "Aggregation groups the notifier holds")
 
 
@@ -103,18 +106,27 @@ class Backlog:
             if alert.state == "firing":
                 self.last_firing[alert.fingerprint] = alert
 
-    async def hand_over(self, notifier: Notifier) -> None:
+    async def hand_over(self, notifier: Notifier) -> list[tuple[Alert, Exception]]:
         """Episodes that fired and ended while no notifier sent go through the groups first (firing,
-        flushed, already-announced ones deduplicated), then every fingerprint's latest state."""
+        flushed, already-announced ones deduplicated), then every fingerprint's latest state. Returns the
+        alerts whose routing raised (the caller dead-letters them)."""
+        failed: list[tuple[Alert, Exception]] = []
         ended = [a for fp, a in self.last_firing.items() if _ended(a, self.latest[fp])]
         for alert in sorted(ended, key=lambda a: a.ts_event):
-            notifier.replay_firing(alert)
+            try:
+                notifier.replay_firing(alert)
+            except Exception as exc:
+                failed.append((alert, exc))
         notifier.run_due()
         await notifier.drain()
         for alert in sorted(self.latest.values(), key=lambda a: a.ts_event):
-            notifier.on_alert(alert)
+            try:
+                notifier.on_alert(alert)
+            except Exception as exc:
+                failed.append((alert, exc))
         self.latest.clear()
         self.last_firing.clear()
+        return failed
 
 
 class NotifyService:
@@ -189,7 +201,12 @@ class NotifyService:
                 active_at = now + micros(self._config.takeover_grace)
             active = active_at is not None and now >= active_at
             if active and (backlog.latest or backlog.last_firing):
-                await backlog.hand_over(notifier)
+                for failed, exc in await backlog.hand_over(notifier):
+                    POISON.inc()
+                    log.error("alert %s raised while routing: %r", failed.fingerprint, exc)
+                    await dlq.publish(
+                        "processing_error", f"{type(exc).__name__}: {exc}", encode(failed), topic=self._alerts_topic
+                    )
             wait_ms = MAX_POLL_MS
             if active:
                 notifier.run_due()
@@ -203,10 +220,22 @@ class NotifyService:
                 for message in messages:
                     if (alert := await self._decode(message, dlq)) is None:
                         continue
-                    if active:
-                        notifier.on_alert(alert)
-                    else:
+                    if not active:
                         backlog.add(alert)
+                        continue
+                    try:
+                        notifier.on_alert(alert)
+                    except Exception as exc:  # a record that decodes but breaks routing/grouping: dead letter
+                        POISON.inc()
+                        log.exception("alert %s at offset %d raised while routing", alert.fingerprint, message.offset)
+                        await dlq.publish(
+                            "processing_error",
+                            f"{type(exc).__name__}: {exc}",
+                            message.value or b"",
+                            topic=message.topic,
+                            partition=message.partition,
+                            offset=message.offset,
+                        )
 
     async def _decode(self, message: ConsumerRecord, dlq: DeadLetterPublisher) -> Alert | None:
         """An alert record to dispatch; notifications go to the log; bad records become dead letters."""

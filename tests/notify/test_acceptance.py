@@ -138,6 +138,7 @@ async def test_routing_tree_with_continue_and_every_matcher(http: HttpReceivers,
                         "port": controller.port,
                         "from": "marketprism@example.org",
                         "to": ["sre@example.org"],
+                        "tls": "none",  # the local test relay offers no TLS (tests/security covers STARTTLS)
                     }
                 ],
             },

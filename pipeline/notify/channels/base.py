@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol
 
 import httpx
 import jinja2
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from pipeline.notify.base import Batch
 from pipeline.notify.durations import Seconds
@@ -77,6 +77,14 @@ def classify_errcode(vendor: str, response: httpx.Response, retryable_codes: fro
     if code == 0:
         return False, None
     return code in retryable_codes, f"{vendor} errcode {code}: {answer.get('errmsg', '')}"
+
+
+def channel_secrets(channel: object) -> list[str]:
+    """Every secret value of a channel's config (its ``SecretStr`` fields), to redact from errors."""
+    config = getattr(channel, "config", None)
+    if not isinstance(config, BaseModel):
+        return []
+    return [v.get_secret_value() for v in config.__dict__.values() if isinstance(v, SecretStr) and v.get_secret_value()]
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
