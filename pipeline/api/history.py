@@ -85,6 +85,7 @@ class History:
 
         if self._conn is None:
             self._conn = chdb.connect(chdb_path(self.url))
+        params = {k: _escaped(v) if isinstance(v, str) else v for k, v in params.items()}
         result = self._conn.query(
             sql + " SETTINGS output_format_json_quote_64bit_integers = 0", "JSONCompact", params=params
         )
@@ -117,6 +118,11 @@ class History:
             elif self._conn is not None:
                 self._conn.disconnect()
             self._conn = None
+
+
+def _escaped(value: str) -> str:
+    """A string parameter in ClickHouse's escaped (TSV) form, which chdb parses parameter values from."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _short(exc: Exception) -> str:
