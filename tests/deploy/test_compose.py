@@ -52,7 +52,7 @@ def test_ports_env_files_volumes_and_dependencies_exist() -> None:
     named_volumes = set(COMPOSE.get("volumes") or {})
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
-            assert re.fullmatch(r"\d+:\d+", str(port)), f"{name}: port {port}"
+            assert re.fullmatch(r"127\.0\.0\.1:\d+:\d+", str(port)), f"{name}: port {port} not on loopback"
         for env_file in service.get("env_file", []):
             assert (ROOT / env_file).is_file(), f"{name}: env_file {env_file}"
         for volume in service.get("volumes", []):
@@ -66,7 +66,7 @@ def test_ports_env_files_volumes_and_dependencies_exist() -> None:
 
 
 def test_host_ports_are_unique() -> None:
-    published = [str(p).split(":")[0] for s in SERVICES.values() for p in s.get("ports", [])]
+    published = [str(p).rsplit(":", 2)[-2] for s in SERVICES.values() for p in s.get("ports", [])]
     assert len(published) == len(set(published))
 
 
