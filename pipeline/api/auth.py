@@ -31,6 +31,7 @@ Role = Literal["viewer", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 RANK = {role: n for n, role in enumerate(ROLES)}
 ASYMMETRIC = ("RS256", "ES256")
+VERIFIED_CACHE = 10_000  # verified tokens remembered until their expiry
 
 
 class AuthError(Exception):
@@ -65,6 +66,7 @@ def new_api_key() -> str:
 class Authenticator:
     def __init__(self, api: ApiSettings):
         self.api = api
+        self._verified: dict[bytes, tuple[Principal, float]] = {}  # token digest -> (principal, exp)
         self._keys = {k.sha256.get_secret_value().lower(): (name, k.role) for name, k in api.api_keys.items()}
         self._jwks: jwt.PyJWKClient | None = None
         self._jwk_set: jwt.PyJWKSet | None = None  # a JWKS file (file://), read once
@@ -75,9 +77,20 @@ class Authenticator:
             self._jwks = jwt.PyJWKClient(api.jwks_url, cache_keys=True, lifespan=300)
 
     async def verify(self, token: str) -> Principal:
-        """The principal a bearer token stands for; raises :class:`AuthError` (401) when it does not verify."""
+        """The principal a bearer token stands for; raises :class:`AuthError` (401) when it does not verify.
+
+        A verified JWT is remembered (bounded, by its digest) until its ``exp``: a console or a dashboard
+        sends the same token with every request, and verifying it again costs more than the request."""
         if token.count(".") == 2:
-            return await self._verify_jwt(token)
+            digest = hashlib.sha256(token.encode()).digest()
+            cached = self._verified.get(digest)
+            if cached is not None and time.time() < cached[1]:
+                return cached[0]
+            principal, expires = await self._verify_jwt(token)
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[digest] = (principal, expires)
+            return principal
         found = self._lookup_key(token)
         if found is None:
             raise AuthError(401, "invalid token")
@@ -104,7 +117,7 @@ class Authenticator:
         except jwt.PyJWKClientError as exc:
             raise AuthError(401, f"token key not found in the JWKS: {_reason(exc)}") from None
 
-    async def _verify_jwt(self, token: str) -> Principal:
+    async def _verify_jwt(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -139,7 +152,7 @@ class Authenticator:
         if role is None:
             raise AuthError(403, "token carries no known role (viewer, operator, admin)")
         name = str(claims["sub"])
-        return Principal(name, role, "jwt", f"jwt:{name}")
+        return Principal(name, role, "jwt", f"jwt:{name}"), float(claims["exp"])
 
 
 def _reason(exc: Exception) -> str:

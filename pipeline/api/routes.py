@@ -119,10 +119,17 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Response:
     """Current alerts (the compacted ops.alerts.v1), most severe and newest first, one page."""
-    selected = _api(request).index.select(query)
-    page = selected[offset : offset + limit]
-    following = offset + limit if offset + limit < len(selected) else None
-    return _json({"items": page, "total": len(selected), "offset": offset, "limit": limit, "next_offset": following})
+    index = _api(request).index
+    key = request.url.query
+    body = index.cached(key)
+    if body is None:  # rendered once per query string until the alerts change
+        selected = index.select(query)
+        page = selected[offset : offset + limit]
+        following = offset + limit if offset + limit < len(selected) else None
+        doc = {"items": page, "total": len(selected), "offset": offset, "limit": limit, "next_offset": following}
+        body = _encoder.encode(doc)
+        index.remember(key, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/alerts/groups", response_model=AlertGroups, tags=["alerts"])

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 ACTIONS_TOPIC = "ops.alert_actions.v1"
 SILENCES_TOPIC = "ops.silences.v1"
 MAX_SILENCE_US = 90 * 24 * 3600 * 1_000_000  # a silence may last at most 90 days
+PAGE_CACHE = 256  # rendered alert pages kept per generation of the alerts view
 SEVERITY_ORDER = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
 
 
@@ -105,6 +106,8 @@ class AlertIndex:
         self.views = views
         self._generation = -1
         self._sorted: list[Alert] = []
+        self._cache: dict[str, bytes] = {}  # rendered pages of the current generation, by query string
+        self._cache_generation = -1
 
     def sorted(self) -> list[Alert]:
         view = self.views.alerts
@@ -115,6 +118,18 @@ class AlertIndex:
 
     def select(self, query: AlertQuery) -> list[Alert]:
         return [a for a in self.sorted() if query.accepts(a)]
+
+    def cached(self, key: str) -> bytes | None:
+        """A rendered answer for ``key`` (a request's query string) made since the alerts last changed."""
+        if self._cache_generation != self.views.alerts.generation:
+            self._cache.clear()
+            self._cache_generation = self.views.alerts.generation
+        return self._cache.get(key)
+
+    def remember(self, key: str, body: bytes) -> None:
+        if len(self._cache) >= PAGE_CACHE:
+            self._cache.clear()
+        self._cache[key] = body
 
 
 def group_alerts(alerts: Sequence[Alert], by: Sequence[str]) -> list[dict[str, Any]]:

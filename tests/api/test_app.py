@@ -278,3 +278,26 @@ async def test_openapi_document_is_3_1_and_checked_in(build, asgi) -> None:  # t
     served = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     if await asyncio.to_thread(checked_in.read_text) != served:
         pytest.fail(f"{checked_in} differs from the served document: run `marketprism api openapi --write`")
+
+
+async def test_cached_pages_are_the_same_bytes_checked_the_same_way(build, asgi) -> None:  # type: ignore[no-untyped-def]
+    """The page cache answers a repeated query without FastAPI's machinery: same bytes, same auth and rate
+    limit; a change of the alerts view invalidates it."""
+    views = _views(build)
+    settings = build.api_settings(rate_limit_per_s=0.001, rate_limit_burst=4)
+    client = asgi(views, settings)
+    h = _auth(build, settings)
+    params = {"venue": "okx", "limit": 3}
+    first = await client.get("/api/v1/alerts", headers=h, params=params)
+    second = await client.get("/api/v1/alerts", headers=h, params=params)
+    assert first.status_code == second.status_code == 200 and first.content == second.content
+    assert second.headers["x-content-type-options"] == "nosniff"
+    assert (await client.get("/api/v1/alerts", params=params)).status_code == 401
+    forged = jwt.encode({"sub": "eve", "role": "admin"}, "another-secret-another-secret-1234", algorithm="HS256")
+    answer = await client.get("/api/v1/alerts", params=params, headers={"Authorization": f"Bearer {forged}"})
+    assert answer.status_code == 401
+    views.alerts.apply(build.alert(3, state="resolved", exchange="okx", version=5))
+    third = await client.get("/api/v1/alerts", headers=h, params=params)
+    assert third.json()["total"] == first.json()["total"] - 1
+    codes = [(await client.get("/api/v1/alerts", headers=h, params=params)).status_code for _ in range(2)]
+    assert codes == [200, 429]  # a burst of 4: the cached path takes from the same bucket
