@@ -215,35 +215,14 @@ class ApiSettings(BaseModel):
     sse_queue: int = Field(default=1_000, gt=0)  # events a stream client may lag before it is dropped
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
 
-
-class ApiKeySettings(BaseModel):
-    """A static API key of ``marketprism api``: the SHA-256 hex digest of the key (never the key) and its role."""
-
-    sha256: SecretStr
-    role: Literal["viewer", "operator", "admin"] = "viewer"
-
-
-class ApiSettings(BaseModel):
-    """``marketprism api`` (docs/api.md): listen address, token verification, limits. HS256 tokens need
-    ``jwt_secret``; RS256/ES256 tokens are verified against ``jwks_url`` (an OIDC provider's JWKS, ``https://``
-    or ``file://``). ``exp``, ``nbf``, ``aud`` and ``iss`` are always checked."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, gt=0, lt=65536)
-    jwt_secret: SecretStr | None = None
-    jwt_issuer: str = "marketprism"
-    jwt_audience: str = "marketprism-api"
-    jwks_url: str | None = None
-    token_ttl_s: int = Field(default=12 * 3600, gt=0)
-    api_keys: dict[str, ApiKeySettings] = Field(default_factory=dict)  # name -> hashed key and role
-    rate_limit_per_s: float = Field(default=50.0, gt=0)  # per token (token bucket)
-    rate_limit_burst: int = Field(default=200, gt=0)
-    max_body_bytes: int = Field(default=65_536, gt=0)
-    cors_origins: list[str] = Field(default_factory=list)  # empty: no CORS headers at all
-    market_tail: int = Field(default=2_000, ge=0)  # records per partition of md.* read back at start
-    recent_anomalies: int = Field(default=5_000, gt=0)  # anomalies and forecasts kept in memory
-    sse_queue: int = Field(default=1_000, gt=0)  # events a stream client may lag before it is dropped
-    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # unset or empty: HS256 tokens are refused
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("api.jwt_secret needs at least 32 characters (e.g. openssl rand -hex 32)")
+        return value
 
 
 class Settings(BaseSettings):

@@ -29,8 +29,13 @@ def serve(
 
     from pipeline.api.app import create_app
 
+    from pipeline.observability.metrics import serve_metrics
+
     settings: Settings = ctx.obj
     app = create_app(settings)
+    # the process-level /metrics port every component has (Prometheus and the image's health check, inside the
+    # deployment network); the API's own /metrics route needs a token like every route but health
+    serve_metrics(settings.metrics_port, addr=getattr(settings, "metrics_host", "127.0.0.1"))
     bind_host, bind_port = host or settings.api.host, port or settings.api.port
     typer.echo(f"marketprism api on http://{bind_host}:{bind_port} (docs at /docs)")
     uvicorn.run(
