@@ -251,7 +251,6 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     clock: ClockSettings = Field(default_factory=ClockSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
-    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @field_validator("clickhouse_url")
     @classmethod
