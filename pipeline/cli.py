@@ -215,7 +215,7 @@ def topics_apply() -> None:
 
     s = settings()
     try:
-        done = asyncio.run(apply(s.kafka, load_registry(), s.topic_prefix))
+        done = asyncio.run(apply(s.kafka, load_registry(), s.topic_prefix, s.environment))
     except TopicApplyError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
@@ -231,7 +231,7 @@ def topics_check() -> None:
     from pipeline.kafka.admin import check
 
     s = settings()
-    diffs = asyncio.run(check(s.kafka, load_registry(), s.topic_prefix))
+    diffs = asyncio.run(check(s.kafka, load_registry(), s.topic_prefix, s.environment))
     for diff in diffs:
         console.print(f"[red]{diff}[/red]")
     if diffs:

@@ -36,7 +36,7 @@ from pipeline.clock import from_settings
 from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_for
 from pipeline.contracts.records import ReferencePrice
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_record_producer
-from pipeline.kafka.faust_app import create_app
+from pipeline.kafka.faust_app import create_app, table_topic_configs
 from pipeline.kafka.sealed import sealer_for
 from pipeline.observability.metrics import counter
 from pipeline.settings import Settings
@@ -115,12 +115,15 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     feed_topic = app.topic(settings.topic("ops.feed_metrics.v1"))
     dlq_topic = app.topic(settings.topic("ops.dlq.v1"))
     reference_topic = app.topic(settings.topic("md.reference.v1"))
-    bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes)
-    feed_table = app.Table("feed-models", partitions=3, key_type=bytes, value_type=bytes)
+    changelog = table_topic_configs(settings)  # min.insync.replicas of the environment
+    bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes, extra_topic_configs=changelog)
+    feed_table = app.Table("feed-models", partitions=3, key_type=bytes, value_type=bytes, extra_topic_configs=changelog)
     sealer = sealer_for(settings, "anomaly-series-state")
     bar_ckpt = Checkpointer(bar_table, sealer, options.checkpoint_every, options.checkpoint_interval_s)
     feed_ckpt = Checkpointer(feed_table, sealer, options.checkpoint_every, options.checkpoint_interval_s)
-    reference_table = app.Table("reference-models", partitions=3, key_type=bytes, value_type=bytes)
+    reference_table = app.Table(
+        "reference-models", partitions=3, key_type=bytes, value_type=bytes, extra_topic_configs=changelog
+    )
     reference_ckpt = Checkpointer(reference_table, sealer, options.checkpoint_every, options.checkpoint_interval_s)
     bar_registry = SeriesRegistry(options.config, options.report_floor, loader=bar_ckpt.load)
     feed_registry = SeriesRegistry(options.config, options.report_floor, loader=feed_ckpt.load)

@@ -1,7 +1,10 @@
 """The topic registry: each topic declared once (name, partitions, key, record, storage settings).
 
 The registry lives in ``topics/registry.yaml``; the JSON Schema of each topic's value lives in
-``schemas/<topic>.json`` and is generated from the topic's record type.
+``schemas/<topic>.json`` and is generated from the topic's record type. Its ``environments`` section gives the
+replication factor and ``min.insync.replicas`` of every topic per deployment environment (``prod`` 3 / 2: a write
+acknowledged by ``acks=all`` survives the loss of one broker; ``local`` 1 / 1 for one broker); settings
+``environment`` picks one.
 """
 
 from __future__ import annotations
@@ -34,12 +37,26 @@ class _TopicSpec(msgspec.Struct, forbid_unknown_fields=True):
     retention_ms: int
     cleanup_policy: Literal["delete", "compact"]
     description: str
-    replication_factor: int = 1
     sink: bool = True
+
+
+class _ReplicationSpec(msgspec.Struct, forbid_unknown_fields=True):
+    replication_factor: int
+    min_insync_replicas: int
 
 
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
     topics: list[_TopicSpec]
+    environments: dict[str, _ReplicationSpec] = {}
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many copies of every partition a deployment keeps, and how many must have a write before ``acks=all``
+    acknowledges it."""
+
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,6 @@ class Topic:
     retention_ms: int
     cleanup_policy: Literal["delete", "compact"]
     description: str
-    replication_factor: int = 1
     sink: bool = True  # stored in ClickHouse by the sink; false for a topic whose records another topic holds
 
     @property
@@ -63,14 +79,27 @@ class Topic:
     def full_name(self, prefix: str = "") -> str:
         return f"{prefix}{self.name}"
 
-    def configs(self) -> dict[str, str]:
-        """Broker-level topic configs this topic must have."""
-        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+    def configs(self, replication: Replication | None = None) -> dict[str, str]:
+        """Broker-level topic configs this topic must have (with ``min.insync.replicas`` of ``replication``)."""
+        configs = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        if replication is not None:
+            configs["min.insync.replicas"] = str(replication.min_insync_replicas)
+        return configs
 
 
 @dataclass(frozen=True)
 class TopicRegistry:
     topics: tuple[Topic, ...]
+    environments: tuple[tuple[str, Replication], ...] = (("local", Replication()),)
+
+    def replication(self, environment: str) -> Replication:
+        """The replication of ``environment`` (settings ``environment``)."""
+        for name, replication in self.environments:
+            if name == environment:
+                return replication
+        raise RegistryError(
+            f"no environment {environment!r} in the registry; known: {[n for n, _ in self.environments]}"
+        )
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.topics)
@@ -106,14 +135,20 @@ def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
                 retention_ms=item.retention_ms,
                 cleanup_policy=item.cleanup_policy,
                 description=item.description,
-                replication_factor=item.replication_factor,
                 sink=item.sink,
             )
         )
     names = [t.name for t in topics]
     if len(set(names)) != len(names):
         raise RegistryError(f"{path}: duplicate topic names")
-    return TopicRegistry(tuple(topics))
+    environments = []
+    for env, rep in (spec.environments or {"local": _ReplicationSpec(1, 1)}).items():
+        if not 1 <= rep.min_insync_replicas <= rep.replication_factor:
+            raise RegistryError(
+                f"{path}: environment {env}: min_insync_replicas must be between 1 and replication_factor"
+            )
+        environments.append((env, Replication(rep.replication_factor, rep.min_insync_replicas)))
+    return TopicRegistry(tuple(topics), tuple(environments))
 
 
 def _normalised_descriptions(node: object) -> object:

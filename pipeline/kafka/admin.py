@@ -1,17 +1,23 @@
 """Topic administration against the registry: apply (create what is missing, grow partitions),
-check (report every difference) and describe."""
+check (report every difference) and describe.
+
+Replication comes from the registry's environment (settings ``environment``): ``apply`` creates topics with its
+replication factor and ``min.insync.replicas``; ``check`` reports a topic with fewer replicas or another
+``min.insync.replicas`` (where the broker reports them). Neither is ever changed on an existing topic: a
+reassignment is an operator's decision (docs/security.md, "Production")."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.contracts.topics import Topic, TopicRegistry
+from pipeline.contracts.topics import Replication, Topic, TopicRegistry
 from pipeline.kafka.clients import client_options
 from pipeline.settings import KafkaSettings
 
@@ -29,6 +35,7 @@ class TopicState:
     name: str
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    replication_factor: int | None = None  # the fewest replicas of any partition, when the broker reports them
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ async def describe(kafka: KafkaSettings, names: list[str]) -> dict[str, TopicSta
         if not wanted:
             return {}
         states = {
-            item["topic"]: TopicState(item["topic"], len(item["partitions"]))
+            item["topic"]: TopicState(item["topic"], len(item["partitions"]), replication_factor=_replicas(item))
             for item in await admin.describe_topics(wanted)
             if item.get("error_code", 0) == 0
         }
@@ -73,8 +80,16 @@ async def describe(kafka: KafkaSettings, names: list[str]) -> dict[str, TopicSta
         await admin.close()
 
 
-def differences(registry: TopicRegistry, prefix: str, states: dict[str, TopicState]) -> list[Difference]:
-    """Every way the broker disagrees with the registry."""
+def _replicas(item: dict[str, Any]) -> int | None:
+    counts = [len(p["replicas"]) for p in item.get("partitions") or () if isinstance(p, dict) and p.get("replicas")]
+    return min(counts) if counts else None
+
+
+def differences(
+    registry: TopicRegistry, prefix: str, states: dict[str, TopicState], environment: str = "local"
+) -> list[Difference]:
+    """Every way the broker disagrees with the registry (in ``environment``)."""
+    replication = registry.replication(environment)
     found: list[Difference] = []
     for topic in registry:
         name = topic.full_name(prefix)
@@ -84,20 +99,38 @@ def differences(registry: TopicRegistry, prefix: str, states: dict[str, TopicSta
             continue
         if state.partitions != topic.partitions:
             found.append(Difference(name, "partitions", str(topic.partitions), str(state.partitions)))
-        for key, value in topic.configs().items():
+        if state.replication_factor is not None and state.replication_factor != replication.replication_factor:
+            found.append(
+                Difference(
+                    name, "replication factor", str(replication.replication_factor), str(state.replication_factor)
+                )
+            )
+        for key, value in topic.configs(replication).items():
             actual = state.configs.get(key)
             if actual is not None and actual != value:
                 found.append(Difference(name, key, value, actual))
     return found
 
 
-async def check(kafka: KafkaSettings, registry: TopicRegistry, prefix: str) -> list[Difference]:
+async def check(
+    kafka: KafkaSettings, registry: TopicRegistry, prefix: str, environment: str = "local"
+) -> list[Difference]:
     states = await describe(kafka, [t.full_name(prefix) for t in registry])
-    return differences(registry, prefix, states)
+    return differences(registry, prefix, states, environment)
 
 
-async def apply(kafka: KafkaSettings, registry: TopicRegistry, prefix: str) -> list[str]:
-    """Create missing topics and grow partition counts; returns what was done.
+def new_topic(topic: Topic, prefix: str, replication: Replication) -> NewTopic:
+    return NewTopic(
+        topic.full_name(prefix),
+        num_partitions=topic.partitions,
+        replication_factor=replication.replication_factor,
+        topic_configs=topic.configs(replication),
+    )
+
+
+async def apply(kafka: KafkaSettings, registry: TopicRegistry, prefix: str, environment: str = "local") -> list[str]:
+    """Create missing topics (with the replication of ``environment``) and grow partition counts; returns what was
+    done.
 
     Shrinking partitions or changing a config of an existing topic is never done silently: those
     remain differences that ``check`` reports.
@@ -109,18 +142,20 @@ async def apply(kafka: KafkaSettings, registry: TopicRegistry, prefix: str) -> l
     try:
         missing: list[Topic] = [t for t in registry if t.full_name(prefix) not in states]
         if missing:
-            new = [
-                NewTopic(
-                    t.full_name(prefix),
-                    num_partitions=t.partitions,
-                    replication_factor=t.replication_factor,
-                    topic_configs=t.configs(),
-                )
+            replication = registry.replication(environment)
+            new = [new_topic(t, prefix, replication) for t in missing]
+            try:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(new)
+            except KafkaError as exc:
+                raise TopicApplyError(
+                    f"could not create {len(new)} topic(s) with replication factor {replication.replication_factor} "
+                    f"and min.insync.replicas {replication.min_insync_replicas} (environment {environment}): {exc}"
+                ) from exc
+            done += [
+                f"created {t.full_name(prefix)} ({t.partitions} partitions, {replication.replication_factor} replicas)"
                 for t in missing
             ]
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-            done += [f"created {t.full_name(prefix)} ({t.partitions} partitions)" for t in missing]
         grow = {
             t.full_name(prefix): NewPartitions(t.partitions)
             for t in registry

@@ -4,6 +4,10 @@ Values travel as raw bytes and are decoded with the contracts' msgspec decoders 
 (faster than Faust's codecs and validated). Group timings come from the settings so a worker joins
 in a few seconds on Tansu. No ``exactly_once``: Tansu rejects InitProducerId, and effectively-once
 comes from deterministic outputs, idempotent sinks and fingerprinted alerts instead.
+
+Internal topics (table changelogs, repartition topics) get the replication factor of the registry's environment
+(settings ``environment``: prod 3, local 1); tables pass :func:`table_topic_configs` so their changelogs also get
+its ``min.insync.replicas``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,14 @@ from typing import Any
 
 import faust
 
+from pipeline.contracts import load_registry
 from pipeline.kafka.clients import ssl_context_for
 from pipeline.settings import KafkaSettings, Settings
+
+
+def table_topic_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of a Faust table's changelog: ``min.insync.replicas`` of the environment."""
+    return {"min.insync.replicas": str(load_registry().replication(settings.environment).min_insync_replicas)}
 
 
 def _credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
@@ -52,7 +62,7 @@ def create_app(settings: Settings, app_id: str, **overrides: Any) -> faust.App:
         "broker_rebalance_timeout": kafka.rebalance_timeout_ms / 1000,
         "producer_compression_type": kafka.compression_type,
         "producer_linger_ms": kafka.linger_ms,
-        "topic_replication_factor": 1,
+        "topic_replication_factor": load_registry().replication(settings.environment).replication_factor,
         "datadir": str(datadir),
     }
     return faust.App(f"{settings.topic_prefix}{app_id}", **(options | overrides))

@@ -158,7 +158,7 @@ async def _server_rate(settings: Settings, values: list[bytes]) -> tuple[float, 
     from pipeline.sinks.driver_backend import ServerSink
 
     host, port = settings.infra.broker_host, settings.infra.clickhouse_tcp_port
-    url = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse") else None
+    url: str | None = settings.clickhouse_url if settings.clickhouse_url.startswith("clickhouse") else None
     if url is None:
         if not port_open(host, port):
             log.warning("no clickhouse-server on %s:%d (marketprism infra up); skipping the server path", host, port)
