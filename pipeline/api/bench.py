@@ -342,10 +342,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_bench(base: Settings, alerts: int, page: int, connections: int, seconds: int, subscribers: int) -> str:
-    import httpx
-
+    """The figures as text (``seconds`` 0 skips the HTTP runs, ``subscribers`` 0 the stream run)."""
     from pipeline.api.auth import mint
-    from pipeline.infra import free_port
 
     secret = "bench-secret-" + os.urandom(16).hex()
     settings = base.model_copy(update={"api": ApiSettings(jwt_secret=secret)})  # type: ignore[arg-type]
@@ -357,6 +355,26 @@ def run_bench(base: Settings, alerts: int, page: int, connections: int, seconds:
         f"{'wrk (2 threads)' if shutil.which('wrk') else 'a Python httpx process'}",
         f"{alerts} current alerts; GET {path}; {connections} connections x {seconds} s; one uvicorn process",
     ]
+    if seconds > 0:
+        lines += _http_runs(settings, token, path, alerts, page, connections, seconds)
+    if subscribers:
+        latencies = asyncio.run(_stream_run(settings, token, subscribers))
+        lines.append(
+            f"record on ops.alerts.v1 -> SSE event, {subscribers} subscribers, {len(latencies)} deliveries: "
+            f"p50 {_percentile(latencies, 0.5):.1f} ms, p99 {_percentile(latencies, 0.99):.1f} ms, "
+            f"max {max(latencies):.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+def _http_runs(
+    settings: Settings, token: str, path: str, alerts: int, page: int, connections: int, seconds: int
+) -> list[str]:
+    import httpx
+
+    from pipeline.infra import free_port
+
+    lines = []
     with tempfile.TemporaryDirectory(prefix="mp-bench-api-") as tmp:
         static = Path(tmp) / "static.json"
         local = settings.model_copy(update={"kafka": KafkaSettings(bootstrap_servers="127.0.0.1:9")})
@@ -393,14 +411,7 @@ def run_bench(base: Settings, alerts: int, page: int, connections: int, seconds:
             f"{r.name:<44} {r.requests_per_s:>9,.0f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.errors:>7} "
             f"{r.body_bytes:>7} {r.requests_per_s / baseline:>9.2f}"
         )
-    if subscribers:
-        latencies = asyncio.run(_stream_run(settings, token, subscribers))
-        lines.append(
-            f"record on ops.alerts.v1 -> SSE event, {subscribers} subscribers, {len(latencies)} deliveries: "
-            f"p50 {_percentile(latencies, 0.5):.1f} ms, p99 {_percentile(latencies, 0.99):.1f} ms, "
-            f"max {max(latencies):.1f} ms"
-        )
-    return "\n".join(lines)
+    return lines
 
 
 async def _stream_run(settings: Settings, token: str, subscribers: int, records: int = 20) -> list[float]:

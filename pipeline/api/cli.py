@@ -28,7 +28,6 @@ def serve(
     import uvicorn
 
     from pipeline.api.app import create_app
-
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj

@@ -35,10 +35,12 @@ class StreamEvent:
     kind: str  # alert | anomaly | silence | health | reset | dropped
     data: bytes  # the JSON document of the event
     record: Any = None  # the record it came from (filters read it), None for synthetic events
+    frame: bytes = b""  # the event as an SSE frame, made once for every subscriber
 
-    def frame(self) -> bytes:
-        """The event as an SSE frame."""
-        return b"id: " + self.id.encode() + b"\nevent: " + self.kind.encode() + b"\ndata: " + self.data + b"\n\n"
+    @classmethod
+    def make(cls, id: str, seq: int, kind: str, data: bytes, record: Any = None) -> StreamEvent:
+        frame = b"id: " + id.encode() + b"\nevent: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        return cls(id, seq, kind, data, record, frame)
 
 
 Filter = Callable[[StreamEvent], bool]
@@ -63,7 +65,7 @@ class EventBus:
     def publish(self, kind: str, record: Any, data: bytes | None = None) -> StreamEvent:
         self._seq += 1
         payload = data if data is not None else _encoder.encode(record)
-        event = StreamEvent(f"{self.epoch}-{self._seq}", self._seq, kind, payload, record)
+        event = StreamEvent.make(f"{self.epoch}-{self._seq}", self._seq, kind, payload, record)
         self._ring.append(event)
         if len(self._ring) > self.ring_size:
             self._ring.popleft()
@@ -86,7 +88,7 @@ class EventBus:
         SUBSCRIBERS.set(len(self._subscribers))
 
     def _synthetic(self, kind: str, doc: dict[str, Any]) -> StreamEvent:
-        return StreamEvent(f"{self.epoch}-{self._seq}", self._seq, kind, _encoder.encode(doc))
+        return StreamEvent.make(f"{self.epoch}-{self._seq}", self._seq, kind, _encoder.encode(doc))
 
     def subscribe(self, accepts: Filter, last_event_id: str | None = None) -> Subscriber:
         """A new subscriber; with ``last_event_id`` its queue starts with what it missed (or a ``reset``)."""

@@ -33,15 +33,17 @@ HEALTH_TICK_S = 5.0
 
 
 def event_filter(kinds: set[str], query: AlertQuery, exchange: str | None, min_score: float):  # type: ignore[no-untyped-def]
+    # every version of an alert is sent (so a client sees it leave the filter), not only active ones
+    every_state = AlertQuery(
+        query.states, query.severities, query.venues, query.rules, query.matchers, query.text, True
+    )
+
     def accepts(event: StreamEvent) -> bool:
         if event.kind not in kinds:
             return False
         record = event.record
         if isinstance(record, Alert):
-            # every version of an alert is sent (so a client sees it leave the filter), not only active ones
-            return AlertQuery(
-                query.states, query.severities, query.venues, query.rules, query.matchers, query.text, True
-            ).accepts(record) and (exchange is None or record.labels.get("exchange") == exchange)
+            return every_state.accepts(record) and (exchange is None or record.labels.get("exchange") == exchange)
         if isinstance(record, Anomaly):
             return record.score >= min_score and (exchange is None or record.exchange == exchange)
         return True
@@ -80,7 +82,7 @@ async def stream(
                         return
                     yield b": heartbeat\n\n"
                     continue
-                yield event.frame()
+                yield event.frame
                 if event.kind == "dropped":
                     return
         finally:

@@ -174,9 +174,7 @@ def _sources(views: LiveViews) -> list[_Source]:
 class ViewReader:
     """Rebuilds the live views from the topics, then keeps them current until stopped."""
 
-    def __init__(
-        self, settings: Settings, views: LiveViews, bus: EventBus, tail: int = 2_000, fetch_wait_ms: int = 100
-    ):
+    def __init__(self, settings: Settings, views: LiveViews, bus: EventBus, tail: int = 2_000, fetch_wait_ms: int = 50):
         self.settings = settings
         self.views = views
         self.bus = bus
