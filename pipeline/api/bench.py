@@ -395,7 +395,7 @@ def _http_runs(
             _load("warm-up", url + path, token, connections, 2, len(body))
             results = [
                 _load("GET /api/v1/alerts, one query (cached)", url + path, token, connections, seconds, len(body)),
-                _load(f"GET /api/v1/alerts, {offsets} offsets (uncached)", url + path, token, connections,
+                _load(f"GET /api/v1/alerts, {offsets} offsets (rendered)", url + path, token, connections,
                       seconds, len(body), vary=offsets),
                 _load("static JSON, same size, same auth", url + "/bench/static-auth", token, connections, seconds,
                       static.stat().st_size),

@@ -107,6 +107,7 @@ class AlertIndex:
         self._generation = -1
         self._sorted: list[Alert] = []
         self._cache: dict[str, bytes] = {}  # rendered pages of the current generation, by query string
+        self._selected: dict[AlertQuery, list[Alert]] = {}  # selections of the current generation
         self._cache_generation = -1
 
     def sorted(self) -> list[Alert]:
@@ -117,13 +118,25 @@ class AlertIndex:
         return self._sorted
 
     def select(self, query: AlertQuery) -> list[Alert]:
-        return [a for a in self.sorted() if query.accepts(a)]
+        """The alerts ``query`` accepts, in list order; remembered per query until the alerts change (pages of one
+        filtered list differ only by their slice)."""
+        self._current()
+        found = self._selected.get(query)
+        if found is None:
+            if len(self._selected) >= PAGE_CACHE:
+                self._selected.clear()
+            found = self._selected[query] = [a for a in self.sorted() if query.accepts(a)]
+        return found
+
+    def _current(self) -> None:
+        if self._cache_generation != self.views.alerts.generation:
+            self._cache.clear()
+            self._selected.clear()
+            self._cache_generation = self.views.alerts.generation
 
     def cached(self, key: str) -> bytes | None:
         """A rendered answer for ``key`` (a request's query string) made since the alerts last changed."""
-        if self._cache_generation != self.views.alerts.generation:
-            self._cache.clear()
-            self._cache_generation = self.views.alerts.generation
+        self._current()
         return self._cache.get(key)
 
     def remember(self, key: str, body: bytes) -> None:

@@ -301,3 +301,45 @@ async def test_cached_pages_are_the_same_bytes_checked_the_same_way(build, asgi)
     assert third.json()["total"] == first.json()["total"] - 1
     codes = [(await client.get("/api/v1/alerts", headers=h, params=params)).status_code for _ in range(2)]
     assert codes == [200, 429]  # a burst of 4: the cached path takes from the same bucket
+
+
+async def _frames(response, count: int) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+    frames: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line.startswith(("id:", "event:", "data:")):
+            name, _, value = line.partition(": ")
+            current[name] = value
+        elif not line and current:
+            frames.append(current)
+            current = {}
+            if len(frames) == count:
+                return frames
+    return frames
+
+
+async def test_stream_filters_and_resumes_with_last_event_id(build, served) -> None:  # type: ignore[no-untyped-def]
+    settings = build.api_settings()
+    async with served(settings, read_topics=False, views=LiveViews()) as api:
+        bus = api.app.state.api.bus
+        async with api.client(build.token(settings, "v", "viewer")) as client:
+            params = {"kind": "alert", "venue": "okx"}
+            async with client.stream("GET", "/api/v1/stream", params=params) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                bus.publish("alert", build.alert(1, exchange="binance"))  # filtered out
+                bus.publish("anomaly", build.anomaly(1, exchange="okx"))  # another kind
+                first = bus.publish("alert", build.alert(2, exchange="okx"))
+                got = await asyncio.wait_for(_frames(response, 1), 30)
+            assert [(f["id"], f["event"]) for f in got] == [(first.id, "alert")]
+            assert json.loads(got[0]["data"])["fingerprint"] == "fp00002"
+            bus.publish("alert", build.alert(3, exchange="okx"))
+            bus.publish("alert", build.alert(4, exchange="binance"))
+            headers = {"Last-Event-ID": first.id}
+            async with client.stream("GET", "/api/v1/stream", params=params, headers=headers) as response:
+                got = await asyncio.wait_for(_frames(response, 1), 30)
+            assert [json.loads(f["data"])["fingerprint"] for f in got] == ["fp00003"]
+            async with client.stream("GET", "/api/v1/stream", headers={"Last-Event-ID": "old-7"}) as response:
+                got = await asyncio.wait_for(_frames(response, 1), 30)
+            assert got[0]["event"] == "reset"
+        async with api.client() as anonymous:
+            assert (await anonymous.get("/api/v1/stream")).status_code == 401
