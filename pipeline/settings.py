@@ -150,6 +150,15 @@ class ClockSettings(BaseModel):
         return self
 
 
+class LimitSettings(BaseModel):
+    """Bounds on what a peer controls (docs/security.md): a venue's websocket frame size (checked after
+    permessage-deflate decompression), a REST body (after gzip/deflate decompression) and a ``Retry-After`` delay."""
+
+    ws_max_frame_bytes: int = Field(default=16 * 1024 * 1024, gt=0)  # full-depth snapshots run to megabytes
+    rest_max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    retry_after_max_s: float = Field(default=60.0, gt=0)
+
+
 class SecuritySettings(BaseModel):
     """Keys and bounds for state the pipeline reads back from its own topics (docs/security.md).
 
@@ -246,6 +255,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9108, ge=0, lt=65536)  # 0 disables the /metrics server
     metrics_host: str = "127.0.0.1"  # the /metrics listener's address (0.0.0.0 in a container that is scraped)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     state_dir: Path = Path(".marketprism")
     infra: InfraSettings = Field(default_factory=InfraSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -136,6 +136,8 @@ class _Tap:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        self.broken_books: set[tuple[str, str]] = set()  # never: the tap takes everything
+        self.has_room = True
 
     def record(self, record: Record, value: bytes | None = None) -> bool:
         assert value is not None

@@ -67,6 +67,7 @@ class ConnectionSupervisor:
         *,
         proxy: str | None = None,
         backoff: Backoff | None = None,
+        max_frame_bytes: int = 16 * 1024 * 1024,
         ack_timeout_s: float = 15.0,
         open_timeout_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
@@ -77,6 +78,7 @@ class ConnectionSupervisor:
         self.keepalive = keepalive
         self.sink = sink
         self.proxy = proxy
+        self.max_frame_bytes = max_frame_bytes
         self.backoff = backoff or Backoff()
         self.ack_timeout_s = ack_timeout_s
         self.open_timeout_s = open_timeout_s
@@ -110,7 +112,8 @@ class ConnectionSupervisor:
                 open_timeout=self.open_timeout_s,
                 close_timeout=2.0,  # a dead peer must not hold up the reconnect
                 ping_interval=None,  # the watchdog pings and enforces pongs itself
-                max_size=None,  # full-depth snapshots run to megabytes
+                # a larger frame (after decompression) closes the connection with 1009, and it reconnects
+                max_size=self.max_frame_bytes,
                 max_queue=None,  # the reader hands frames on synchronously, so nothing piles up here
             ) as ws:
                 self.connection = ws

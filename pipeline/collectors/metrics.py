@@ -42,6 +42,14 @@ CONNECTED = gauge("collector_connected", "1 while the websocket is open", ["exch
 DUPLICATES = counter("collector_duplicate_trades_total", "Trades dropped as repeats", ["exchange"])
 OVERFLOW = counter("collector_queue_overflow_total", "Records dropped because the producer queue was full", ["kind"])
 QUEUE_DEPTH = gauge("collector_queue_depth", "Items waiting for the producer")
+BOOKS_BROKEN = counter(
+    "collector_books_broken_total", "Books whose published stream lost a change (held until a snapshot)", ["exchange"]
+)
+BOOK_LOCAL_RESYNCS = counter(
+    "collector_book_local_resyncs_total",
+    "Snapshots built from the collector's own book to repair a broken book",
+    ["exchange"],
+)
 REST_REQUESTS = counter("collector_rest_requests_total", "REST requests made", ["exchange", "kind", "outcome"])
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 

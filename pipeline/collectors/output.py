@@ -2,7 +2,12 @@
 
 Readers never wait on the broker: :meth:`Output.record`, :meth:`Output.dead` and
 :meth:`Output.metric` put into a bounded queue without blocking, and a full queue drops the item,
-counts it (``marketprism_collector_queue_overflow_total``) and logs (at most once per 5 s). One pump
+counts it (``marketprism_collector_queue_overflow_total{kind}``) and logs (at most once per 5 s); the runtime
+reports each dropped record as a gap of its stream in ``ops.feed_metrics.v1``. A dropped book change would
+leave every consumer rebuilding that book from ``md.book.v1`` silently wrong, so it marks the book broken
+(``marketprism_collector_books_broken_total``): its further deltas are not published (``kind="book_suppressed"``)
+until a snapshot replaces it, either the venue's own or the one the runtime builds from the collector's book
+(``resync=True``), which is exact because the collector applied the change it could not publish. One pump
 task drains the queue into the :class:`~pipeline.kafka.RecordProducer` (batched, zstd, keyed
 ``exchange:symbol``); when the broker is away the pump waits and retries the producer start with
 backoff, and data flows again when the broker returns.
@@ -29,8 +34,8 @@ from aiokafka.errors import KafkaError
 
 from pipeline.collectors.backoff import Backoff
 from pipeline.collectors.base import TOPIC_OF
-from pipeline.collectors.metrics import OVERFLOW, QUEUE_DEPTH
-from pipeline.contracts import BatchTrade, FeedMetrics, Record, Trade, TradeBatch, encode, market_key
+from pipeline.collectors.metrics import BOOKS_BROKEN, OVERFLOW, QUEUE_DEPTH
+from pipeline.contracts import BatchTrade, BookUpdate, FeedMetrics, Record, Trade, TradeBatch, encode, market_key
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,8 @@ class Output:
         self._last_overflow_log = 0.0
         self._started = False
         self._keys: dict[tuple[str, str], bytes] = {}  # (exchange, symbol) -> market key
+        # (exchange, symbol) of books whose published stream lost a change: no delta until a snapshot
+        self.broken_books: set[tuple[str, str]] = set()
 
     def _put(self, item: _Item, kind: str) -> bool:
         try:
@@ -93,8 +100,13 @@ class Output:
         return True
 
     def record(self, record: Record, value: bytes | None = None) -> bool:
-        """Queue one market-data record (``value``: its encoding, when already made) keyed ``exchange:symbol``."""
+        """Queue one market-data record (``value``: its encoding, when already made) keyed ``exchange:symbol``;
+        False when it was not queued (the queue is full, or it is a delta of a broken book)."""
         market = (record.exchange, record.symbol)  # type: ignore[attr-defined]
+        book = type(record) is BookUpdate
+        if book and self.broken_books and market in self.broken_books and record.kind != "snapshot":  # type: ignore[attr-defined]
+            OVERFLOW.labels("book_suppressed").inc()
+            return False
         key = self._keys.get(market)
         if key is None:
             if len(self._keys) >= MARKET_KEYS:
@@ -109,7 +121,15 @@ class Output:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            return self._put(item, "record")  # counts and logs the overflow
+            if not book:
+                return self._put(item, "record")  # counts and logs the overflow
+            if market not in self.broken_books:
+                self.broken_books.add(market)
+                BOOKS_BROKEN.labels(market[0]).inc()
+                log.warning("%s %s: a book change could not be queued; book marked broken until a snapshot", *market)
+            return self._put(item, "book")
+        if book and self.broken_books and record.kind == "snapshot":  # type: ignore[attr-defined]
+            self.broken_books.discard(market)
         return True
 
     def metric(self, record: FeedMetrics) -> bool:
@@ -122,6 +142,10 @@ class Output:
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def has_room(self) -> bool:
+        return not self._queue.full()
 
     async def _start(self) -> None:
         while True:

@@ -2,8 +2,10 @@
 
 Every request first takes its ``weight`` from one leaky-bucket limiter per venue (aiolimiter), so
 a reconnect that asks for 100 snapshots spreads them over the budget instead of causing a 429
-storm; identical requests already waiting are coalesced. 429/418 answers wait ``Retry-After``;
-errors retry with capped jittered backoff. Proxies: ``http://`` natively, ``socks4/5://`` through
+storm; identical requests already waiting are coalesced. 429/418 answers wait ``Retry-After`` (at most
+``retry_after_max_s``: a peer does not get to park a worker for a day); errors retry with capped jittered backoff.
+A body is read up to ``max_body_bytes`` after decompression (a gzip bomb or an endless body is cut off and the
+request given up, outcome ``too_large``). Proxies: ``http://`` natively, ``socks4/5://`` through
 aiohttp-socks.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp_socks import ProxyConnector
@@ -32,6 +34,20 @@ def _wall_us() -> int:
     return time.time_ns() // 1000
 
 
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The (decompressed) body, or None once it exceeds ``limit`` bytes (the rest is not read)."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class RestClient:
     """One venue's REST worker pool; ``on_body(request, body, ts_recv_us)`` gets each successful body."""
 
@@ -47,6 +63,9 @@ class RestClient:
         backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 30.0),
         timeout_s: float = 30.0,
         wall_us: Callable[[], int] = _wall_us,
+        max_body_bytes: int = 32 * 1024 * 1024,
+        retry_after_max_s: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self.exchange = exchange
         self.limiter = AsyncLimiter(limit.weight, limit.period_s)
@@ -57,6 +76,9 @@ class RestClient:
         self._backoff = backoff
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._wall_us = wall_us
+        self.max_body_bytes = max_body_bytes
+        self.retry_after_max_s = retry_after_max_s
+        self._sleep = sleep
         self._queue: asyncio.Queue[RestRequest] = asyncio.Queue()
         self._waiting: set[RestRequest] = set()
         self.completed = 0
@@ -123,7 +145,16 @@ class RestClient:
             delay: float | None = None
             try:
                 async with session.get(request.url, params=list(request.params), proxy=http_proxy) as response:
-                    body = await response.read()
+                    body = await _read_bounded(response, self.max_body_bytes)
+                    if body is None:
+                        REST_REQUESTS.labels(self.exchange, request.kind, "too_large").inc()
+                        log.error(
+                            "%s %s: body larger than %d bytes; giving up",
+                            self.exchange,
+                            request.url,
+                            self.max_body_bytes,
+                        )
+                        break
                     if response.status == 200:
                         REST_REQUESTS.labels(self.exchange, request.kind, "ok").inc()
                         self.completed += 1
@@ -135,11 +166,11 @@ class RestClient:
                         break
                     retry_after = response.headers.get("Retry-After", "")
                     if retry_after.isdigit():
-                        delay = float(retry_after)
+                        delay = min(float(retry_after), self.retry_after_max_s)
                     log.warning("%s %s: HTTP %d (attempt %d)", self.exchange, request.url, response.status, attempt)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 REST_REQUESTS.labels(self.exchange, request.kind, "error").inc()
                 log.warning("%s %s failed (attempt %d): %s", self.exchange, request.url, attempt, exc)
-            await asyncio.sleep(backoff.next_delay() if delay is None else delay)
+            await self._sleep(backoff.next_delay() if delay is None else delay)
         self.failed += 1
         log.error("%s: giving up on %s %s for %s", self.exchange, request.kind, request.url, request.symbol)

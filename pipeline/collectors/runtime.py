@@ -30,12 +30,12 @@ from pipeline.collectors.base import (
 )
 from pipeline.collectors.connection import ConnectionSupervisor
 from pipeline.collectors.dedup import TradeDedup
-from pipeline.collectors.metrics import DUPLICATES, FeedStats
+from pipeline.collectors.metrics import BOOK_LOCAL_RESYNCS, DUPLICATES, FeedStats
 from pipeline.collectors.output import Output
 from pipeline.collectors.rest import RestClient
 from pipeline.contracts import BookUpdate, DecodeError, Record, Trade, decoder_for, encode
 from pipeline.contracts.records import Level
-from pipeline.settings import Settings
+from pipeline.settings import LimitSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,31 @@ def checker_for(record_type: type[Record]) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(msgspec.defstruct(f"{record_type.__name__}Check", fields, kw_only=True))
 
 
+def local_snapshot(venue: Venue, symbol: str, ts_recv: int) -> BookUpdate | None:
+    """A ``resync`` snapshot of the collector's own, synced book of ``symbol`` (None when the venue module keeps
+    no such book or it is not synced). ``ts_event`` is ``ts_recv``: the book is as of the last change applied."""
+    books = getattr(venue, "_books", None)
+    if not isinstance(books, dict):
+        return None
+    for state in books.values():
+        if getattr(state, "symbol", None) == symbol and getattr(state, "synced", False):
+            bids, asks = state.book.levels()
+            return BookUpdate(
+                exchange=venue.exchange,  # type: ignore[arg-type]
+                symbol=symbol,
+                raw_symbol=state.raw,
+                kind="snapshot",
+                bids=bids,
+                asks=asks,
+                ts_event=ts_recv,
+                ts_recv=ts_recv,
+                seq_first=state.seq,
+                seq_last=state.seq,
+                resync=True,
+            )
+    return None
+
+
 class VenueRuntime:
     def __init__(
         self,
@@ -79,7 +104,9 @@ class VenueRuntime:
         dedup_capacity: int = 20_000,
         ack_timeout_s: float = 15.0,
         clock: Clock | None = None,
+        limits: LimitSettings | None = None,
     ):
+        limits = limits or LimitSettings()
         self.venue = venue
         self.exchange = venue.exchange
         self.clock = clock or SystemClock()  # pipeline time: receipt stamps and the feed-metrics cadence
@@ -93,6 +120,8 @@ class VenueRuntime:
             proxy=proxy,
             concurrency=rest_concurrency,
             wall_us=self.clock.now_us,
+            max_body_bytes=limits.rest_max_body_bytes,
+            retry_after_max_s=limits.retry_after_max_s,
         )
         self.plans = venue.plan()
         self.connections = [
@@ -102,6 +131,7 @@ class VenueRuntime:
                 self,
                 proxy=proxy,
                 backoff=backoff(),
+                max_frame_bytes=limits.ws_max_frame_bytes,
                 ack_timeout_s=ack_timeout_s,
                 ts_recv=self.clock.now_us,
             )
@@ -144,7 +174,7 @@ class VenueRuntime:
             self.stats.frame(plan, len(raw), None, ts_recv)
             return None
         self.stats.frame(plan, len(raw), result, ts_recv)
-        self._publish(result)
+        self._publish(result, ts_recv)
         return result
 
     # ---- REST bodies
@@ -161,7 +191,7 @@ class VenueRuntime:
             self._dead(f"rest:{request.kind}", "venue_error", f"{type(exc).__name__}: {exc}", body)
             return None
         self.stats.result(result.stream or "book", result)
-        self._publish(result)
+        self._publish(result, ts_recv)
         return result
 
     def _dead(self, where: str, reason: str, error: str, payload: str | bytes) -> None:
@@ -169,8 +199,9 @@ class VenueRuntime:
         self.stats.parse_error(where, reason)
         self.output.dead(reason, f"{self.exchange} {where}: {error}", payload, self.exchange)
 
-    def _publish(self, result: FrameResult) -> None:
+    def _publish(self, result: FrameResult, ts_recv: int) -> None:
         lag, record_out, kinds = self.stats.lag, self.output.record, self._kinds
+        dropped = 0
         for record in result.records:
             value = encode(record)
             kind = type(record)
@@ -186,9 +217,26 @@ class VenueRuntime:
                 self.duplicates.inc()
                 continue
             lag(known[1], record.ts_recv - record.ts_event)  # type: ignore[attr-defined]
-            record_out(record, value)
+            if not record_out(record, value):
+                dropped += 1
+        if dropped:  # not published: a gap of the stream in its feed metrics (the overflow counter has the kind)
+            self.stats.result(result.stream or "other", FrameResult(gaps=dropped))
+        if self.output.broken_books:
+            self._repair_books(result.stream or "book", ts_recv)
         if result.requests:
             self.rest.submit(result.requests)
+
+    def _repair_books(self, stream: str, ts_recv: int) -> None:
+        """Publish a snapshot of each broken book of this venue from the collector's own book (synced ones: a
+        book still waiting for the venue's snapshot gets that one); it stays broken while the queue is full."""
+        for exchange, symbol in list(self.output.broken_books):
+            if exchange != self.exchange or not self.output.has_room:
+                continue
+            snapshot = local_snapshot(self.venue, symbol, ts_recv)
+            if snapshot is not None and self.output.record(snapshot):
+                BOOK_LOCAL_RESYNCS.labels(exchange).inc()
+                self.stats.result(stream, FrameResult(resyncs=1))
+                log.info("%s %s: broken book repaired with a snapshot of the collector's book", exchange, symbol)
 
     # ---- run
 
@@ -240,7 +288,7 @@ class Collector:
                 venue,
                 output,
                 proxy=settings.venues[venue.exchange].proxy if venue.exchange in settings.venues else None,
-                **runtime_options,  # type: ignore[arg-type]
+                **({"limits": settings.limits} | runtime_options),  # type: ignore[arg-type]
             )
             for venue in venues
         ]
