@@ -4,6 +4,7 @@ and its digest for the settings) and ``marketprism bench api``. Only wiring."""
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +38,10 @@ def serve(
     serve_metrics(settings.metrics_port, addr=getattr(settings, "metrics_host", "127.0.0.1"))
     bind_host, bind_port = host or settings.api.host, port or settings.api.port
     typer.echo(f"marketprism api on http://{bind_host}:{bind_port} (docs at /docs)")
+    # uvicorn stops gracefully on SIGINT/SIGTERM, then re-raises the signal to the handlers it found: these end
+    # the process with status 0 (a stop we asked for is not a failure)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
     uvicorn.run(
         app,
         host=bind_host,
@@ -47,6 +52,10 @@ def serve(
         limit_concurrency=10_000,
         timeout_graceful_shutdown=5,
     )
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @api_app.command("token")
