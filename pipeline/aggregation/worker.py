@@ -110,12 +110,14 @@ class Outputs:
         self._factory = factory
         self._producer: RecordProducer | None = None
         self._dead_letters: DeadLetterPublisher | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        if self._producer is None:
-            producer = self._factory()
-            await producer.start()
-            self._producer, self._dead_letters = producer, DeadLetterPublisher(producer, "aggregator")
+        async with self._starting:  # the agent and the timer both start it: one producer, not one each
+            if self._producer is None:
+                producer = self._factory()
+                await producer.start()
+                self._producer, self._dead_letters = producer, DeadLetterPublisher(producer, "aggregator")
 
     async def stop(self) -> None:
         if self._producer is not None:

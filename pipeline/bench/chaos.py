@@ -41,7 +41,7 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from pipeline.bench.reference import accepted, bar_fields, bar_key, expected_bars, trades_of
-from pipeline.contracts import Bar, DeadLetter, decode
+from pipeline.contracts import Bar, DeadLetter, TradeBatch, decode
 from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
@@ -77,8 +77,10 @@ class Action:
 def schedule(seed: int, mode: str) -> list[Action]:
     """The round's actions, drawn from its seed alone."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
-    if mode == "kill":
-        return [Action(rng.choice(KILL_FRACTIONS), "kill")]
+    if mode == "kill":  # each fraction in turn (30 rounds: 10 each)
+        return [Action(KILL_FRACTIONS[seed % len(KILL_FRACTIONS)], "kill")]
+    if mode == "calm":  # the control: no fault
+        return []
     actions = [
         Action(round(rng.uniform(0.05, 0.95), 3), rng.choice(("kill", "kill", "stop", "term")), rng.uniform(0.2, 4.0))
         for _ in range(rng.randint(1, 3))
@@ -101,6 +103,7 @@ class RoundResult:
     crashed: list[str] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    diagnosis: list[str] = field(default_factory=list)  # per partition: input ends against the last saved state
 
     @property
     def clean(self) -> bool:
@@ -127,7 +130,8 @@ class RoundResult:
                  if self.dead_letters_without_reason else "",
                  f"crashed: {'; '.join(self.crashed)}" if self.crashed else "",
                  self.error]  # fmt: skip
-        return f"seed {self.seed}: FAILED ({plan}): " + "; ".join(p for p in parts if p)
+        text = f"seed {self.seed}: FAILED ({plan}): " + "; ".join(p for p in parts if p)
+        return "\n    ".join([text, *self.diagnosis])
 
 
 class Worker:
@@ -191,12 +195,15 @@ class Worker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-async def _read(settings: Settings, name: str, limit_s: float = 60.0) -> list[tuple[int, int, bytes]]:
-    """``(partition, offset, value)`` of every record of registry topic ``name``, start to the log end now."""
+async def _read(
+    settings: Settings, name: str, limit_s: float = 60.0, raw: bool = False
+) -> list[tuple[int, int, bytes]]:
+    """``(partition, offset, value)`` of every record of registry topic ``name`` (``raw``: a topic name under the
+    prefix, not in the registry), start to the log end now."""
     consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
     try:
-        topic = settings.topic(name)
+        topic = f"{settings.topic_prefix}{name}" if raw else settings.topic(name)
         await consumer.topics()
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:
@@ -325,6 +332,8 @@ async def run_round(base: Settings, seed: int, mode: str, capture_dir: Path, wor
             result.dead_letters += 1
             if not letter.reason or not letter.error:
                 result.dead_letters_without_reason += 1
+        if result.missing or result.differing or result.unexpected:
+            result.diagnosis = await _diagnose(settings, records)
         if not worker.alive:
             code = worker.process.returncode if worker.process else None
             result.crashed.append(f"worker exited with {code} (log {worker.log_path})")
@@ -346,8 +355,36 @@ async def run_round(base: Settings, seed: int, mode: str, capture_dir: Path, wor
     return result
 
 
+async def _diagnose(settings: Settings, trade_records: list[tuple[int, int, bytes]]) -> list[str]:
+    """Per input partition: the markets on it, its trade/BBO log ends, and the last state the worker saved."""
+    import json
+
+    markets: dict[int, set[str]] = {}
+    for partition, _, value in trade_records:
+        batch = decode(TradeBatch, value)
+        markets.setdefault(partition, set()).add(batch.symbol)
+    ends = {"trades": {}, "bbo": {}}  # type: dict[str, dict[int, int]]
+    for name, stream in (("md.trade_batches.v1", "trades"), ("md.bbo.v1", "bbo")):
+        for partition, offset, _ in await _read(settings, name):
+            ends[stream][partition] = max(ends[stream].get(partition, -1), offset)
+    states: dict[int, bytes] = {}
+    for partition, _, value in await _read(settings, "aggregator-bar-state-batches-changelog", raw=True):
+        states[partition] = value
+    lines = []
+    for partition in sorted(set(ends["trades"]) | set(ends["bbo"]) | set(states)):
+        saved = json.loads(states[partition]) if partition in states else {}
+        windows = sum(len(sym[2]) + len(sym[3]) for sym in saved.get("symbols", {}).values())
+        lines.append(
+            f"partition {partition} {sorted(markets.get(partition, ()))}: last trade/bbo offsets "
+            f"{ends['trades'].get(partition, -1)}/{ends['bbo'].get(partition, -1)}; saved state applied "
+            f"{saved.get('trade_offset')}/{saved.get('bbo_offset')}, trade wm {saved.get('trade_wm')}, "
+            f"{windows} windows open"
+        )
+    return lines
+
+
 async def run_chaos(
-    settings: Settings, rounds: int, seed: int, mode: str, capture_dir: Path, work: Path, speed: float = 3.0,
+    settings: Settings, rounds: int, seed: int, mode: str, capture_dir: Path, work: Path, speed: float = 10.0,
     echo: Callable[[str], object] = print,
 ) -> list[RoundResult]:  # fmt: skip
     """``rounds`` rounds with seeds ``seed``, ``seed + 1``, ...; each round's line is echoed as it ends."""

@@ -29,7 +29,7 @@ def bench_chaos(
             "or 1/2 of the capture, then a restart"
         ),
     ] = "chaos",
-    speed: Annotated[float, typer.Option(help="capture replay speed (1: as recorded, 30 s)")] = 3.0,
+    speed: Annotated[float, typer.Option(help="capture replay speed (1: as recorded, 30 s)")] = 10.0,
     captures: Annotated[Path, typer.Option(help="directory of the capture files")] = DEFAULT_CAPTURES / "replay",
     own_broker: Annotated[
         bool, typer.Option(help="a scratch Tansu broker of its own (else the settings' broker)")
@@ -40,13 +40,13 @@ def bench_chaos(
     from pipeline.bench.chaos import run_chaos, summary
     from pipeline.infra.scratch import scratch_broker
 
-    if mode not in ("chaos", "kill"):
-        raise typer.BadParameter("--mode is chaos or kill")
+    if mode not in ("chaos", "kill", "calm"):
+        raise typer.BadParameter("--mode is chaos, kill or calm (no fault: the control)")
     if not captures.is_dir():
         raise typer.BadParameter(f"{captures} is not a directory of captures")
     settings: Settings = ctx.obj
     for noisy in ("pipeline.collectors", "pipeline.replay", "pipeline.infra", "aiokafka"):  # the round lines matter
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
     async def main() -> str:
         with tempfile.TemporaryDirectory(prefix="mp-chaos-") as tmp:
