@@ -82,7 +82,7 @@ Viewer = Annotated[Principal, Depends(viewer)]
 Operator = Annotated[Principal, Depends(operator)]
 
 
-def alert_query(
+async def alert_query(
     state: Annotated[list[AlertState], Query(description="alert states (default: the active ones)")] = [],  # noqa: B006 - FastAPI reads the default, never mutated
     severity: Annotated[list[Severity], Query()] = [],  # noqa: B006 - as above
     venue: Annotated[list[Annotated[str, Query(max_length=50)]], Query(description="exchange label")] = [],  # noqa: B006
