@@ -180,6 +180,9 @@ def create_app(settings: Settings, *, read_topics: bool = True, views: LiveViews
             await asyncio.gather(*tasks, return_exceptions=True)
             if read_topics:
                 await state.commands.stop()
+            history = getattr(app.state, "history", None)
+            if history is not None:
+                history.close()
 
     app = FastAPI(
         title="MarketPrism operations API",

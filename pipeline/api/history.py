@@ -4,7 +4,8 @@ series' points around a time, a market's bars over a range.
 Parameterised queries only (``{name:Type}`` placeholders: chdb binds them server-side; with
 clickhouse-driver they become ``%(name)s`` parameters the driver escapes); the table names come from the
 topic registry. Every query has a bounded time range and a row limit (one more row is fetched to tell a
-truncated answer). Times come back as epoch microseconds, decimals as their exact strings.
+truncated answer). Conditions and ordering name the table's columns (``t.ts_event``), not the
+output aliases of the same name. Times come back as epoch microseconds, decimals as their exact strings.
 """
 
 from __future__ import annotations
@@ -22,30 +23,30 @@ MAX_RANGE_US = 31 * 24 * 3600 * 1_000_000  # one query spans at most 31 days
 
 ALERT_TRANSITIONS = """
 SELECT fingerprint, rule, state, severity, toUnixTimestamp64Micro(ts_event) AS ts_event, version, actor, comment, value
-FROM {table} WHERE _topic = {topic:String} AND fingerprint = {fingerprint:String}
-ORDER BY version, ts_event LIMIT {limit:UInt32}
+FROM {table} AS t WHERE _topic = {topic:String} AND fingerprint = {fingerprint:String}
+ORDER BY version, t.ts_event LIMIT {limit:UInt32}
 """
 ALERT_NOTIFICATIONS = """
 SELECT notification_id, channel, receiver, status, attempt, toUnixTimestamp64Micro(ts) AS ts, error
-FROM {table} WHERE _topic = {topic:String} AND has(fingerprints, {fingerprint:String})
-ORDER BY ts LIMIT {limit:UInt32}
+FROM {table} AS t WHERE _topic = {topic:String} AND has(fingerprints, {fingerprint:String})
+ORDER BY t.ts LIMIT {limit:UInt32}
 """
 ANOMALY_POINTS = """
 SELECT series_id, metric, toUnixTimestamp64Micro(ts_event) AS ts_event, value, score, expected, lower, upper, kind,
        time_to_threshold_s
-FROM {table} WHERE _topic = {topic:String} AND series_id = {series_id:String}
-  AND ts_event >= fromUnixTimestamp64Micro({start:Int64}, 'UTC')
-  AND ts_event < fromUnixTimestamp64Micro({end:Int64}, 'UTC')
-ORDER BY ts_event LIMIT {limit:UInt32}
+FROM {table} AS t WHERE _topic = {topic:String} AND series_id = {series_id:String}
+  AND t.ts_event >= fromUnixTimestamp64Micro({start:Int64}, 'UTC')
+  AND t.ts_event < fromUnixTimestamp64Micro({end:Int64}, 'UTC')
+ORDER BY t.ts_event LIMIT {limit:UInt32}
 """
 BARS = """
 SELECT exchange, symbol, interval, toUnixTimestamp64Micro(window_start) AS window_start,
        toUnixTimestamp64Micro(window_end) AS window_end, toString(open) AS open, toString(high) AS high,
        toString(low) AS low, toString(close) AS close, toString(volume) AS volume, toString(vwap) AS vwap, trade_count
-FROM {table} WHERE _topic = {topic:String} AND exchange = {exchange:String} AND symbol = {symbol:String}
-  AND window_start >= fromUnixTimestamp64Micro({start:Int64}, 'UTC')
-  AND window_start < fromUnixTimestamp64Micro({end:Int64}, 'UTC')
-ORDER BY window_start LIMIT {limit:UInt32}
+FROM {table} AS t WHERE _topic = {topic:String} AND exchange = {exchange:String} AND symbol = {symbol:String}
+  AND t.window_start >= fromUnixTimestamp64Micro({start:Int64}, 'UTC')
+  AND t.window_start < fromUnixTimestamp64Micro({end:Int64}, 'UTC')
+ORDER BY t.window_start LIMIT {limit:UInt32}
 """
 
 
@@ -83,12 +84,16 @@ class History:
 
         from pipeline.sinks.chdb_backend import chdb_path
 
-        if self._conn is None:
-            self._conn = chdb.connect(chdb_path(self.url))
-        params = {k: _escaped(v) if isinstance(v, str) else v for k, v in params.items()}
-        result = self._conn.query(
-            sql + " SETTINGS output_format_json_quote_64bit_integers = 0", "JSONCompact", params=params
-        )
+        # a connection per query: chdb binds one engine per process to one path, and a connection held open
+        # would keep it (history queries are rare; the connect costs far less than the query)
+        conn = chdb.connect(chdb_path(self.url))
+        try:
+            params = {k: _escaped(v) if isinstance(v, str) else v for k, v in params.items()}
+            result = conn.query(
+                sql + " SETTINGS output_format_json_quote_64bit_integers = 0", "JSONCompact", params=params
+            )
+        finally:
+            conn.close()
         doc = json.loads(str(result) or '{"meta": [], "data": []}')
         return [m["name"] for m in doc["meta"]], [tuple(row) for row in doc["data"]]
 
@@ -113,9 +118,7 @@ class History:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None and hasattr(self._conn, "close"):
-                self._conn.close()
-            elif self._conn is not None:
+            if self._conn is not None:
                 self._conn.disconnect()
             self._conn = None
 
