@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.types import TP, TableT
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from pipeline.aggregation.feeds import FEED_METRICS_TOPIC, FeedsWorker
 from pipeline.aggregation.health import FeedHealthTracker
@@ -154,11 +155,31 @@ class EndOffsets:
             await consumer.stop()
 
 
-async def ensure_internal_topics(settings: Settings) -> None:
-    """Create the internal summary topic (idempotent)."""
+async def ensure_internal_topics(settings: Settings, wait_s: float = 300.0) -> None:
+    """Create the internal summary topic (idempotent), waiting up to ``wait_s`` for an unreachable broker.
+
+    A worker (re)started while the broker is away waits for it instead of exiting: a chaos round that
+    dropped the broker's connections while a killed worker was restarting found it dead (exit 1).
+    """
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((KafkaError, OSError)),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        stop=stop_after_delay(wait_s),
+        before_sleep=_log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            await _create_internal_topics(settings)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    log.warning("broker unreachable (%s); retrying", state.outcome.exception() if state.outcome else None)
+
+
+async def _create_internal_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
-    await admin.start()
     try:
+        await admin.start()
         name = settings.topic(SUMMARY_TOPIC)
         if name not in set(await admin.list_topics()):
             topic = NewTopic(name, SUMMARY_PARTITIONS, 1, topic_configs={"retention.ms": "3600000"})

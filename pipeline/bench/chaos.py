@@ -9,7 +9,10 @@ capture's frames:
 
 - ``kill``: SIGKILL, then a new worker in the same group at once;
 - ``stop``: SIGSTOP for a drawn time, then SIGCONT;
-- ``term``: SIGTERM (a clean stop), then a new worker.
+- ``term``: SIGTERM (a clean stop), then a new worker;
+- ``drop`` (with ``drops``: the harness's own broker behind a TCP relay, :class:`Relay`): every
+  connection to the broker (collector, worker, its state writes) cut at once, new ones refused for a
+  drawn time.
 
 Mode ``kill`` is the issue-16 scenario: one SIGKILL once 1/4, 1/3 or 1/2 of the frames are in, and an
 immediate restart. After the capture ends and the collector has flushed, the round reads
@@ -33,8 +36,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,22 +74,110 @@ class Action:
     pause_s: float = 0.0  # stop: how long the worker stays stopped
 
     def __str__(self) -> str:
-        pause = f" {self.pause_s:.1f}s" if self.kind == "stop" else ""
+        pause = f" {self.pause_s:.1f}s" if self.kind in ("stop", "drop") else ""
         return f"{self.kind}{pause}@{self.at:.2f}"
 
 
-def schedule(seed: int, mode: str) -> list[Action]:
-    """The round's actions, drawn from its seed alone."""
+def schedule(seed: int, mode: str, drops: bool = False) -> list[Action]:
+    """The round's actions, drawn from its seed alone (and whether broker connections can be dropped)."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
     if mode == "kill":  # each fraction in turn (30 rounds: 10 each)
         return [Action(KILL_FRACTIONS[seed % len(KILL_FRACTIONS)], "kill")]
     if mode == "calm":  # the control: no fault
         return []
+    kinds = ("kill", "kill", "stop", "term", "drop", "drop") if drops else ("kill", "kill", "stop", "term")
     actions = [
-        Action(round(rng.uniform(0.05, 0.95), 3), rng.choice(("kill", "kill", "stop", "term")), rng.uniform(0.2, 4.0))
+        Action(round(rng.uniform(0.05, 0.95), 3), rng.choice(kinds), rng.uniform(0.2, 4.0))
         for _ in range(rng.randint(1, 3))
     ]
     return sorted(actions, key=lambda a: a.at)
+
+
+class Relay:
+    """A TCP relay in front of the broker (which advertises the relay's address, so every client, after the
+    bootstrap too, connects through it); :meth:`drop` cuts every connection and refuses new ones a while."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.drops = 0
+        self._server: asyncio.Server | None = None
+        self._refusing = False
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def start(self, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port)
+        self.port = port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._cut()
+            await self._server.wait_closed()
+
+    def _cut(self) -> None:
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+    async def drop(self, pause_s: float) -> None:
+        self.drops += 1
+        self._refusing = True
+        self._cut()
+        try:
+            await asyncio.sleep(pause_s)
+        finally:
+            self._refusing = False
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._open.difference_update((writer, up_writer))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def relayed_broker(base: Settings) -> AsyncIterator[tuple[Settings, Relay]]:
+    """A scratch Tansu broker advertised at a :class:`Relay`'s address: yields (settings through the relay,
+    the relay); the broker and its directory are gone after the block."""
+    from pipeline.infra.services import ManagedProcess, broker_binary, free_port
+
+    with tempfile.TemporaryDirectory(prefix="mp-chaos-broker-") as tmp:
+        port, relay_port = free_port(), free_port()
+        relay = Relay("127.0.0.1", port)
+        listen, advertised = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{relay_port}"
+        argv = (broker_binary(), "broker", "--listener-url", listen, "--advertised-listener-url", advertised,
+                "--storage-engine", "memory://tansu/")  # fmt: skip
+        broker = ManagedProcess("broker", argv, Path(tmp), "127.0.0.1", port)
+        broker.start()
+        try:
+            await relay.start(relay_port)
+            local = base.model_copy(
+                update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{relay_port}"}),
+                        "state_dir": Path(tmp) / "state"}
+            )  # fmt: skip
+            yield local, relay
+        finally:
+            await relay.stop()
+            broker.stop()
 
 
 @dataclass
@@ -254,7 +346,9 @@ async def _until(condition: Callable[[], bool], limit_s: float, step_s: float = 
             await asyncio.sleep(step_s)
 
 
-async def run_round(base: Settings, seed: int, mode: str, capture_dir: Path, work: Path, speed: float) -> RoundResult:
+async def run_round(
+    base: Settings, seed: int, mode: str, capture_dir: Path, work: Path, speed: float, relay: Relay | None = None
+) -> RoundResult:
     """One seeded round (see the module docstring); never raises for what it finds, only reports it."""
     from pipeline.aggregation.app import ensure_internal_topics
     from pipeline.collectors.output import Output
@@ -267,7 +361,7 @@ async def run_round(base: Settings, seed: int, mode: str, capture_dir: Path, wor
     rng = random.Random(seed)  # noqa: S311 - reproducible choices, not secrets
     capture_name = rng.choice(sorted(CAPTURES)) if mode == "chaos" else "binance_futures"
     file_name, venue_id, symbols = CAPTURES[capture_name]
-    result = RoundResult(seed, schedule(seed, mode))
+    result = RoundResult(seed, schedule(seed, mode, drops=relay is not None))
     started = time.monotonic()
     settings = await with_fresh_prefix(base, "chaos")
     await ensure_internal_topics(settings)
@@ -299,6 +393,9 @@ async def run_round(base: Settings, seed: int, mode: str, capture_dir: Path, wor
             elif action.kind == "term":
                 await worker.stop()
                 await worker.start()
+            elif action.kind == "drop":
+                assert relay is not None
+                await relay.drop(action.pause_s)
             else:
                 worker.signal(signal.SIGSTOP)
                 await asyncio.sleep(action.pause_s)
@@ -385,12 +482,12 @@ async def _diagnose(settings: Settings, trade_records: list[tuple[int, int, byte
 
 async def run_chaos(
     settings: Settings, rounds: int, seed: int, mode: str, capture_dir: Path, work: Path, speed: float = 10.0,
-    echo: Callable[[str], object] = print,
+    echo: Callable[[str], object] = print, relay: Relay | None = None,
 ) -> list[RoundResult]:  # fmt: skip
     """``rounds`` rounds with seeds ``seed``, ``seed + 1``, ...; each round's line is echoed as it ends."""
     results = []
     for n in range(rounds):
-        result = await run_round(settings, seed + n, mode, capture_dir, work / f"round-{seed + n}", speed)
+        result = await run_round(settings, seed + n, mode, capture_dir, work / f"round-{seed + n}", speed, relay)
         echo(result.line())
         results.append(result)
     return results

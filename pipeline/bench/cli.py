@@ -25,8 +25,8 @@ def bench_chaos(
     mode: Annotated[
         str,
         typer.Option(
-            help="chaos: random kill/stop/term schedule; kill: one SIGKILL at 1/4, 1/3 "
-            "or 1/2 of the capture, then a restart"
+            help="chaos: random kill/stop/term (and with --drops, drop) schedule; kill: one SIGKILL at "
+            "1/4, 1/3 or 1/2 of the capture, then a restart; calm: no fault (the control)"
         ),
     ] = "chaos",
     speed: Annotated[float, typer.Option(help="capture replay speed (1: as recorded, 30 s)")] = 10.0,
@@ -34,10 +34,13 @@ def bench_chaos(
     own_broker: Annotated[
         bool, typer.Option(help="a scratch Tansu broker of its own (else the settings' broker)")
     ] = True,
+    drops: Annotated[
+        bool, typer.Option(help="a broker of its own behind a TCP relay: rounds also drop its connections")
+    ] = False,
     keep: Annotated[Path | None, typer.Option(help="keep the worker logs here (else a temporary directory)")] = None,
 ) -> None:
     """Seeded fault rounds (SIGKILL/SIGSTOP/SIGTERM of the worker) checked against independently computed bars."""
-    from pipeline.bench.chaos import run_chaos, summary
+    from pipeline.bench.chaos import relayed_broker, run_chaos, summary
     from pipeline.infra.scratch import scratch_broker
 
     if mode not in ("chaos", "kill", "calm"):
@@ -51,7 +54,10 @@ def bench_chaos(
     async def main() -> str:
         with tempfile.TemporaryDirectory(prefix="mp-chaos-") as tmp:
             work = keep or Path(tmp)
-            if own_broker:
+            if drops:
+                async with relayed_broker(settings) as (local, relay):
+                    results = await run_chaos(local, rounds, seed, mode, captures, work, speed, typer.echo, relay)
+            elif own_broker:
                 async with scratch_broker(settings, "chaos") as (local, _):
                     results = await run_chaos(local, rounds, seed, mode, captures, work, speed, typer.echo)
             else:

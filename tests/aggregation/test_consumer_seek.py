@@ -33,7 +33,7 @@ async def test_rewinds_run_on_the_consumer_thread(topics: Settings, monkeypatch:
     await app.start()
     try:
         async with asyncio.timeout(90):
-            while not app.consumer.assignment():
+            while not app.consumer.assignment():  # noqa: ASYNC110 - the consumer thread sets it, no event
                 await asyncio.sleep(0.2)
         trades = topics.topic("md.trade_batches.v1")
         await app.bars_worker.seek(trades, 0, 0)  # type: ignore[attr-defined]
