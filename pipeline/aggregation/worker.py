@@ -54,6 +54,7 @@ BARS = counter("aggregation_bars_total", "Bars published", ["interval"])
 GAPS = counter("aggregation_offset_gaps_total", "Stale records skipped (offset past the next expected) and re-read")
 REWINDS = counter("aggregation_rewinds_total", "Consumer rewinds to a partition's next expected offset")
 REWIND_RETRY_US = 1_000_000  # a rewind whose expected record has not arrived after this long is made again
+STALL_US = 2_000_000  # a partition behind its high-water mark that got no record for this long is rewound
 OPEN_WINDOWS = gauge("aggregation_open_windows", "Open bar windows on this worker")
 
 _batch_decoder = decoder_for(TradeBatch)
@@ -176,6 +177,7 @@ class BarWorker:
         # (topic, partition) -> (offset the consumer was sent back to, clock of that rewind), until it arrives
         self._rewinds: dict[tuple[str, int], tuple[int, int]] = {}
         self._empty: set[int] = set()  # assigned partitions the timer found without a stored state
+        self._arrived: dict[tuple[str, int], int] = {}  # (topic, partition) -> clock of its last record (or assignment)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop in-memory state of revoked partitions (the next owner restores it from the table)."""
@@ -184,6 +186,8 @@ class BarWorker:
             self._held.pop(partition, None)  # never released: the new owner re-reads them, and skips
             self._saved_at.pop(partition, None)
             self._empty.discard(partition)
+            for key in [k for k in self._arrived if k[1] == partition]:
+                del self._arrived[key]
             for key in [k for k in self._rewinds if k[1] == partition]:
                 del self._rewinds[key]
 
@@ -217,6 +221,7 @@ class BarWorker:
             await self._restore((item.partition for item in batch), now)
             gaps: dict[tuple[str, int], int] = {}
             for item in batch:
+                self._arrived[(item.topic, item.partition)] = now
                 engine = touched.get(item.partition)
                 if engine is None:
                     engine = touched[item.partition] = self.engines[item.partition]
@@ -319,6 +324,37 @@ class BarWorker:
         if due:
             await self._seek_back(due, now)
 
+    async def _rewind_stalled(self, now: int) -> None:
+        """Rewind the partitions that are behind their high-water mark while no record of theirs arrives.
+
+        Faust drops records it has fetched when the flow stops or the generation changes during a
+        rebalance, or when a partition is not active yet (table recovery), after aiokafka has moved the
+        partition's position past them; its seek to the committed offset afterwards puts that right, except
+        for a partition with nothing committed yet (aiokafka's ``seek_to_committed`` leaves it where it is).
+        Those records are lost to the worker, and with no later record to show the gap (a quiet market, the
+        end of a stream) nothing else notices: the partition stays behind and its windows open for good.
+        """
+        if self.seek is None or self.highwater is None or self.assignment is None:
+            return
+        stalled: dict[tuple[str, int], int] = {}
+        for topic, partition in sorted(self.assignment()):
+            if topic not in (self.trades_topic, self.bbo_topic):
+                continue
+            key = (topic, partition)
+            if now - self._arrived.setdefault(key, now) < STALL_US or key in self._rewinds:
+                continue  # records flowing (or a rewind pending, retried on its own)
+            high = self.highwater(topic, partition)
+            engine = self.engines.get(partition)
+            state = engine.state if engine is not None else None
+            last = -1 if state is None else state.trade_offset if topic == self.trades_topic else state.bbo_offset
+            if high is not None and high > last + 1:
+                log.warning("%s[%d]: %d record(s) behind the high-water mark and none arrived for %.1f s; rewinding",
+                            topic, partition, high - last - 1, (now - self._arrived[key]) / 1e6)  # fmt: skip
+                stalled[key] = last + 1
+        if stalled:
+            await self._restore((p for _, p in stalled), now)  # a partition none of whose records ever arrived
+            await self._seek_back(stalled, now)
+
     async def _seek_back(self, gaps: dict[tuple[str, int], int], now: int) -> None:
         """Send the consumer back to the next expected offset of partitions that got records past it.
 
@@ -376,6 +412,7 @@ class BarWorker:
                     log.warning("partition states not loaded (%s); next tick retries", exc)
             if self._rewinds:
                 await self._retry_rewinds(now)
+            await self._rewind_stalled(now)
             await self._close(self.engines, now)
             summaries: list[tuple[bytes, Summary]] = [
                 (f"{p.exchange}:{p.stream}".encode(), p) for p in self.feed.drain()

@@ -213,3 +213,29 @@ async def test_an_assigned_partition_without_a_state_gets_no_engine_before_its_f
     await settle(worker, now)
     assert [(b.trade_count, b.close) for b in kafka.bars()] == [(6, "105")]
     assert kafka.dead_letters() == []
+
+
+async def test_records_dropped_before_the_worker_with_none_after_them_are_read_again() -> None:
+    """Faust drops records it fetched when a rebalance stops its flow (aiokafka's position already past them) and,
+    with nothing committed, its seek to the committed offset leaves the position there. A quiet market's last
+    records (or a whole partition's) then never arrive and no later record shows the gap: the worker must notice
+    that the partition is behind its high-water mark while nothing arrives, and rewind (before: 11 windows open
+    for good, the issue's third defect, seen again in kill round 4)."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 6, BBOS: 0}), [T]
+    worker = worker_for(kafka, store, consumer, now)
+    records = trade_records()
+    await worker.process(records[:1])  # records 1..5 were dropped on their way to the worker
+    for _ in range(4):
+        now[0] += S
+        await worker.tick()
+    assert (TRADES, 0, 1) in consumer.seeks
+    await worker.process(records[1:])
+    await settle(worker, now)
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(6, "105")]
+
+    consumer.seeks.clear()  # partition 0 of the BBO topic: none of its records ever arrived
+    consumer.high[BBOS] = 3
+    for _ in range(4):
+        now[0] += S
+        await worker.tick()
+    assert (BBOS, 0, 0) in consumer.seeks
