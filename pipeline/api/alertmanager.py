@@ -303,7 +303,11 @@ async def silences(request: Request, _: Annotated[Principal, Depends(viewer)], f
     return _json(out)
 
 
-@router.post("/silences", response_model=PostSilenceOk, responses={404: {"description": "no silence with this id"}})
+@router.post(
+    "/silences",
+    response_model=PostSilenceOk,
+    responses={404: {"description": "no silence with this id"}, 503: {"description": "the broker did not store it"}},
+)
 async def post_silence(
     request: Request, principal: Annotated[Principal, Depends(operator)], body: PostableSilence
 ) -> Response:
@@ -333,7 +337,10 @@ async def get_silence(request: Request, _: Annotated[Principal, Depends(viewer)]
     return _json(gettable_silence(silence, process_clock().now_us()))
 
 
-@router.delete("/silence/{silence_id}", responses={404: {"description": "not found"}})
+@router.delete(
+    "/silence/{silence_id}",
+    responses={404: {"description": "not found"}, 503: {"description": "the broker did not store it"}},
+)
 async def delete_silence(
     request: Request, principal: Annotated[Principal, Depends(operator)], silence_id: SilenceId
 ) -> Response:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.api.auth import Authenticator, AuthError, Principal, RateLimiter
 from pipeline.api.deps import AUTH_FAILURES, ApiState, RateLimited, state_of, viewer
 from pipeline.api.events import EventBus
-from pipeline.api.service import AlertIndex, BadRequest, Commands, NotFound
+from pipeline.api.service import AlertIndex, BadRequest, Commands, NotFound, Unavailable
 from pipeline.api.views import LiveViews, ViewReader
 from pipeline.observability.metrics import counter, histogram
 from pipeline.settings import Settings
@@ -178,8 +178,7 @@ def create_app(settings: Settings, *, read_topics: bool = True, views: LiveViews
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if read_topics:
-                await state.commands.stop()
+            await state.commands.stop()
             history = getattr(app.state, "history", None)
             if history is not None:
                 history.close()
@@ -212,6 +211,10 @@ def create_app(settings: Settings, *, read_topics: bool = True, views: LiveViews
     @app.exception_handler(BadRequest)
     async def _bad_request(request: Request, exc: BadRequest) -> Response:
         return JSONResponse(_field_error(exc), status_code=422)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> Response:

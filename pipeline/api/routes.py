@@ -67,6 +67,7 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"description": "per-token rate limit exceeded (Retry-After)"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such object"}}
+WRITE: dict[int | str, dict[str, Any]] = {**NOT_FOUND, 503: {"description": "the broker did not store the command"}}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"description": "ClickHouse history unavailable"}}
 Label = Annotated[str, Query(max_length=200)]
 Fingerprint = Annotated[str, Path(min_length=1, max_length=200)]
@@ -208,9 +209,7 @@ async def _act(
     return _json(record, 202)
 
 
-@router.post(
-    "/alerts/{fingerprint}/ack", status_code=202, response_model=ActionOut, responses=NOT_FOUND, tags=["alerts"]
-)
+@router.post("/alerts/{fingerprint}/ack", status_code=202, response_model=ActionOut, responses=WRITE, tags=["alerts"])
 async def ack(
     request: Request, principal: Operator, fingerprint: Fingerprint, body: ActionIn | None = None
 ) -> Response:
@@ -218,9 +217,7 @@ async def ack(
     return await _act(request, principal, fingerprint, "ack", body)
 
 
-@router.post(
-    "/alerts/{fingerprint}/unack", status_code=202, response_model=ActionOut, responses=NOT_FOUND, tags=["alerts"]
-)
+@router.post("/alerts/{fingerprint}/unack", status_code=202, response_model=ActionOut, responses=WRITE, tags=["alerts"])
 async def unack(
     request: Request, principal: Operator, fingerprint: Fingerprint, body: ActionIn | None = None
 ) -> Response:
@@ -228,7 +225,7 @@ async def unack(
 
 
 @router.post(
-    "/alerts/{fingerprint}/resolve", status_code=202, response_model=ActionOut, responses=NOT_FOUND, tags=["alerts"]
+    "/alerts/{fingerprint}/resolve", status_code=202, response_model=ActionOut, responses=WRITE, tags=["alerts"]
 )
 async def resolve(
     request: Request, principal: Operator, fingerprint: Fingerprint, body: ActionIn | None = None
@@ -258,7 +255,7 @@ async def preview_silence(request: Request, _: Viewer, body: PreviewIn) -> Respo
     return _json({"matching_alerts": _matching(request, body.matchers)})
 
 
-@router.post("/silences", status_code=201, response_model=SilenceCreated, tags=["silences"])
+@router.post("/silences", status_code=201, response_model=SilenceCreated, responses=WRITE, tags=["silences"])
 async def create_silence(request: Request, principal: Operator, body: SilenceIn) -> Response:
     """Add a silence (ops.silences.v1, author from the token); the answer previews the alerts it matches."""
     now = process_clock().now_us()
@@ -273,7 +270,7 @@ async def create_silence(request: Request, principal: Operator, body: SilenceIn)
     return _json({"silence": _silence_doc(silence, now), "matching_alerts": _matching(request, body.matchers)}, 201)
 
 
-@router.delete("/silences/{silence_id}", response_model=SilenceCreated, responses=NOT_FOUND, tags=["silences"])
+@router.delete("/silences/{silence_id}", response_model=SilenceCreated, responses=WRITE, tags=["silences"])
 async def expire_silence(
     request: Request, principal: Operator, silence_id: Annotated[str, Path(min_length=1, max_length=100)]
 ) -> Response:

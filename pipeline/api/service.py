@@ -7,6 +7,7 @@ FastAPI's validation errors); :class:`NotFound` names what is missing (404).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from pipeline.api.views import ACTIVE_STATES, LiveViews
 from pipeline.clock import process_clock
@@ -43,6 +45,10 @@ class BadRequest(ValueError):
 
 class NotFound(LookupError):
     pass
+
+
+class Unavailable(RuntimeError):
+    """A command could not be written (the broker is away): 503, the request may be repeated."""
 
 
 def parse_matchers(texts: Iterable[str], field: str = "filter", where: str = "query") -> tuple[Matcher, ...]:
@@ -209,6 +215,7 @@ class Commands:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
         self._producer = make_producer(self.settings.kafka, linger_ms=0)
@@ -219,9 +226,16 @@ class Commands:
             await self._producer.stop()
 
     async def _publish(self, topic: str, key: str, record: Record) -> None:
-        if self._producer is None:
-            raise RuntimeError("commands producer not started")
-        await self._producer.send_and_wait(self.settings.topic(topic), encode(record), key=key.encode())
+        """Send one command and wait until the broker stored it; :class:`Unavailable` when it cannot."""
+        try:
+            async with self._starting:  # an app made without the topic reader (tests, tools) starts it on first use
+                if self._producer is None:
+                    await self.start()
+            assert self._producer is not None
+            await self._producer.send_and_wait(self.settings.topic(topic), encode(record), key=key.encode())
+        except (KafkaError, OSError) as exc:
+            log.error("%s not written: %s", topic, type(exc).__name__)
+            raise Unavailable(f"the broker did not store the command ({type(exc).__name__}); nothing changed") from None
 
     async def alert_action(self, fingerprint: str, action: str, actor: str, comment: str | None) -> AlertAction:
         record = AlertAction(

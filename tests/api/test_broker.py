@@ -1,11 +1,13 @@
 """The API end to end through the real broker: the rule engine fires an alert, the API lists it and streams it;
-an ack through the API changes its state in ops.alerts.v1; a silence made with the real `amtool silence add`
-silences the next matching alert; `amtool alert query` lists what the API lists."""
+an ack (and a resolve, a silence) through the API changes its state in ops.alerts.v1; a silence made with the
+real `amtool silence add` silences the next matching alert; `amtool alert query` lists what the API lists."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -81,99 +83,138 @@ async def _amtool(binary: str, url: str, http_config: Path, *args: str) -> str:
     return out.decode()
 
 
-async def test_alert_fires_streams_acks_and_amtool_silences(  # type: ignore[no-untyped-def]
-    topics: Settings, tmp_path: Path, build, served, until, amtool
-) -> None:
-    settings = build.api_settings(topics)
+@contextlib.asynccontextmanager
+async def _engine_and_api(settings: Settings, served, until, token: str):  # type: ignore[no-untyped-def]
+    """The rule engine (in this process, on the broker) and the API server reading the same topics."""
     parsed = parse_rule_file(RULES, "api.yaml")
     ruleset = RuleSet(rules=tuple(parsed.rules), inhibit_rules=tuple(parsed.inhibit_rules))
     stop = asyncio.Event()
     engine = asyncio.create_task(
         RuleEngineRunner(settings, ruleset, RunnerOptions(start_from="earliest", idle_advance_us=0)).run(stop)
     )
-    operator = build.token(settings, "alice", "operator")
-    http_config = tmp_path / "amtool-http.yml"
-    http_config.write_text(f"authorization:\n  type: Bearer\n  credentials: {operator}\n")
     try:
-        async with served(settings) as api, api.client(operator) as client:
+        async with served(settings) as api, api.client(token) as client:
             await until(lambda: _ready(client))
-            events: list[dict[str, Any]] = []
-            reader = asyncio.create_task(_sse(client, events, {"kind": ["alert"], "venue": ["binance"]}))
-
-            # 1. the engine fires; the API lists it and the stream carries it
-            await _feed(settings, binance=5000, okx=10)
-
-            async def firing() -> list[dict[str, Any]]:
-                page = (await client.get("/api/v1/alerts", params={"state": "firing"})).json()
-                return [a for a in page["items"] if a["labels"]["exchange"] == "binance"]
-
-            fingerprint = (await until(firing))[0]["fingerprint"]
-            await until(lambda: _has(events, fingerprint, "firing"))
-
-            # 2. ack through the API: the engine applies it and publishes the acked state on ops.alerts.v1
-            ack = await client.post(f"/api/v1/alerts/{fingerprint}/ack", json={"comment": "looking"})
-            assert ack.status_code == 202 and ack.json()["actor"] == "alice"
-
-            async def acked_on_topic() -> Alert | None:
-                current = await control.current_alerts(settings)
-                found = current.get(fingerprint)
-                return found if found is not None and found.state == "acked" else None
-
-            acked = await until(acked_on_topic)
-            assert (acked.actor, acked.comment) == ("alice", "looking")
-            await until(lambda: _has(events, fingerprint, "acked"))
-            detail = (await client.get(f"/api/v1/alerts/{fingerprint}")).json()
-            assert detail["alert"]["state"] == "acked"
-
-            # 3. a silence made with amtool mutes the next okx alert
-            silence_id = (
-                await _amtool(amtool, api.url, http_config, "silence", "add", 'exchange="okx"',
-                              "--duration=1h", "--comment=okx upgrade", "--author=ignored")
-            ).strip()  # fmt: skip
-            await until(lambda: _silence_listed(client, silence_id))
-            listed = (await client.get("/api/v1/silences")).json()["items"]
-            assert [(s["silence_id"], s["author"], s["status"]) for s in listed] == [(silence_id, "alice", "active")]
-            queried = await _amtool(amtool, api.url, http_config, "silence", "query", "-o", "json")
-            assert [s["id"] for s in json.loads(queried)] == [silence_id]
-
-            async def okx_silenced() -> dict[str, Any] | None:
-                await _feed(settings, okx=9000)
-                page = (await client.get("/api/v1/alerts", params={"venue": "okx"})).json()
-                found = [a for a in page["items"] if a["state"] == "silenced"]
-                return found[0] if found else None
-
-            okx = await until(okx_silenced, every_s=0.5)
-            assert okx["actor"] == f"silence:{silence_id}"
-
-            # 4. amtool alert query lists what the API lists (silenced ones with --active --silenced)
-            async def same_lists() -> bool:
-                am = json.loads(
-                    await _amtool(
-                        amtool, api.url, http_config, "alert", "query", "--active", "--silenced", "-o", "json"
-                    )
-                )
-                ours = (await client.get("/api/v1/alerts", params={"state": ["firing", "acked", "silenced"]})).json()
-                return {a["fingerprint"] for a in am} == {a["fingerprint"] for a in ours["items"]}
-
-            assert await until(same_lists)
-            am_active = json.loads(await _amtool(amtool, api.url, http_config, "alert", "query", "-o", "json"))
-            assert {a["fingerprint"] for a in am_active} == {fingerprint}
-            v2 = (await client.get("/api/v2/alerts", params={"filter": 'exchange="okx"'})).json()
-            assert [a["status"] for a in v2] == [{"state": "suppressed", "silencedBy": [silence_id], "inhibitedBy": []}]
-
-            # 5. amtool silence expire ends it
-            await _amtool(amtool, api.url, http_config, "silence", "expire", silence_id)
-
-            async def expired() -> bool:
-                one = (await client.get(f"/api/v2/silence/{silence_id}")).json()
-                return one["status"]["state"] == "expired"
-
-            assert await until(expired)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            yield api, client
     finally:
         stop.set()
         await asyncio.wait_for(engine, 60)
+
+
+async def _firing(client: httpx.AsyncClient, exchange: str) -> list[dict[str, Any]]:
+    page = (await client.get("/api/v1/alerts", params={"state": "firing"})).json()
+    return [a for a in page["items"] if a["labels"]["exchange"] == exchange]
+
+
+async def _on_topic(settings: Settings, fingerprint: str, state: str) -> Alert | None:
+    found = (await control.current_alerts(settings)).get(fingerprint)
+    return found if found is not None and found.state == state else None
+
+
+async def test_alert_fires_streams_and_api_writes_reach_the_engine(
+    topics: Settings, build, served, until, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """Fire -> listed and streamed; ack and resolve through the API -> the engine's new states on ops.alerts.v1;
+    a silence through the API mutes the next matching alert."""
+    caplog.set_level(logging.INFO, logger="pipeline.api")
+    settings = build.api_settings(topics)
+    operator = build.token(settings, "alice", "operator")
+    async with _engine_and_api(settings, served, until, operator) as (_api, client):
+        events: list[dict[str, Any]] = []
+        reader = asyncio.create_task(_sse(client, events, {"kind": ["alert"], "venue": ["binance"]}))
+        await _feed(settings, binance=5000, okx=10)
+        fingerprint = (await until(lambda: _firing(client, "binance")))[0]["fingerprint"]
+        await until(lambda: _has(events, fingerprint, "firing"))
+
+        ack = await client.post(f"/api/v1/alerts/{fingerprint}/ack", json={"comment": "looking"})
+        assert ack.status_code == 202 and ack.json()["actor"] == "alice"
+        acked = await until(lambda: _on_topic(settings, fingerprint, "acked"))
+        assert (acked.actor, acked.comment) == ("alice", "looking")
+        await until(lambda: _has(events, fingerprint, "acked"))
+        assert (await client.get(f"/api/v1/alerts/{fingerprint}")).json()["alert"]["state"] == "acked"
+
+        created = await client.post(
+            "/api/v1/silences", json={"matchers": ['exchange="okx"'], "duration_s": 3600, "comment": "okx upgrade"}
+        )
+        assert created.status_code == 201 and created.json()["silence"]["author"] == "alice"
+        silence_id = created.json()["silence"]["silence_id"]
+
+        async def okx_silenced() -> dict[str, Any] | None:
+            await _feed(settings, okx=9000)
+            page = (await client.get("/api/v1/alerts", params={"venue": "okx", "state": "silenced"})).json()
+            return page["items"][0] if page["items"] else None
+
+        okx = await until(okx_silenced, every_s=0.5)
+        assert okx["actor"] == f"silence:{silence_id}"
+        assert (await client.delete(f"/api/v1/silences/{silence_id}")).status_code == 200
+
+        resolved = await client.post(f"/api/v1/alerts/{fingerprint}/resolve", json={"comment": "fixed"})
+        assert resolved.status_code == 202
+        done = await until(lambda: _on_topic(settings, fingerprint, "resolved"))
+        assert done.actor == "alice"
+        viewer = build.token(settings, "victor", "viewer")
+        refused = await client.post(
+            f"/api/v1/alerts/{fingerprint}/unack", headers={"Authorization": f"Bearer {viewer}"}
+        )
+        assert refused.status_code == 403
+        logged = caplog.text
+        assert f"alert {fingerprint}: ack by alice" in logged and f"alert {fingerprint}: resolve by alice" in logged
+        assert f"silence {silence_id} expired by alice" in logged
+        assert operator not in logged and viewer not in logged and build.SECRET not in logged
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_amtool_silences_and_lists_what_the_api_lists(  # type: ignore[no-untyped-def]
+    topics: Settings, tmp_path: Path, build, served, until, amtool
+) -> None:
+    """The real amtool against the API: `silence add` silences the next matching alert, `silence query`,
+    `alert query` lists what the API lists, `silence expire` ends the silence."""
+    settings = build.api_settings(topics)
+    operator = build.token(settings, "alice", "operator")
+    http_config = tmp_path / "amtool-http.yml"
+    http_config.write_text(f"authorization:\n  type: Bearer\n  credentials: {operator}\n")
+    async with _engine_and_api(settings, served, until, operator) as (api, client):
+        await _feed(settings, binance=5000, okx=10)
+        fingerprint = (await until(lambda: _firing(client, "binance")))[0]["fingerprint"]
+
+        silence_id = (
+            await _amtool(amtool, api.url, http_config, "silence", "add", 'exchange="okx"',
+                          "--duration=1h", "--comment=okx upgrade", "--author=ignored")
+        ).strip()  # fmt: skip
+        await until(lambda: _silence_listed(client, silence_id))
+        listed = (await client.get("/api/v1/silences")).json()["items"]
+        assert [(s["silence_id"], s["author"], s["status"]) for s in listed] == [(silence_id, "alice", "active")]
+        queried = await _amtool(amtool, api.url, http_config, "silence", "query", "-o", "json")
+        assert [s["id"] for s in json.loads(queried)] == [silence_id]
+
+        async def okx_silenced() -> dict[str, Any] | None:
+            await _feed(settings, okx=9000)
+            page = (await client.get("/api/v1/alerts", params={"venue": "okx", "state": "silenced"})).json()
+            return page["items"][0] if page["items"] else None
+
+        okx = await until(okx_silenced, every_s=0.5)
+        assert okx["actor"] == f"silence:{silence_id}"
+
+        async def same_lists() -> bool:
+            am = json.loads(await _amtool(amtool, api.url, http_config, "alert", "query", "--active", "--silenced",
+                                          "-o", "json"))  # fmt: skip
+            ours = (await client.get("/api/v1/alerts", params={"state": ["firing", "acked", "silenced"]})).json()
+            return {a["fingerprint"] for a in am} == {a["fingerprint"] for a in ours["items"]}
+
+        assert await until(same_lists)
+        am_active = json.loads(await _amtool(amtool, api.url, http_config, "alert", "query", "-o", "json"))
+        assert {a["fingerprint"] for a in am_active} == {fingerprint}
+        v2 = (await client.get("/api/v2/alerts", params={"filter": 'exchange="okx"'})).json()
+        assert [a["status"] for a in v2] == [{"state": "suppressed", "silencedBy": [silence_id], "inhibitedBy": []}]
+
+        await _amtool(amtool, api.url, http_config, "silence", "expire", silence_id)
+
+        async def expired() -> bool:
+            one = (await client.get(f"/api/v2/silence/{silence_id}")).json()
+            return one["status"]["state"] == "expired"
+
+        assert await until(expired)
 
 
 async def _ready(client: httpx.AsyncClient) -> bool:
