@@ -130,4 +130,6 @@ def _escaped(value: str) -> str:
 
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "EmbeddedServer" in text:  # chdb: one process per database path, and the sink holds it
+        return "the embedded chdb database is open in another process (the sink); history needs a ClickHouse server"
     return re.sub(r"://[^@/\s]*@", "://***@", text)[:300]  # never a credential of the URL
