@@ -444,8 +444,7 @@ async def run_round(
         stop.set()
         if collecting is not None and not collecting.done():
             collecting.cancel()
-            with contextlib.suppress(BaseException):
-                await collecting
+            await asyncio.gather(collecting, return_exceptions=True)  # a cancellation of this round still propagates
         await worker.stop()
         await server.stop()
         result.seconds = time.monotonic() - started
