@@ -343,3 +343,79 @@ async def test_stream_filters_and_resumes_with_last_event_id(build, served) -> N
             assert got[0]["event"] == "reset"
         async with api.client() as anonymous:
             assert (await anonymous.get("/api/v1/stream")).status_code == 401
+
+
+async def test_market_and_venue_views(build, asgi) -> None:  # type: ignore[no-untyped-def]
+    import msgspec
+
+    from pipeline.contracts.examples import EXAMPLES
+    from pipeline.contracts.records import Bar, Bbo, FeedMetrics, ReferencePrice
+
+    views = LiveViews()
+    bbo: Bbo = EXAMPLES[Bbo]  # type: ignore[assignment]
+    bar: Bar = EXAMPLES[Bar]  # type: ignore[assignment]
+    views.markets.apply_bbo(bbo)
+    views.markets.apply_bbo(msgspec.structs.replace(bbo, ts_event=bbo.ts_event - 1, bid_price="1"))  # older: ignored
+    views.markets.apply_bar(bar)
+    views.markets.apply_bar(msgspec.structs.replace(bar, interval="1m"))
+    views.markets.apply_reference(EXAMPLES[ReferencePrice])  # type: ignore[arg-type]
+    fm: FeedMetrics = EXAMPLES[FeedMetrics]  # type: ignore[assignment]
+    views.feeds.apply(msgspec.structs.replace(fm, source="aggregator", health_score=80.0))
+    views.feeds.apply(msgspec.structs.replace(fm, stream="book", source="aggregator", health_score=55.5))
+    views.feeds.apply(msgspec.structs.replace(fm, exchange="okx"))
+    views.alerts.apply(build.alert(1, exchange="binance"))
+    client = asgi(views)
+    h = _auth(build)
+    markets = (await client.get("/api/v1/markets", headers=h)).json()["items"]
+    by_market = {m["market"]: m for m in markets}
+    market = f"{bbo.exchange}:{bbo.symbol}"
+    assert by_market[market]["bbo"]["bid_price"] == bbo.bid_price
+    one = (await client.get(f"/api/v1/markets/{bbo.exchange}/{bbo.symbol}", headers=h)).json()["items"][0]
+    assert one["bbo"]["ask_price"] == bbo.ask_price
+    kraken = by_market[f"{bar.exchange}:{bar.symbol}"]
+    assert (kraken["bar_1s"]["close"], kraken["bar_1m"]["interval"]) == (bar.close, "1m")
+    assert kraken["reference"]["price"] == EXAMPLES[ReferencePrice].price  # type: ignore[attr-defined]
+    assert (await client.get("/api/v1/markets/okx/NOPE-USDT", headers=h)).status_code == 404
+    venues = {v["exchange"]: v for v in (await client.get("/api/v1/venues", headers=h)).json()["items"]}
+    assert venues["binance"]["health_score"] == 55.5 and venues["binance"]["firing_alerts"] == 1
+    assert venues["okx"]["health_score"] is None and len(venues["okx"]["streams"]) == 1
+
+
+async def test_alertmanager_v2_shapes(build, asgi) -> None:  # type: ignore[no-untyped-def]
+    import msgspec
+
+    views = _views(build, n=6)
+    views.alerts.apply(msgspec.structs.replace(build.alert(7, exchange="okx", state="silenced"), actor="silence:s1"))
+    inhibited = build.alert(8, state="silenced", exchange="kraken")
+    views.alerts.apply(
+        msgspec.structs.replace(inhibited, actor="inhibition", comment="inhibited by VenueDown (fp00001) {x}")
+    )
+    views.alerts.apply(build.alert(9, state="pending"))
+    client = asgi(views)
+    h = _auth(build)
+    every = (await client.get("/api/v2/alerts", headers=h)).json()
+    states = {a["fingerprint"]: a["status"] for a in every}
+    assert "fp00009" not in states  # pending alerts are not sent to Alertmanager either
+    assert states["fp00007"] == {"state": "suppressed", "silencedBy": ["s1"], "inhibitedBy": []}
+    assert states["fp00008"] == {"state": "suppressed", "silencedBy": [], "inhibitedBy": ["fp00001"]}
+    assert states["fp00000"]["state"] == "active"
+    assert every[0]["receivers"] == [{"name": "marketprism"}] and every[0]["startsAt"].endswith("Z")
+    active = (await client.get("/api/v2/alerts", headers=h, params={"silenced": False, "inhibited": False})).json()
+    assert {a["status"]["state"] for a in active} == {"active"}
+    okx = (await client.get("/api/v2/alerts", headers=h, params={"filter": ['exchange="okx"']})).json()
+    assert {a["labels"]["exchange"] for a in okx} == {"okx"}
+    assert (await client.get("/api/v2/alerts", headers=h, params={"receiver": "other"})).json() == []
+    bad = await client.get("/api/v2/alerts", headers=h, params={"filter": "not a matcher"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "filter"]
+    groups = (await client.get("/api/v2/alerts/groups", headers=h)).json()
+    assert sum(len(g["alerts"]) for g in groups) == len(every)
+    assert all(g["labels"]["alertname"] == g["alerts"][0]["labels"]["alertname"] for g in groups)
+    status = (await client.get("/api/v2/status", headers=h)).json()
+    assert status["cluster"]["status"] == "ready" and "version" in status["versionInfo"]
+    silences = (await client.get("/api/v2/silences", headers=h)).json()
+    assert [(s["id"], s["status"]["state"], s["matchers"]) for s in silences] == [
+        ("s1", "active", [{"name": "exchange", "value": "okx", "isRegex": False, "isEqual": True}])
+    ]
+    assert (await client.get("/api/v2/silence/nope", headers=h)).status_code == 404
+    matched = await client.get("/api/v2/silences", headers=h, params={"filter": 'exchange="kraken"'})
+    assert matched.json() == []
