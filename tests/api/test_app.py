@@ -419,3 +419,28 @@ async def test_alertmanager_v2_shapes(build, asgi) -> None:  # type: ignore[no-u
     assert (await client.get("/api/v2/silence/nope", headers=h)).status_code == 404
     matched = await client.get("/api/v2/silences", headers=h, params={"filter": 'exchange="kraken"'})
     assert matched.json() == []
+
+
+async def test_stream_heartbeats_and_drops_a_client_that_falls_behind(build, served) -> None:  # type: ignore[no-untyped-def]
+    """Heartbeat comments while idle; a subscriber whose queue is full gets `dropped` and the stream ends."""
+    settings = build.api_settings(sse_heartbeat_s=0.2, sse_queue=5)
+    async with served(settings, read_topics=False, views=LiveViews()) as api:
+        bus = api.app.state.api.bus
+        client = api.client(build.token(settings, "v", "viewer"))
+        async with client, client.stream("GET", "/api/v1/stream", params={"kind": "alert"}) as response:
+            lines = response.aiter_lines()
+
+            async def until_line(wanted: str) -> None:
+                async for line in lines:
+                    if line.startswith(wanted):
+                        return
+
+            await asyncio.wait_for(until_line(": heartbeat"), 30)
+            # the server's subscriber is registered once the stream started; fill its queue past the bound
+            # without letting the event loop run its writer in between
+            for n in range(20):
+                bus.publish("alert", build.alert(n))
+            assert bus.subscribers == 0
+            await asyncio.wait_for(until_line("event: dropped"), 30)
+            rest = [line async for line in lines]  # the server ends the response after `dropped`
+            assert all(not line.startswith("event: alert") for line in rest)
