@@ -51,7 +51,7 @@ class AlertsView:
 
     def apply(self, alert: Alert) -> bool:
         current = self.by_fingerprint.get(alert.fingerprint)
-        if current is not None and alert.version < current.version:
+        if current is not None and (alert.version < current.version or alert == current):
             return False
         self.by_fingerprint[alert.fingerprint] = alert
         self.generation += 1
@@ -65,6 +65,8 @@ class SilencesView:
         self.by_id: dict[str, Silence] = {}
 
     def apply(self, silence: Silence) -> bool:
+        if self.by_id.get(silence.silence_id) == silence:
+            return False
         self.by_id[silence.silence_id] = silence
         return True
 
@@ -190,6 +192,7 @@ class ViewReader:
             self._by_topic[full] = source
             self._partitions += [TopicPartition(full, p) for p in range(registry.get(source.topic).partitions)]
         self._targets: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}  # next offset per partition, for a reconnect
         self.lag: dict[str, int] = {}  # records each topic was behind its start-time end (while catching up)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -213,7 +216,9 @@ class ViewReader:
                 self._targets = {tp: end for tp, end in ends.items() if end > 0}
             for tp in self._partitions:
                 source = self._by_topic[tp.topic]
-                if source.from_beginning:
+                if tp in self._positions:  # a reconnect: go on where this reader was
+                    consumer.seek(tp, self._positions[tp])
+                elif source.from_beginning:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, max(0, ends[tp] - self.tail))
@@ -226,6 +231,8 @@ class ViewReader:
                     source = self._by_topic[tp.topic]
                     decoder = decoders[tp.topic]
                     applied = 0
+                    if messages:
+                        self._positions[tp] = messages[-1].offset + 1
                     for message in messages:
                         if message.value is None:
                             continue

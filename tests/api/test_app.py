@@ -444,3 +444,14 @@ async def test_stream_heartbeats_and_drops_a_client_that_falls_behind(build, ser
             await asyncio.wait_for(until_line("event: dropped"), 30)
             rest = [line async for line in lines]  # the server ends the response after `dropped`
             assert all(not line.startswith("event: alert") for line in rest)
+
+
+def test_views_change_only_on_news(build) -> None:  # type: ignore[no-untyped-def]
+    """A record read again (a reconnect, a compaction copy) is no change: nothing is streamed twice."""
+    views = LiveViews()
+    assert views.alerts.apply(build.alert(1, version=2))
+    assert not views.alerts.apply(build.alert(1, version=2))
+    assert not views.alerts.apply(build.alert(1, state="pending", version=1))
+    assert views.alerts.apply(build.alert(1, state="resolved", version=3))
+    silence = build.silence("s1")
+    assert views.silences.apply(silence) and not views.silences.apply(silence)
