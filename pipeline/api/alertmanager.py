@@ -4,9 +4,11 @@
 Mapping: alerts in state ``firing``, ``acked`` or ``flapping`` are ``active``; ``silenced`` ones are
 ``suppressed`` with ``silencedBy`` (a silence) or ``inhibitedBy`` (an inhibition rule) as the rule engine
 recorded; ``pending``, ``resolved`` and ``inactive`` ones are not listed (Prometheus does not send pending
-alerts to Alertmanager either). ``endsAt`` is the resolve time when known, else the last change plus five
-minutes (Alertmanager's ``resolve_timeout``). Silences round-trip through ``ops.silences.v1``; a POST with
-an ``id`` replaces that silence. Reads need the viewer role, writes the operator role (author: the token).
+alerts to Alertmanager either). Times are wall-clock RFC 3339 both ways, mapped through the pipeline
+clock (``pipeline/clock.py``) when it runs faster than the wall clock. ``endsAt`` is the resolve time when
+known, else the last change plus five minutes (Alertmanager's ``resolve_timeout``). Silences round-trip
+through ``ops.silences.v1``; a POST with an ``id`` replaces that silence. Reads need the viewer role,
+writes the operator role (author: the token).
 """
 
 from __future__ import annotations
@@ -138,11 +140,18 @@ class AlertmanagerStatus(BaseModel):
 
 
 def rfc3339(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A pipeline time as Alertmanager's clients read it: wall-clock RFC 3339 (the same instant when the pipeline
+    runs on the wall clock; mapped through the clock when it runs faster, as ``marketprism demo --speed`` does)."""
+    wall = getattr(process_clock(), "wall_us", None)
+    shown = wall(us) if wall is not None else us
+    return datetime.fromtimestamp(shown / 1_000_000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def to_micros(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
+    """A client's wall-clock time as pipeline time (the inverse of :func:`rfc3339`)."""
+    wall_us = int(moment.timestamp() * 1_000_000)
+    at = getattr(process_clock(), "at", None)
+    return int(at(wall_us)) if at is not None else wall_us
 
 
 def am_matcher(text: str) -> dict[str, Any]:

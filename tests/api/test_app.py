@@ -455,3 +455,23 @@ def test_views_change_only_on_news(build) -> None:  # type: ignore[no-untyped-de
     assert views.alerts.apply(build.alert(1, state="resolved", version=3))
     silence = build.silence("s1")
     assert views.silences.apply(silence) and not views.silences.apply(silence)
+
+
+async def test_alertmanager_times_follow_a_scaled_pipeline_clock(build, asgi) -> None:  # type: ignore[no-untyped-def]
+    """With the pipeline clock 4x faster (`demo --speed 4`), amtool's wall-clock silence maps onto pipeline time."""
+    from pipeline import clock as clocks
+    from pipeline.api.alertmanager import rfc3339, to_micros
+
+    now = time.time_ns() // 1000
+    scaled = clocks.ScaledClock(4.0, now - 3_600_000_000, now - 900_000_000)  # started 15 wall minutes ago
+    previous = clocks.process_clock()
+    clocks._process_clock = scaled
+    try:
+        from datetime import UTC, datetime
+
+        moment = datetime.fromtimestamp(now / 1e6, UTC)
+        pipeline_now = to_micros(moment)
+        assert abs(pipeline_now - scaled.at(now)) <= 1
+        assert rfc3339(pipeline_now).startswith(moment.isoformat(timespec="seconds")[:19])
+    finally:
+        clocks._process_clock = previous
