@@ -172,14 +172,33 @@ async def test_missing_bad_expired_forged_and_wrong_role(build, asgi) -> None:  
     assert build.SECRET not in metrics and "marketprism_api_auth_failures_total" in metrics
 
 
-@pytest.mark.parametrize("alg", ["RS256", "ES256"])
-async def test_jwks_signed_tokens(build, asgi, tmp_path: Path, alg: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def jwks_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An HTTP server for ``tmp_path`` (an identity provider's JWKS endpoint), stopped at the end."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+@pytest.mark.parametrize(("alg", "where"), [("RS256", "http"), ("ES256", "http"), ("RS256", "file")])
+async def test_jwks_signed_tokens(build, asgi, tmp_path: Path, jwks_server: str, alg: str, where: str) -> None:  # type: ignore[no-untyped-def]
+    """Tokens of an identity provider, verified against its JWKS (over HTTP as from an OIDC provider, or a file)."""
     private = rsa.generate_private_key(65537, 2048) if alg == "RS256" else ec.generate_private_key(ec.SECP256R1())
     algorithm = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
     jwk = json.loads(algorithm.to_jwk(private.public_key())) | {"kid": "k1", "alg": alg, "use": "sig"}
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [jwk]}))
-    settings = build.api_settings(jwks_url=jwks.as_uri(), jwt_issuer="https://idp.example", jwt_audience="mp")
+    url = f"{jwks_server}/jwks.json" if where == "http" else jwks.as_uri()
+    settings = build.api_settings(jwks_url=url, jwt_issuer="https://idp.example", jwt_audience="mp")
     client = asgi(LiveViews(), settings)
     claims = {"sub": "carol", "roles": ["viewer", "operator"], "iss": "https://idp.example", "aud": "mp",
               "exp": int(time.time()) + 300, "nbf": int(time.time()) - 5}  # fmt: skip
