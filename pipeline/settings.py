@@ -113,8 +113,8 @@ class KafkaSettings(BaseModel):
     def _password_file(self) -> KafkaSettings:
         if self.sasl_password_file is not None:
             self.sasl_password = read_secret_file(self.sasl_password_file)
-        if self.sasl_mechanism and (not self.sasl_username or self.sasl_password is None):
-            raise ValueError("kafka.sasl_mechanism needs kafka.sasl_username and a password (or password file)")
+        if self.sasl_mechanism and not self.sasl_username:
+            raise ValueError("kafka.sasl_mechanism needs kafka.sasl_username")
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL_"):
             raise ValueError("kafka.sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
         return self

@@ -24,14 +24,18 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline.contracts import Trade, decoder_for, encode
+from pipeline.anomaly.checkpoint import loads
+from pipeline.contracts import Trade, decoder_for, encode, load_registry, market_key
 from pipeline.contracts.examples import EXAMPLES
 from pipeline.infra import free_port
 from pipeline.infra.services import broker_binary, port_open
+from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_consumer, make_producer
-from pipeline.settings import KafkaSettings
-from tests.conftest import unavailable
-from tests.security.conftest import Pki, make_pki
+from pipeline.kafka.sealed import sealer_for
+from pipeline.settings import KafkaSettings, Settings
+from tests.anomaly.helpers import bars
+from tests.conftest import read_to_end, unavailable
+from tests.security.conftest import Pki, component, make_pki
 
 STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
 
@@ -202,3 +206,39 @@ async def test_a_broker_requiring_authentication_refuses_unauthenticated_and_unk
         await producer.stop()
     log_text = log_path.read_text(errors="replace")
     assert "NotAuthenticated" in log_text  # the broker, not the network, refused the unauthenticated client
+
+
+async def test_admin_and_a_faust_worker_run_through_mutual_tls(secured: Endpoint, tmp_path: Path) -> None:
+    """`topics apply` (admin client) and the anomaly worker (Faust, SSLCredentials) against the TLS endpoint: the
+    worker consumes bars, learns them and writes its checkpoints, all through the tunnel."""
+    kafka = tls_settings(secured)
+    settings = Settings(kafka=kafka, topic_prefix="tls.", state_dir=tmp_path / "state", metrics_port=0)
+    assert await apply(kafka, load_registry(), settings.topic_prefix) != []
+    env = {
+        "MARKETPRISM_KAFKA__SECURITY_PROTOCOL": "SSL",
+        "MARKETPRISM_KAFKA__SSL_CAFILE": str(secured.pki.ca),
+        "MARKETPRISM_KAFKA__SSL_CERTFILE": str(secured.pki.client_cert),
+        "MARKETPRISM_KAFKA__SSL_KEYFILE": str(secured.pki.client_key),
+    }
+    history = bars("okx", "ETH-USDT", 30, seed=9)
+    args = ("anomaly", "--warmup", "10", "--checkpoint-every", "10", "--checkpoint-interval", "3600")
+    with component(settings, tmp_path / "worker.log", *args, "--health-interval", "3600", env=env) as proc:
+        producer = make_producer(kafka)
+        await producer.start()
+        try:
+            for bar in history:
+                await producer.send(settings.topic("md.bars.1s.v1"), encode(bar), key=market_key("okx", "ETH-USDT"))
+            await producer.flush()
+        finally:
+            await producer.stop()
+        sealer = sealer_for(settings, "anomaly-series-state")
+        seen = 0
+        async with asyncio.timeout(180):
+            while seen < 30 and proc.poll() is None:
+                records = await read_to_end(settings, "anomaly-bar-models-changelog")
+                mine = [r.value for r in records if r.key == b"okx:ETH-USDT:1s:trade_count" and r.value]
+                seen = max((loads(v, sealer).detector.seen for v in mine), default=0)
+                if seen < 30:
+                    await asyncio.sleep(1)
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert seen == 30, log[-3000:]
