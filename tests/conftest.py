@@ -55,6 +55,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         unavailable(SHARED_MISSING)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_config_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_settings(FILE)`` exports ``MARKETPRISM_CONFIG`` so that child processes read the same file; a test
+    that calls it must not hand its config to every process later tests start (docs/live.yaml's SASL settings
+    once broke every subprocess after tests/supervisor). monkeypatch puts the variable back after each test."""
+    monkeypatch.delenv("MARKETPRISM_CONFIG", raising=False)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
