@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
+import jwt
 import pytest
 import yaml
 
@@ -35,6 +37,7 @@ SECRETS = {
     "dingtalk_sign": "PLANTEDdingsign1c4",
     "proxy": "PLANTEDproxy5f9",
     "checkpoint": "PLANTEDcheckpointkey0a7",
+    "jwt": "PLANTEDjwtsecret-0123456789abcdef0123456789",
 }
 # A log line wrapped by the console handler (or drawn inside a traceback box) must not hide a secret from the search.
 _NOISE = re.compile(r"[\s│╭╮╰╯─]+")
@@ -54,6 +57,7 @@ def secret_env(closed: int) -> dict[str, str]:
         "MARKETPRISM_VENUES__OKX__WS_URL": f"ws://127.0.0.1:{closed}/ws/v5/public",
         "MARKETPRISM_VENUES__OKX__REST_URL": f"http://127.0.0.1:{closed}",
         "MARKETPRISM_SECURITY__CHECKPOINT_KEY": SECRETS["checkpoint"],
+        "MARKETPRISM_API__JWT_SECRET": SECRETS["jwt"],
         "MARKETPRISM_LOG_LEVEL": "DEBUG",
     }
 
@@ -111,6 +115,24 @@ async def until(check: Callable[[], bool], timeout_s: float = 120.0) -> None:
             await asyncio.sleep(0.5)
 
 
+async def api_answers(port: int) -> str:
+    """What the API answers a forged token, a token signed with a guessed key and no token (all refused)."""
+    forged = jwt.encode({"sub": "x", "role": "admin"}, "guessed-key-0123456789abcdef0123456789", algorithm="HS256")
+    texts: list[str] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client, asyncio.timeout(120):
+        while True:
+            try:
+                await client.get("/api/v1/alerts")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.5)
+        for headers in ({"Authorization": f"Bearer {forged}"}, {"Authorization": "Bearer not.a.token"}, {}):
+            response = await client.get("/api/v1/alerts", headers=headers)
+            assert response.status_code in (401, 403), response.text
+            texts.append(response.text + str(response.headers))
+    return "\n".join(texts)
+
+
 def test_settings_repr_and_errors_hide_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     closed = free_port()
     for name, value in secret_env(closed).items():
@@ -147,8 +169,11 @@ async def test_no_component_logs_exports_or_publishes_a_planted_secret(
         "MARKETPRISM_KAFKA__SASL_USERNAME": "mp",
         "MARKETPRISM_KAFKA__SASL_PASSWORD": SECRETS["sasl"],
     }
+    api_port = free_port()
     runs = {
         "collect": (["collect", "--venue", "okx"], {}),
+        "worker": (["worker"], {}),
+        "api": (["api", "--port", str(api_port)], {}),
         "sink": (["sink"], {}),
         "notify": (["notify", "--routes", str(routes)], {}),
         "anomaly": (["anomaly", "--health-interval", "1"], {}),
@@ -200,6 +225,7 @@ async def test_no_component_logs_exports_or_publishes_a_planted_secret(
         await until(lambda: procs["sink"].poll() is not None)
         await until(lambda: log_of("notify").count("giving up") >= 4)
         await until(lambda: "rule engine ready" in log_of("alerts"))
+        answers = await api_answers(api_port)
         await until(lambda: log_of("alerts-sasl").count("ERROR") + log_of("alerts-sasl").count("Error") >= 1)
         await until(lambda: len(log_of("anomaly-sasl")) > 0 and "rror" in log_of("anomaly-sasl"))
         for name in runs:
@@ -207,9 +233,10 @@ async def test_no_component_logs_exports_or_publishes_a_planted_secret(
                 with contextlib.suppress(TimeoutError):  # a SASL process may never serve /metrics: none to leak
                     metrics[name] = await scrape(ports[name], timeout_s=30)
     written = await read_to_end(topics, "ops.dlq.v1", "ops.notifications.v1")
-    assert {"collect", "notify", "anomaly", "alerts"} <= set(metrics), sorted(metrics)
+    assert {"collect", "worker", "notify", "anomaly", "alerts"} <= set(metrics), sorted(metrics)
     found = {name: leaked(log_of(name)) for name in runs}
     found |= {f"{name} /metrics": leaked(text) for name, text in metrics.items()}
+    found["api answers"] = leaked(answers)
     found["records"] = leaked("\n".join((m.value or b"").decode(errors="replace") for m in written))
     assert {where: names for where, names in found.items() if names} == {}
     assert any(b"giving up" in (m.value or b"") or b"dead_lettered" in (m.value or b"") for m in written)
