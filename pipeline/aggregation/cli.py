@@ -59,7 +59,7 @@ def worker_command(
         tuning["checkpoint_s"] = checkpoint_ms / 1000
     config = AggregatorConfig(policy=policy, batch_max=batch_max, **tuning)  # type: ignore[arg-type]
     app = build_app(settings, config, clock=clock.now_us)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 

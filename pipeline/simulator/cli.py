@@ -60,7 +60,7 @@ def simulate(
     if ctx.obj is not None:
         from pipeline.observability.metrics import serve_metrics
 
-        serve_metrics(ctx.obj.metrics_port)
+        serve_metrics(ctx.obj.metrics_port, addr=ctx.obj.metrics_host)
 
     async def serve() -> None:
         async with SimulatorServer(scn, host, port, speed, hold, on_label=writer) as server:
