@@ -325,6 +325,7 @@ def demo(
     view: Annotated[bool, typer.Option(help="live terminal view")] = True,
     anomaly_warmup: Annotated[int, typer.Option(help="points an anomaly series learns before it reports")] = 40,
     summary_json: Annotated[Path | None, typer.Option(help="also write the summary to this JSON file")] = None,
+    api_port: Annotated[int, typer.Option(help="port of the operations API (0 or taken: a free one)")] = 8080,
 ) -> None:
     """Run everything on the embedded defaults: broker, chdb, simulator with incidents, collectors, workers,
     sink, notifier; a live view until Ctrl-C or --duration, then a summary."""
@@ -338,6 +339,7 @@ def demo(
         view=view,
         anomaly_warmup=anomaly_warmup,
         summary_json=summary_json,
+        api_port=api_port,
         scenario=scenario or DEMO_SCENARIO,
     )
     try:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,7 @@ class DemoOptions:
     # series blind for the first 2.5 simulated minutes, i.e. through the whole demo scenario.
     anomaly_warmup: int = 40
     summary_json: Path | None = None
+    api_port: int = 8080  # the operations API (marketprism api); 0 or taken: a free port
 
 
 @dataclass
@@ -197,6 +199,8 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
     fault_labels: list[IncidentLabel] = []  # pipeline faults injected (faults.yaml)
     ready_before_s: float | None = None  # wall seconds between the collectors connecting and the scenario start
     scenario_wall_s: float | None = None
+    api: tuple[str, str] | None = None  # the operations API's URL and an operator token
+    api_alerts: int | None = None  # alerts the API lists at the end of the run
     drained = False  # the scenario ended and the workers worked off their backlog
     try:
         run._step(f"topics (prefix {run.prefix})")
@@ -310,6 +314,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
             metrics_env(),
         )
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
+        api = await _start_api(run, children, home, metrics_env())
         await asyncio.to_thread(_wait_port, sim_port, 60, lambda: simulator.alive)
         children.start("collect", ["collect"], metrics_env() | collect_env)
         ready_us = await _collectors_connected(f"http://{base}/sim/status", list(symbols), wait_s=60)
@@ -336,7 +341,9 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
             await _stop(children, ("collect", "simulator"))
             if not drained:  # stopped early (duration, Ctrl-C): give what is in flight a moment
                 await asyncio.sleep(options.drain_s)
-            await _stop(children, ("worker", "anomaly", "alerts", "notify"))
+            if api is not None:
+                api_alerts = await _api_alert_count(*api)
+            await _stop(children, ("worker", "anomaly", "alerts", "notify", "api"))
             topics = [demo_settings.topic(t.name) for t in load_registry() if t.sink]
             ends = await _read_all(demo_settings, topics)
             await _wait_sink_caught_up(demo_settings, ends, wait_s=120)
@@ -359,10 +366,60 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         "wall_s": round(time.monotonic() - wall_started, 1),
         "scenario_wall_s": None if scenario_wall_s is None else round(scenario_wall_s, 1),
         "collectors_ready_before_start_s": None if ready_before_s is None else round(ready_before_s, 1),
+        "api_url": None if api is None else api[0],
+        "api_alerts_listed": api_alerts,
     }
     if options.summary_json is not None:
         options.summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
     return summary
+
+
+async def _start_api(run: DemoRun, children: ChildGroup, home: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Start ``marketprism api`` with a secret of this run, issue an operator token with ``marketprism api token``
+    (the same command an operator uses), print both and write them to ``<home>/api.env``."""
+    secret_env = {"MARKETPRISM_API__JWT_SECRET": secrets.token_hex(32)}
+    minted = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pipeline", "api", "token", "--name", "demo-operator", "--role", "operator"],
+        env={**os.environ, **children.env, **secret_env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if minted.returncode != 0:
+        raise RuntimeError(f"api token failed:\n{minted.stdout}\n{minted.stderr}")
+    token = minted.stdout.strip().splitlines()[-1]
+    preferred = run.options.api_port
+    for port in (preferred, free_port()) if preferred and not port_open("127.0.0.1", preferred) else (free_port(),):
+        api = children.start("api", ["api", "--host", "127.0.0.1", "--port", str(port)], env | secret_env)
+        with contextlib.suppress(RuntimeError):  # it lost the port to another process: the next one
+            await asyncio.to_thread(_wait_port, port, 60, _alive(api))
+            if api.alive:
+                break
+    else:
+        raise RuntimeError("the operations API did not start (logs/api.log)")
+    url = f"http://127.0.0.1:{port}"
+    with os.fdopen(os.open(home / "api.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        out.write(f"MARKETPRISM_API_URL={url}\nMARKETPRISM_API_TOKEN={token}\n")
+    run._step(f"operations API: {url}/docs  (operator token in {home / 'api.env'})")
+    run.console.print(f'  curl -H "Authorization: Bearer {token}" {url}/api/v1/alerts', soft_wrap=True, highlight=False)
+    return url, token
+
+
+def _alive(child: Child) -> Callable[[], bool]:
+    return lambda: child.alive
+
+
+async def _api_alert_count(url: str, token: str) -> int | None:
+    """How many alerts the operations API lists (every state), or None when it does not answer."""
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            response = await http.get("/api/v1/alerts", params={"limit": 1})
+            response.raise_for_status()
+            return int(response.json()["total"])
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        log.warning("operations API did not list the alerts: %s", exc)
+        return None
 
 
 async def _stop(children: ChildGroup, names: tuple[str, ...], wait_s: float = 30.0) -> None:

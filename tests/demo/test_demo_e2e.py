@@ -64,7 +64,7 @@ def _demo(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes],
     }
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "demo", "--no-view", "--speed", str(SPEED), *args],
+            [sys.executable, "-m", "pipeline", "demo", "--no-view", "--speed", str(SPEED), "--api-port", "0", *args],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=env,
@@ -141,6 +141,8 @@ def test_demo_catches_every_incident_stores_everything_and_leaves_nothing(tmp_pa
     assert summary["rows_match"], {t: (summary["rows"].get(t, 0), n) for t, n in records.items()}
     assert summary["notifications"] > 0
     assert summary["duplicate_notifications"] == {}
+    # the operations API ran beside the pipeline and listed the run's alerts with the operator token it printed
+    assert summary["run"]["api_url"] and summary["run"]["api_alerts_listed"] > 0
 
     # the run's own figures: at the speed asked, each stage's latency and each process's peak memory measured
     assert summary["run"]["speed"] == SPEED
