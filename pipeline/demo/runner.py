@@ -411,10 +411,10 @@ def _alive(child: Child) -> Callable[[], bool]:
 
 
 async def _api_alert_count(url: str, token: str) -> int | None:
-    """How many alerts the operations API lists (every state), or None when it does not answer."""
+    """How many alerts the operations API lists (resolved ones too), or None when it does not answer."""
     try:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-            response = await http.get("/api/v1/alerts", params={"limit": 1})
+            response = await http.get("/api/v1/alerts", params={"limit": 1, "include_inactive": "true"})
             response.raise_for_status()
             return int(response.json()["total"])
     except (httpx.HTTPError, KeyError, ValueError) as exc:
