@@ -174,7 +174,8 @@ class SecuritySettings(BaseModel):
     checkpoint_key: SecretStr | None = None
     checkpoint_key_file: Path | None = None
     checkpoint_previous_keys: list[SecretStr] = Field(default_factory=list)
-    checkpoint_max_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # a checkpoint larger than this is refused
+    # a checkpoint larger than this (stored, or once decompressed) is refused; writers warn when they exceed it
+    checkpoint_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
     def _key_file(self) -> SecuritySettings:

@@ -317,6 +317,12 @@ class RuleEngineRunner:
             engine_id=self.options.engine_id, ts=wall, offsets=offsets, state=self.engine.snapshot().decode()
         )
         value = encode(checkpoint)
+        if len(value) > self.sealer.max_bytes:  # a restart would refuse it: say so while there is time to act
+            log.error(
+                "checkpoint of %d bytes exceeds security.checkpoint_max_bytes (%d): raise it or a restart starts cold",
+                len(value),
+                self.sealer.max_bytes,
+            )
         await producer.send_and_wait(
             self.settings.topic(control.CHECKPOINTS_TOPIC),
             value,

@@ -150,7 +150,10 @@ class Checkpointer:
         if state.updates_since_checkpoint < self.every and now - last < self.interval_s:
             return False
         state.updates_since_checkpoint = 0
-        self.table[state.series_id.encode()] = dumps(state, self.sealer)
+        blob = dumps(state, self.sealer)
+        if len(blob) > self.sealer.max_bytes:  # a restore would refuse it
+            log.error("checkpoint of %s is %d bytes, above security.checkpoint_max_bytes", state.series_id, len(blob))
+        self.table[state.series_id.encode()] = blob
         self._written_at[state.series_id] = now
         CHECKPOINTS.inc()
         return True

@@ -40,7 +40,7 @@ class SealError(ValueError):
 class Sealer:
     """Seals and opens records for one purpose under one current key (plus older keys still accepted)."""
 
-    def __init__(self, purpose: str, key: bytes, previous: Sequence[bytes] = (), max_bytes: int = 8 * 1024 * 1024):
+    def __init__(self, purpose: str, key: bytes, previous: Sequence[bytes] = (), max_bytes: int = 64 * 1024 * 1024):
         if len(key) < 16:
             raise ValueError("a sealing key needs at least 16 bytes")
         self.purpose = purpose.encode()
