@@ -29,6 +29,8 @@ from pipeline.kafka import make_producer
 from pipeline.settings import Settings
 
 SPEED = 10.0
+# Upper bound of every wall-clock wait (generous: a loaded 2-core machine slows the whole pipeline, not the test)
+WAIT_S = 300.0
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "pipeline" / "alerting" / "rules" / "core.yaml"
 WORKER_ARGS = ("--lateness-ms", "2000", "--grace-ms", "1000", "--idle-timeout-ms", "5000")
@@ -220,12 +222,12 @@ async def test_pipeline_rules_fire_and_resolve_through_real_processes(topics: Se
     LIVE[:] = children
     try:
         # feed once the sink consumes and the worker holds its partitions: no start-up backlog to work off
-        await _wait_log(sink, "sink consuming", 90)
-        await _wait_log(worker, "assigned", 90)
+        await _wait_log(sink, "sink consuming", WAIT_S)
+        await _wait_log(worker, "assigned", WAIT_S)
         feeding = asyncio.create_task(feed.run(stop))
         # steady state: 1s bars flow and the sink keeps up (SinkStalled never leaves "inactive")
-        await _wait_bars(topics, wait_s=60)
-        await _wait_sink_committed(topics, sink_group, wait_s=90)
+        await _wait_bars(topics, wait_s=WAIT_S)
+        await _wait_sink_committed(topics, sink_group, wait_s=WAIT_S)
 
         # 1. the sink dies (its group keeps its offsets, nobody commits), binance ETH-USDT goes quiet, and okx's
         # trades stop while its collector reports sequence gaps (connected: VenueDisconnected would inhibit)
@@ -234,18 +236,22 @@ async def test_pipeline_rules_fire_and_resolve_through_real_processes(topics: Se
         sink.kill()
         feed.quiet |= {("binance", "ETH-USDT"), ("okx", "BTC-USDT")}
         feed.gappy["okx"] = 3
-        health = await _wait_alert(topics, "ExchangeHealthLow", "firing", start, 60, exchange="okx", stream="trades")
+        health = await _wait_alert(
+            topics, "ExchangeHealthLow", "firing", start, WAIT_S, exchange="okx", stream="trades"
+        )
         feed.quiet.discard(("okx", "BTC-USDT"))
         feed.gappy.clear()
-        await _wait_alert(topics, "ExchangeHealthLow", "resolved", start, 60, exchange="okx", stream="trades")
+        await _wait_alert(topics, "ExchangeHealthLow", "resolved", start, WAIT_S, exchange="okx", stream="trades")
         # the value at firing is the latest sample: it went under 50, and hysteresis holds the rule until it is 70
         assert health.value is not None and health.value < 70
-        stalled = await _wait_alert(topics, "SinkStalled", "firing", start, 60, group=sink_group, topic="md.trades.v1")
+        stalled = await _wait_alert(
+            topics, "SinkStalled", "firing", start, WAIT_S, group=sink_group, topic="md.trades.v1"
+        )
         LIVE.append(sink.start())
-        await _wait_alert(topics, "SinkStalled", "resolved", start, 60, group=sink_group, topic="md.trades.v1")
-        quiet = await _wait_alert(topics, "BarsStalled", "firing", start, 60, exchange="binance", symbol="ETH-USDT")
+        await _wait_alert(topics, "SinkStalled", "resolved", start, WAIT_S, group=sink_group, topic="md.trades.v1")
+        quiet = await _wait_alert(topics, "BarsStalled", "firing", start, WAIT_S, exchange="binance", symbol="ETH-USDT")
         feed.quiet.clear()
-        await _wait_alert(topics, "BarsStalled", "resolved", start, 60, exchange="binance", symbol="ETH-USDT")
+        await _wait_alert(topics, "BarsStalled", "resolved", start, WAIT_S, exchange="binance", symbol="ETH-USDT")
         assert stalled.value is not None and stalled.value > 1000
         assert quiet.value is not None and quiet.value >= 180
 
@@ -253,17 +259,19 @@ async def test_pipeline_rules_fire_and_resolve_through_real_processes(topics: Se
         start = await _count_alerts(topics)
         LIVE.remove(worker)
         worker.kill()
-        await _wait_alert(topics, "PipelineStalled", "firing", start, 60)
+        await _wait_alert(topics, "PipelineStalled", "firing", start, WAIT_S)
         # ... while its input keeps coming: the aggregator group's lag passes 10000 and grows (ConsumerLagGrowing)
         feed.batch_burst = 40
         group = f"{topics.topic_prefix}aggregator"
         growing = await _wait_alert(
-            topics, "ConsumerLagGrowing", "firing", start, 90, group=group, topic="md.trade_batches.v1"
+            topics, "ConsumerLagGrowing", "firing", start, WAIT_S, group=group, topic="md.trade_batches.v1"
         )
         feed.batch_burst = 0
         LIVE.append(worker.start())
-        await _wait_alert(topics, "PipelineStalled", "resolved", start, 90)
-        await _wait_alert(topics, "ConsumerLagGrowing", "resolved", start, 90, group=group, topic="md.trade_batches.v1")
+        await _wait_alert(topics, "PipelineStalled", "resolved", start, WAIT_S)
+        await _wait_alert(
+            topics, "ConsumerLagGrowing", "resolved", start, WAIT_S, group=group, topic="md.trade_batches.v1"
+        )
         assert growing.value is not None and growing.value > 10000
     finally:
         stop.set()
