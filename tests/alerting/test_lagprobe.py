@@ -74,7 +74,7 @@ async def test_a_hung_offset_fetch_does_not_stop_the_next_rounds(topics: Setting
         await asyncio.wait_for(hung.wait(), 30)
         await _produce(topics, 10)  # the group commits nothing more: its lag grows
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(five_rounds.wait(), 30)
+            await asyncio.wait_for(five_rounds.wait(), 120)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -99,7 +99,7 @@ async def test_the_probe_keeps_measuring_a_group_without_a_member(topics: Settin
     try:
         await _produce(topics, 12)
         got = 0
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while got < 12 and time.monotonic() < deadline:
             got += sum(len(v) for v in (await consumer.getmany(timeout_ms=500)).values())
         await consumer.commit()
@@ -110,9 +110,16 @@ async def test_the_probe_keeps_measuring_a_group_without_a_member(topics: Settin
     stop = asyncio.Event()
     task = asyncio.create_task(lagprobe.run_probe(topics, producer, [group], 0.5, SystemClock(), stop, 2.0))
     try:
-        for _ in range(3):
+        for step in range(1, 4):
             await _produce(topics, 5)
-            await asyncio.sleep(0.6)
+            # the probe has measured this step (a record with the new log end): waited for, not slept on
+            deadline = time.monotonic() + 120
+            while not any(
+                x.group == group and x.end == 12 + 5 * step
+                for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag)
+            ):
+                assert time.monotonic() < deadline, f"no lag record with end {12 + 5 * step}"
+                await asyncio.sleep(0.2)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
