@@ -25,7 +25,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
 .PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
-	clickhouse-server amtool chromium pytest bench-nightly image image-push image-check image-scan dist clean
+	clickhouse-server amtool pytest bench-nightly image image-push image-check image-scan dist clean
 
 $(UV):
 	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
@@ -73,32 +73,28 @@ configs: venv
 	$(BIN)/marketprism topics schemas
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy tests/contracts
 
-# Installs Debian's clickhouse-server when missing and apt is usable; its tests skip with a message
-# otherwise (and fail with CI=true).
-clickhouse-server:
-	@if ! command -v clickhouse-server >/dev/null 2>&1 && ! test -x /usr/sbin/clickhouse-server; then \
-		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+# apt-install $(1) (a Debian package) unless the command $(2) is there, with sudo when not root; when apt cannot,
+# say so: the tests that need it skip with the reason (and fail with CI=true).
+define apt_install
+	@if ! command -v $(2) >/dev/null 2>&1 && ! test -x /usr/sbin/$(2) && ! test -x /usr/bin/$(2); then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 		if command -v apt-get >/dev/null 2>&1 && $$SUDO true 2>/dev/null; then \
-			echo "installing clickhouse-server with apt"; \
-			($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clickhouse-server >/dev/null) \
-				|| echo "apt could not install clickhouse-server; its tests will be skipped"; \
+			echo "installing $(1) with apt"; \
+			($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(1) >/dev/null) \
+				|| echo "apt could not install $(1); the tests that need $(2) will be skipped"; \
 		else \
-			echo "clickhouse-server missing and apt unavailable (not root, no sudo); its tests will be skipped"; \
+			echo "$(2) missing and apt unavailable (not root, no sudo); the tests that need it will be skipped"; \
 		fi; \
 	fi
+endef
 
-# Installs Debian's prometheus-alertmanager (it ships amtool, the real Alertmanager client the API's v2
-# compatibility tests drive) when missing and apt is usable; those tests skip otherwise (and fail with CI=true).
+# Debian's clickhouse-server: the sink's network path against a real server.
+clickhouse-server:
+	$(call apt_install,clickhouse-server,clickhouse-server)
+
+# Debian's prometheus-alertmanager ships amtool, the real Alertmanager client the API's v2 compatibility tests drive.
 amtool:
-	@if ! command -v amtool >/dev/null 2>&1; then \
-		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-			echo "installing prometheus-alertmanager (amtool) with apt"; \
-			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null) \
-				|| echo "apt could not install prometheus-alertmanager; the amtool tests will be skipped"; \
-		else \
-			echo "amtool missing and apt unavailable (not root); the amtool tests will be skipped"; \
-		fi; \
-	fi
+	$(call apt_install,prometheus-alertmanager,amtool)
 
 pytest: venv clickhouse-server amtool
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
