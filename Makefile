@@ -25,7 +25,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
 .PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
-	clickhouse-server amtool pytest bench-nightly image image-push image-check image-scan dist clean
+	clickhouse-server amtool stunnel pytest bench-nightly image image-push image-check image-scan dist clean
 
 $(UV):
 	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
@@ -96,7 +96,11 @@ clickhouse-server:
 amtool:
 	$(call apt_install,prometheus-alertmanager,amtool)
 
-pytest: venv clickhouse-server amtool
+# Debian's stunnel4: the TLS endpoint in front of the local broker for the secured-transport tests.
+stunnel:
+	$(call apt_install,stunnel4,stunnel4)
+
+pytest: venv clickhouse-server amtool stunnel
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: check pytest
