@@ -9,12 +9,16 @@ import stat
 import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 from pydantic import SecretStr
 
 from pipeline.anomaly.checkpoint import CheckpointRefused, dumps, loads
 from pipeline.anomaly.ensemble import DetectorConfig
 from pipeline.anomaly.registry import SeriesRegistry
+from pipeline.contracts import FeedMetrics
+from pipeline.contracts.examples import EXAMPLES
+from pipeline.contracts.records import ReferencePrice
 from pipeline.kafka.sealed import Sealer, SealError, sealer_for
 from pipeline.settings import Settings
 from tests.anomaly.helpers import bars
@@ -73,9 +77,25 @@ def test_a_leaked_key_still_runs_no_code(tmp_path: Path) -> None:
 def test_every_series_state_round_trips_through_the_allow_list() -> None:
     sealer = Sealer("anomaly-series-state", NEW)
     registry = SeriesRegistry(DetectorConfig(warmup=20), report_floor=0.475)
-    for bar in bars("okx", "ETH-USDT", 80, seed=2, spikes=frozenset({60})):
+    history = bars("okx", "ETH-USDT", 80, seed=2, spikes=frozenset({60}))
+    feed = EXAMPLES[FeedMetrics]
+    for i, bar in enumerate(history):  # bar, feed and reference series: the three tables of the worker
         registry.on_bar(bar)
-    assert len(registry.series) >= 4
+        registry.on_feed_metrics(
+            msgspec.structs.replace(feed, ts_event=bar.window_end, lag_p99_us=1000 + 37 * (i % 7), rate=10.0 + i % 3)
+        )
+        registry.on_reference(
+            ReferencePrice(
+                asset="BTC-USD",
+                ts_event=bar.window_end,
+                price="30000.00",
+                venues=2,  # type: ignore[arg-type]
+                mids={"binance:BTC-USDT": "30000.00", "okx:BTC-USDT": "30001.00"},  # type: ignore[dict-item]
+                divergence_bps={"binance:BTC-USDT": -0.1 * (i % 5), "okx:BTC-USDT": 0.2 * (i % 3)},
+            )
+        )
+    metrics = {state.metric for state in registry.series.values()}
+    assert {"volume", "log_return", "divergence_bps", "feed_lag_p99_s", "feed_rate"} <= metrics, metrics
     for state in registry.series.values():
         restored = loads(dumps(state, sealer), sealer)
         assert restored.series_id == state.series_id and restored.detector.seen == state.detector.seen
