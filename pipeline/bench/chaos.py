@@ -229,21 +229,26 @@ class RoundResult:
 class Worker:
     """``marketprism worker`` as a child process, signalled by its PID only; every start appends to one log."""
 
-    def __init__(self, settings: Settings, work: Path, name: str = "worker"):
+    def __init__(self, settings: Settings, work: Path, name: str = "worker", env: dict[str, str] | None = None):
         self.settings = settings
+        self.env = env or {}
         self.log_path = work / f"{name}.log"
         self.state_dir = work / f"{name}-state"
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
 
     async def start(self) -> None:
-        env = os.environ | {
-            "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
-            "MARKETPRISM_TOPIC_PREFIX": self.settings.topic_prefix,
-            "MARKETPRISM_STATE_DIR": str(self.state_dir),
-            "MARKETPRISM_METRICS_PORT": "0",
-            "MARKETPRISM_LOG_LEVEL": "INFO",
-        }
+        env = (
+            os.environ
+            | {
+                "MARKETPRISM_KAFKA__BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
+                "MARKETPRISM_TOPIC_PREFIX": self.settings.topic_prefix,
+                "MARKETPRISM_STATE_DIR": str(self.state_dir),
+                "MARKETPRISM_METRICS_PORT": "0",
+                "MARKETPRISM_LOG_LEVEL": "INFO",
+            }
+            | self.env
+        )
         with self.log_path.open("ab") as output:
             output.write(f"\n===== start {self.starts + 1} =====\n".encode())
             output.flush()
@@ -347,9 +352,17 @@ async def _until(condition: Callable[[], bool], limit_s: float, step_s: float = 
 
 
 async def run_round(
-    base: Settings, seed: int, mode: str, capture_dir: Path, work: Path, speed: float, relay: Relay | None = None
+    base: Settings,
+    seed: int,
+    mode: str,
+    capture_dir: Path,
+    work: Path,
+    speed: float,
+    relay: Relay | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> RoundResult:
-    """One seeded round (see the module docstring); never raises for what it finds, only reports it."""
+    """One seeded round (see the module docstring); never raises for what it finds, only reports it.
+    ``worker_env``: extra environment of the worker processes (e.g. shorter group timeouts)."""
     from pipeline.aggregation.app import ensure_internal_topics
     from pipeline.collectors.output import Output
     from pipeline.collectors.runtime import Collector
@@ -369,7 +382,7 @@ async def run_round(
     capture = capture_dir / file_name
     server = ReplayServer([capture], speed=speed)
     await server.start()
-    worker = Worker(settings, work)
+    worker = Worker(settings, work, env=worker_env)
     total = len(server.files[0].frames)
     stop = asyncio.Event()
     collecting: asyncio.Task[None] | None = None
@@ -481,12 +494,14 @@ async def _diagnose(settings: Settings, trade_records: list[tuple[int, int, byte
 
 async def run_chaos(
     settings: Settings, rounds: int, seed: int, mode: str, capture_dir: Path, work: Path, speed: float = 10.0,
-    echo: Callable[[str], object] = print, relay: Relay | None = None,
+    echo: Callable[[str], object] = print, relay: Relay | None = None, worker_env: dict[str, str] | None = None,
 ) -> list[RoundResult]:  # fmt: skip
     """``rounds`` rounds with seeds ``seed``, ``seed + 1``, ...; each round's line is echoed as it ends."""
     results = []
     for n in range(rounds):
-        result = await run_round(settings, seed + n, mode, capture_dir, work / f"round-{seed + n}", speed, relay)
+        result = await run_round(
+            settings, seed + n, mode, capture_dir, work / f"round-{seed + n}", speed, relay, worker_env
+        )
         echo(result.line())
         results.append(result)
     return results
