@@ -46,14 +46,30 @@ def default_groups(settings: Settings) -> list[str]:
 CALL_TIMEOUT_S = 5.0  # wall seconds one broker call of a round may take
 
 
+def sink_partitions(settings: Settings, group: str) -> list[TopicPartition]:
+    """The partitions a ClickHouse sink group must consume (every topic the registry stores), or none for a group
+    that is not a sink. A sink is told by its name, as the sink rules (``group: "~.*sink.*"``) tell it."""
+    if "sink" not in group.removeprefix(settings.topic_prefix):
+        return []
+    return [TopicPartition(settings.topic(t.name), p) for t in load_registry() if t.sink for p in range(t.partitions)]
+
+
 async def committed_offsets(
     settings: Settings, admin: AIOKafkaAdminClient, group: str, timeout_s: float = CALL_TIMEOUT_S
 ) -> dict[TopicPartition, int]:
-    """The group's committed offsets on the registry's topics (TimeoutError past ``timeout_s``)."""
+    """The group's committed offsets on the registry's topics (TimeoutError past ``timeout_s``).
+
+    A sink group's partitions that have no committed offset count as committed at 0: a sink that dies (or
+    crash-loops) before its first commit is behind by everything written, and must not be invisible to the
+    probe (it was: the demo's sink killed one second into the scenario raised no SinkStalled at speed 1).
+    """
     # Ask for the registry's partitions by name: brokers differ in answering "all partitions" (Tansu fails it).
     wanted = [TopicPartition(settings.topic(t.name), p) for t in load_registry() for p in range(t.partitions)]
     answer = await asyncio.wait_for(admin.list_consumer_group_offsets(group, partitions=wanted), timeout_s)
-    return {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
+    offsets = {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
+    for tp in sink_partitions(settings, group):
+        offsets.setdefault(tp, 0)
+    return offsets
 
 
 async def lag_records(

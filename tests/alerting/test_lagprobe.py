@@ -14,7 +14,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from pipeline.alerting import control, lagprobe
 from pipeline.clock import SystemClock
-from pipeline.contracts import encode
+from pipeline.contracts import encode, load_registry
 from pipeline.contracts.examples import EXAMPLES
 from pipeline.contracts.records import ConsumerLag, Trade
 from pipeline.kafka import make_consumer, make_producer
@@ -81,7 +81,11 @@ async def test_a_hung_offset_fetch_does_not_stop_the_next_rounds(topics: Setting
         await producer.stop()
     assert len(calls) >= 5, "rounds after the hung fetch did not run"
     assert calls[2] - calls[1] < 10, "the hung fetch held the probe past its call timeout"
-    lags = [x for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag) if x.group == group]
+    lags = [
+        x
+        for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag)
+        if x.group == group and x.topic == "md.trades.v1"  # a sink group: its other topics are measured too
+    ]
     # a record for every round, the hung one included (measured from the offsets answered in round one)
     assert len(lags) >= 5
     assert lags[0].lag == 20 and lags[0].committed == 0
@@ -115,7 +119,7 @@ async def test_the_probe_keeps_measuring_a_group_without_a_member(topics: Settin
             # the probe has measured this step (a record with the new log end): waited for, not slept on
             deadline = time.monotonic() + 120
             while not any(
-                x.group == group and x.end == 12 + 5 * step
+                x.group == group and x.topic == "md.trades.v1" and x.end == 12 + 5 * step
                 for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag)
             ):
                 assert time.monotonic() < deadline, f"no lag record with end {12 + 5 * step}"
@@ -124,8 +128,40 @@ async def test_the_probe_keeps_measuring_a_group_without_a_member(topics: Settin
         stop.set()
         await asyncio.wait_for(task, 30)
         await producer.stop()
-    lags = [x for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag) if x.group == group]
+    lags = [
+        x
+        for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag)
+        if x.group == group and x.topic == "md.trades.v1"
+    ]
     assert len(lags) >= 3
     assert lags[0].committed == 12
     assert lags[-1].lag == 15 and lags[-1].end == 27
     assert [x.lag for x in lags] == sorted(x.lag for x in lags)
+
+
+async def test_a_sink_that_never_committed_is_measured_behind_by_everything(topics: Settings) -> None:
+    """A sink killed (or crash-looping) before its first commit has no committed offsets: it used to publish no
+    lag at all, so SinkStalled could not see it. Its partitions count as committed at 0."""
+    await _produce(topics, 7)
+    sink_group, other_group = f"{topics.topic_prefix}demo-sink", f"{topics.topic_prefix}aggregator"
+    producer = make_producer(topics.kafka)
+    await producer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        lagprobe.run_probe(topics, producer, [sink_group, other_group], 0.5, SystemClock(), stop, 5.0)
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not [x for x in await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag) if x.group == sink_group]:
+            assert time.monotonic() < deadline, "no lag record of the sink group that never committed"
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await producer.stop()
+    lags = await control.read_all(topics, lagprobe.LAG_TOPIC, ConsumerLag)
+    trades = [x for x in lags if x.group == sink_group and x.topic == "md.trades.v1"]
+    assert trades and trades[0].committed == 0 and trades[0].lag == trades[0].end == 7
+    stored = {t.name for t in load_registry() if t.sink}
+    assert {x.topic for x in lags if x.group == sink_group} == stored
+    assert not [x for x in lags if x.group == other_group], "a group that is not a sink stays unmeasured"
