@@ -42,7 +42,11 @@ class FeedsWorker:
         self.reference = reference
 
     async def on_summary(self, value: bytes) -> None:
-        await self.outputs.start()
+        async with self.outputs.use() as usable:
+            if usable:  # else the worker is stopping
+                await self._on_summary(value)
+
+    async def _on_summary(self, value: bytes) -> None:
         try:
             summary = decode_summary(value)
         except (DecodeError, ValueError) as exc:
@@ -56,7 +60,11 @@ class FeedsWorker:
             self.reference.observe(summary, self.clock())
 
     async def on_feed_metrics(self, value: bytes) -> None:
-        await self.outputs.start()
+        async with self.outputs.use() as usable:
+            if usable:  # else the worker is stopping
+                await self._on_feed_metrics(value)
+
+    async def _on_feed_metrics(self, value: bytes) -> None:
         try:
             metrics = _metrics_decoder.decode(value)
         except DecodeError as exc:
@@ -67,7 +75,11 @@ class FeedsWorker:
             self.health.add_collector(metrics)
 
     async def tick(self) -> None:
-        await self.outputs.start()
+        async with self.outputs.use() as usable:
+            if usable:  # else the worker is stopping
+                await self._tick()
+
+    async def _tick(self) -> None:
         now = self.clock()
         for metrics in self.health.due(now):
             key = f"{metrics.exchange}:{metrics.stream}".encode()

@@ -35,6 +35,7 @@ class RecordingKafka:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.stopped = False
 
     async def start(self) -> None:
         return None
@@ -47,6 +48,9 @@ class RecordingKafka:
 
     async def flush(self) -> None:
         return None
+
+    async def stop(self) -> None:
+        self.stopped = True
 
     def bars(self, interval: str = "1s") -> list[Bar]:
         return [decode(Bar, v) for t, v in self.sent if t == f"md.bars.{interval}.v1"]
@@ -239,3 +243,36 @@ async def test_records_dropped_before_the_worker_with_none_after_them_are_read_a
         now[0] += S
         await worker.tick()
     assert (BBOS, 0, 0) in consumer.seeks
+
+
+class BlockingStore(MemoryStore):
+    """A state store whose loads wait until released (a tick held mid-way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def load(self, partitions: Sequence[int]) -> dict[int, bytes | None]:
+        self.entered.set()
+        await self.release.wait()
+        return await super().load(partitions)
+
+
+async def test_a_shutdown_during_a_tick_waits_for_it_instead_of_crashing_it() -> None:
+    """SIGTERM while the timer is mid-tick: the shutdown closed the producer under the tick
+    (``AssertionError('Outputs.start() first')``, Faust "crashed" instead of stopping; chaos seed 1068 --drops).
+    The shutdown now waits for the tick, and work that starts after it is skipped."""
+    kafka, store, consumer, now = RecordingKafka(), BlockingStore(), Consumer({TRADES: 6, BBOS: 0}), [T]
+    worker = worker_for(kafka, store, consumer, now)
+    ticking = asyncio.create_task(worker.tick())  # loads the assigned partitions' states: held there
+    await store.entered.wait()
+    stopping = asyncio.create_task(worker.outputs.stop())
+    await asyncio.sleep(0)
+    assert not stopping.done()  # waits for the tick
+    store.release.set()
+    await ticking  # completes: no AssertionError
+    await stopping
+    assert kafka.stopped
+    await worker.process(trade_records())  # after the stop: skipped, not a crash
+    assert worker.engines == {} or worker.engines[0].state.trade_offset == -1
