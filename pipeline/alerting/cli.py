@@ -73,7 +73,7 @@ def run(
     lag_group: Annotated[
         list[str] | None, typer.Option(help="consumer group whose lag the probe publishes (repeatable)")
     ] = None,
-    lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "15s",
+    lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "5s",
     fetch_wait_ms: Annotated[int, typer.Option(help="consumer fetch wait (ms); Tansu answers at its end")] = 100,
 ) -> None:
     """Run the rule engine until SIGINT/SIGTERM (resumes from its checkpoint and ops.alerts.v1)."""

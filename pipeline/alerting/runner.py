@@ -70,7 +70,7 @@ class RunnerOptions:
     # most of the condition -> notification latency (docs/benchmarks.md, notifier section)
     fetch_wait_ms: int = 100
     lag_groups: tuple[str, ...] | None = None  # consumer groups the lag probe measures (None: MarketPrism's own)
-    lag_interval_us: int = 15_000_000  # 0 disables the lag probe
+    lag_interval_us: int = 5_000_000  # 0 disables the lag probe; several samples per SinkStalled window (30 s)
 
 
 class RuleEngineRunner:
