@@ -7,8 +7,9 @@ the counts of one run are never mixed with another's.
 
 Every child runs on one shared pipeline clock (pipeline/clock.py, ``MARKETPRISM_CLOCK__*``): ordinary time until
 the origin, ``lead_s`` wall seconds after the components start (time for them to come up and the collectors to
-connect), then ``--speed`` times faster. The simulator starts the scenario at that origin, so venue timestamps,
-receipt times, windows, rule timers and notification timers all read simulated time at any speed.
+connect: measured on the machine at the start, longer when it is loaded), then ``--speed`` times faster. The
+simulator starts the scenario at that origin, so venue timestamps, receipt times, windows, rule timers and
+notification timers all read simulated time at any speed.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class DemoOptions:
     scenario: Path = DEMO_SCENARIO
     view: bool = True
     drain_s: float = 5.0  # after the collectors stop: no new bar for this long = the workers are done (max 120 s)
-    lead_s: float = 15.0  # wall seconds from starting the components to the clock's origin (the scenario's start)
+    # wall seconds from starting the components to the clock's origin (the scenario's start); None: measured on
+    # this machine now (start-up is mostly imports, and a loaded machine takes longer: see start_up_lead_s)
+    lead_s: float | None = None
     # Points an anomaly series learns before it reports; the worker's production default (150) would keep every
     # series blind for the first 2.5 simulated minutes, i.e. through the whole demo scenario.
     anomaly_warmup: int = 40
@@ -108,6 +111,23 @@ class DemoRun:
 
     def _step(self, text: str) -> None:
         self.console.print(f"[bold cyan]»[/bold cyan] {text}")
+
+
+MIN_LEAD_S, MAX_LEAD_S = 15.0, 120.0
+LEAD_PER_IMPORT_S = 15.0  # lead per second one component takes to import here (ten start at once on a few cores)
+
+
+def start_up_lead_s() -> float:
+    """The lead the components need on this machine now: the wall time of one component's imports, measured in a
+    fresh interpreter, times LEAD_PER_IMPORT_S, within [MIN_LEAD_S, MAX_LEAD_S]. A fixed 15 s let a loaded
+    machine start the scenario before the collectors had connected (every feed then looked stalled)."""
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", "import faust, river, pipeline.cli, pipeline.aggregation.app"],
+        capture_output=True,
+        check=False,
+    )
+    return min(MAX_LEAD_S, max(MIN_LEAD_S, LEAD_PER_IMPORT_S * (time.monotonic() - started)))
 
 
 def _scenario_symbols(scenario: Path) -> dict[str, list[str]]:
@@ -261,7 +281,8 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         )
 
         # one time line for every child: wall time until the origin, then `speed` times faster
-        origin_us = (time.time_ns() // 1000 + int(options.lead_s * 1e6)) // 1_000_000 * 1_000_000 + 1_000_000
+        lead_s = options.lead_s if options.lead_s is not None else await asyncio.to_thread(start_up_lead_s)
+        origin_us = (time.time_ns() // 1000 + int(lead_s * 1e6)) // 1_000_000 * 1_000_000 + 1_000_000
         clock = ScaledClock(options.speed, origin_us)
         children.env = {
             **children.env,
@@ -320,7 +341,10 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         ready_us = await _collectors_connected(f"http://{base}/sim/status", list(symbols), wait_s=60)
         ready_before_s = None if ready_us is None else (clock.wall_us(origin_us) - ready_us) / 1e6
         if ready_before_s is not None and ready_before_s < 0:
-            log.warning("collectors connected %.1f wall s after the scenario started (raise lead_s)", -ready_before_s)
+            log.warning(
+                "collectors connected %.1f wall s after the scenario started (the measured lead was short)",
+                -ready_before_s,
+            )
         scenario_wall = time.monotonic()
         faults = asyncio.create_task(
             _inject_faults(children, f"http://{base}/sim/status", sim_duration_s, fault_labels)
