@@ -39,7 +39,7 @@ class Matcher:
         if op in ("=~", "!~"):
             try:
                 _compiled(value)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999} overflows the compiler
                 raise ValueError(f"bad regex in matcher {text!r}: {exc}") from exc
         return cls(found.group(1), op, value)
 
