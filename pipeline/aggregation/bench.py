@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +230,9 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
+WARMUP_LIMIT_S = 300.0  # the longest the latency run waits for the worker's first bar before measuring anyway
+
+
 async def bar_latency(
     settings: Settings, plan: BenchPlan, state: Path, worker_args: Sequence[str] = ()
 ) -> tuple[list[float], float]:
@@ -250,41 +253,53 @@ async def bar_latency(
     latencies: list[float] = []
     bars: list[tuple[int, int]] = []  # (record timestamp ms: when the worker produced it, window end µs)
     try:
-        await asyncio.sleep(8)  # join the group before the measured stream starts
         topic = settings.topic(BATCHES)
-        started = time.time()
-        cpu_start = cpu_seconds(watched)
-        i = 0
-        measure_from = int((started + 3) * 1e6)  # skip the first windows (group join, warm-up)
         batcher = Batcher()
-
         stamps: list[int] = []  # ts_event of each burst of trades made (= the wall time it was made)
+        warm_bars = 0  # 1s bars seen before the measured stream: proof the worker has joined and closes windows
+        measure_from = 2**62  # window starts measured from (set when the measured stream starts)
+        i = 0
 
         async def read() -> None:
+            nonlocal warm_bars
             while True:
                 for batch in (await consumer.getmany(timeout_ms=200)).values():
                     for message in batch:
                         bar = bar_decoder.decode(message.value)
                         if bar.window_start >= measure_from:
                             bars.append((message.timestamp, bar.window_end))
+                        else:
+                            warm_bars += 1
+
+        async def produce(started: float, until: Callable[[], bool]) -> None:
+            nonlocal i
+            first = i
+            while not until():
+                target = first + int((time.time() - started) * plan.rate)
+                now_us = time.time_ns() // 1000
+                ready: list[TradeBatch] = []
+                if i < target:
+                    stamps.append(now_us)
+                while i < target:
+                    symbol = f"S{i % plan.symbols}-USDT"
+                    t = Trade(exchange="binance", symbol=symbol, raw_symbol=symbol.replace("-", ""), trade_id=str(i),
+                              price="100.5", size="0.1", side="buy", ts_event=now_us, ts_recv=now_us)  # fmt: skip
+                    ready += batcher.add(t, now_us)
+                    i += 1
+                ready += batcher.due(now_us)
+                for b in ready:
+                    await producer.send(topic, encode(b), key=market_key(b.exchange, b.symbol))
+                await asyncio.sleep(0.002)
 
         reader = asyncio.create_task(read())
-        while time.time() - started < plan.seconds:
-            target = int((time.time() - started) * plan.rate)
-            now_us = time.time_ns() // 1000
-            ready: list[TradeBatch] = []
-            if i < target:
-                stamps.append(now_us)
-            while i < target:
-                symbol = f"S{i % plan.symbols}-USDT"
-                t = Trade(exchange="binance", symbol=symbol, raw_symbol=symbol.replace("-", ""), trade_id=str(i),
-                          price="100.5", size="0.1", side="buy", ts_event=now_us, ts_recv=now_us)  # fmt: skip
-                ready += batcher.add(t, now_us)
-                i += 1
-            ready += batcher.due(now_us)
-            for b in ready:
-                await producer.send(topic, encode(b), key=market_key(b.exchange, b.symbol))
-            await asyncio.sleep(0.002)
+        # warm-up at the same rate until the worker has joined its group and closed a window (waited for, not
+        # a fixed pause: a loaded machine joined after the old 8 s and the whole measured run saw no bar)
+        warm_started = time.time()
+        await produce(warm_started, lambda: warm_bars > 0 or time.time() - warm_started > WARMUP_LIMIT_S)
+        started = time.time()
+        cpu_start = cpu_seconds(watched)
+        measure_from = int((started + 3) * 1e6)  # skip the first windows of the measured stream
+        await produce(started, lambda: time.time() - started >= plan.seconds)
         cpu_share = (cpu_seconds(watched) - cpu_start) / (time.time() - started)
         await asyncio.sleep(3)
         reader.cancel()
