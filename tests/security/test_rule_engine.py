@@ -10,6 +10,7 @@ import os
 import pytest
 
 from pipeline.alerting import control
+from pipeline.alerting import silence as silence_stage
 from pipeline.alerting.metrics import CHECKPOINTS_REFUSED
 from pipeline.alerting.rules import load_rules
 from pipeline.alerting.runner import SEAL_HEADER, SEAL_PURPOSE, RuleEngineRunner, RunnerOptions
@@ -40,8 +41,20 @@ def silence(silence_id: str, matcher: str) -> Silence:
     )
 
 
-async def test_forged_checkpoints_are_refused_and_a_poison_silence_is_dead_lettered(topics: Settings) -> None:
+async def test_forged_checkpoints_are_refused_and_a_poison_silence_is_dead_lettered(
+    topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = topics
+    # fault injection: applying the silence "boom" raises what no input check anticipates (the engine's generic
+    # containment: dead letter `processing_error`, next record applied)
+    real_check = silence_stage.check
+
+    def check(item: Silence) -> None:
+        if item.silence_id == "boom":
+            raise RuntimeError("injected fault")
+        real_check(item)
+
+    monkeypatch.setattr(silence_stage, "check", check)
     value = forged_checkpoint("alerting")
     producer = make_producer(settings.kafka)
     await producer.start()
@@ -51,8 +64,9 @@ async def test_forged_checkpoints_are_refused_and_a_poison_silence_is_dead_lette
         wrong = Sealer(SEAL_PURPOSE, os.urandom(32)).tag(value)  # sealed under a key that is not the engine's
         await producer.send_and_wait(checkpoints, value, key=b"alerting", headers=[(SEAL_HEADER, wrong)])
         silences = settings.topic(control.SILENCES_TOPIC)
-        # decodes, but compiling its regex raises OverflowError (not the ValueError of a malformed matcher)
+        # decodes, but compiling its regex overflows re's compiler: refused as a bad silence (it used to crash-loop)
         await producer.send_and_wait(silences, encode(silence("evil", 'symbol=~"a{99999999999}"')), key=b"evil")
+        await producer.send_and_wait(silences, encode(silence("boom", 'symbol="ETH-USDT"')), key=b"boom")
         await producer.send_and_wait(silences, encode(silence("good", 'symbol="BTC-USDT"')), key=b"good")
     finally:
         await producer.stop()
@@ -66,7 +80,10 @@ async def test_forged_checkpoints_are_refused_and_a_poison_silence_is_dead_lette
     try:
         letters = await dead_letters(
             settings,
-            lambda got: {"checkpoint_unsealed", "checkpoint_bad_tag", "processing_error"} <= {d.reason for d in got},
+            lambda got: (
+                {"checkpoint_unsealed", "checkpoint_bad_tag", "bad_silence", "processing_error"}
+                <= {d.reason for d in got}
+            ),
             timeout_s=120,
         )
         async with asyncio.timeout(60):
@@ -76,13 +93,15 @@ async def test_forged_checkpoints_are_refused_and_a_poison_silence_is_dead_lette
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
-    assert alive and "good" in runner.engine.silences and "evil" not in runner.engine.silences
+    assert alive and "good" in runner.engine.silences and not {"evil", "boom"} & set(runner.engine.silences)
     assert runner.engine.now < FORGED_NOW  # neither forged state was restored
     by_reason = {d.reason: d for d in letters}
     assert by_reason["checkpoint_unsealed"].topic == settings.topic(control.CHECKPOINTS_TOPIC)
     assert by_reason["checkpoint_bad_tag"].offset == 1
+    evil = by_reason["bad_silence"]
+    assert evil.topic == settings.topic(control.SILENCES_TOPIC) and "bad regex" in evil.error
     poison = by_reason["processing_error"]
-    assert poison.topic == settings.topic(control.SILENCES_TOPIC) and "OverflowError" in poison.error
+    assert poison.topic == settings.topic(control.SILENCES_TOPIC) and "injected fault" in poison.error
     for reason, count in before.items():
         assert CHECKPOINTS_REFUSED.labels(reason=reason)._value.get() == count + 1
 
