@@ -54,8 +54,12 @@ RECORDS = counter("aggregation_records_total", "Records applied to bar windows b
 BARS = counter("aggregation_bars_total", "Bars published", ["interval"])
 GAPS = counter("aggregation_offset_gaps_total", "Stale records skipped (offset past the next expected) and re-read")
 REWINDS = counter("aggregation_rewinds_total", "Consumer rewinds to a partition's next expected offset")
-REWIND_RETRY_US = 1_000_000  # a rewind whose expected record has not arrived after this long is made again
-STALL_US = 2_000_000  # a partition behind its high-water mark that got no record for this long is rewound
+# A rewind whose expected record has not arrived after this long is made again, and a partition behind its
+# high-water mark that got no record for STALL_US is rewound. Both are far longer than a loaded machine's fetch
+# round trip: a seek discards what the consumer has in flight for the partition, so re-seeking faster than records
+# can arrive would keep a lagging partition from ever progressing (being behind is normal while catching up).
+REWIND_RETRY_US = 5_000_000
+STALL_US = 10_000_000
 OPEN_WINDOWS = gauge("aggregation_open_windows", "Open bar windows on this worker")
 
 _batch_decoder = decoder_for(TradeBatch)

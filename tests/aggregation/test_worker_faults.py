@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from pipeline.aggregation.engine import PartitionAggregator
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.aggregation.worker import BarWorker, Incoming, Outputs
+from pipeline.aggregation.worker import REWIND_RETRY_US, STALL_US, BarWorker, Incoming, Outputs
 from pipeline.contracts import Bar, BatchTrade, Bbo, DeadLetter, TradeBatch, decode, encode
 from pipeline.kafka import RecordProducer
 
@@ -159,7 +159,7 @@ async def test_a_lost_rewind_at_the_end_of_the_stream_is_made_again_and_the_wind
     await worker.process(records[:2])
     await worker.process(records[4:])  # stale: 2 and 3 are expected first
     assert consumer.seeks == [(TRADES, 0, 2)]
-    for _ in range(3):  # the rewind was lost: nothing more arrives
+    for _ in range(REWIND_RETRY_US // S + 1):  # the rewind was lost: nothing more arrives
         now[0] += S
         await worker.tick()
     assert consumer.seeks[1:] and set(consumer.seeks) == {(TRADES, 0, 2)}  # made again
@@ -229,7 +229,7 @@ async def test_records_dropped_before_the_worker_with_none_after_them_are_read_a
     worker = worker_for(kafka, store, consumer, now)
     records = trade_records()
     await worker.process(records[:1])  # records 1..5 were dropped on their way to the worker
-    for _ in range(4):
+    for _ in range(STALL_US // S + 2):
         now[0] += S
         await worker.tick()
     assert (TRADES, 0, 1) in consumer.seeks
@@ -239,7 +239,7 @@ async def test_records_dropped_before_the_worker_with_none_after_them_are_read_a
 
     consumer.seeks.clear()  # partition 0 of the BBO topic: none of its records ever arrived
     consumer.high[BBOS] = 3
-    for _ in range(4):
+    for _ in range(STALL_US // S + 2):
         now[0] += S
         await worker.tick()
     assert (BBOS, 0, 0) in consumer.seeks
