@@ -181,6 +181,7 @@ async def _count_alerts(settings: Settings) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # every wait bounded by WAIT_S; a loaded machine needs far more than the default 300 s
 async def test_pipeline_rules_fire_and_resolve_through_real_processes(topics: Settings, tmp_path: Path) -> None:
     STARTED[0] = time.monotonic()
     origin_us = (time.time_ns() // 1000 // 1_000_000 + 2) * 1_000_000
