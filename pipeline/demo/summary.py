@@ -196,8 +196,10 @@ def _symbol_tokens(stream: str) -> set[str]:
 def _concerns(label: IncidentLabel, labels: dict[str, str]) -> bool:
     """Whether an alert's labels point at the incident's venue (and symbol, where the alert names one)."""
     exchange = labels.get("exchange")
-    if exchange is None and labels.get("series_id", "").startswith("health:"):  # health:<exchange>:<stream>:...
-        exchange = labels["series_id"].split(":")[1]
+    series = labels.get("series_id", "")
+    # health:<exchange>:<stream>:...; the DLQ rate (health:dlq_per_s) is every venue's: a dead-letter burst anywhere
+    if exchange is None and series.startswith("health:") and series != "health:dlq_per_s":
+        exchange = series.split(":")[1]
     if (exchange or label.venue) != label.venue:
         return False
     if not label.symbol:
