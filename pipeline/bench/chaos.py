@@ -115,6 +115,11 @@ class Relay:
             self._cut()
             await self._server.wait_closed()
 
+    @property
+    def refusing(self) -> bool:
+        """Whether a drop is under way (connections cut, new ones refused)."""
+        return self._refusing
+
     def _cut(self) -> None:
         for writer in list(self._open):
             writer.transport.abort()

@@ -16,7 +16,9 @@ async def test_internal_topics_wait_for_an_unreachable_broker(settings: Settings
     relay = Relay(host, int(port))  # the way in to the broker, refusing every connection for a while
     await relay.start(free_port())
     outage = asyncio.create_task(relay.drop(3.0))
-    await asyncio.sleep(0)  # the outage has begun
+    async with asyncio.timeout(60):  # the outage has begun (waited for, not assumed)
+        while not relay.refusing:  # noqa: ASYNC110 - the relay's own flag, no event to wait on
+            await asyncio.sleep(0)
     through = settings.model_copy(update={"kafka": KafkaSettings(bootstrap_servers=f"127.0.0.1:{relay.port}")})
     try:
         await ensure_internal_topics(through)
