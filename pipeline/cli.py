@@ -42,8 +42,11 @@ bench_app.command("notify")(notify_cli.bench_notify)
 from pipeline.anomaly import cli as anomaly_cli  # noqa: E402
 
 app.add_typer(anomaly_cli.anomaly_app, name="anomaly")
-bench_app.command("nab")(anomaly_cli.bench_nab)
-bench_app.command("anomaly")(anomaly_cli.bench_anomaly)
+from pipeline.bench.anomaly import cli as anomaly_bench_cli  # noqa: E402
+
+anomaly_cli.anomaly_app.command("evaluate")(anomaly_bench_cli.evaluate_cmd)
+bench_app.command("nab")(anomaly_bench_cli.bench_nab)
+bench_app.command("anomaly")(anomaly_bench_cli.bench_anomaly)
 from pipeline.alerting import cli as alerting_cli  # noqa: E402
 
 app.add_typer(alerting_cli.alerts_app, name="alerts")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.anomaly.evaluate import Capture, Label, Options, evaluate, read_labels
+from pipeline.bench.anomaly.evaluate import Capture, Label, Options, evaluate, read_labels
 from pipeline.contracts import Anomaly
 
 T0 = 1_767_225_600_000_000
@@ -130,7 +130,7 @@ class _BrokerGoneConsumer:
 
 
 async def test_stopping_after_the_broker_went_away_does_not_end_the_capture_with_a_traceback() -> None:
-    from pipeline.anomaly.evaluate import _stop
+    from pipeline.bench.anomaly.evaluate import _stop
 
     await _stop(_BrokerGoneConsumer())  # type: ignore[arg-type]  # returns: the capture goes on to its last dump
 

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.anomaly.ensemble import DetectorConfig
-from pipeline.anomaly.nab import DETECTOR_NAME, load_windows, read_file, run_benchmark, score_results, write_result
-from pipeline.anomaly.nab_scorer import window_indices
+from pipeline.bench.anomaly.nab import (
+    DETECTOR_NAME,
+    load_windows,
+    read_file,
+    run_benchmark,
+    score_results,
+    write_result,
+)
+from pipeline.bench.anomaly.nab_scorer import window_indices
 from tests.conftest import NAB_DIR
 
 FILES = [

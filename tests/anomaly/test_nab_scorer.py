@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from pipeline.anomaly.nab_scorer import (
+from pipeline.bench.anomaly.nab_scorer import (
     Profile,
     optimise_threshold,
     probationary_length,

@@ -1,6 +1,6 @@
 """The NAB harness: streams each NAB file through :class:`~pipeline.anomaly.ensemble.SeriesDetector`,
 writes NAB's result layout (``results/<detector>/<category>/<detector>_<file>.csv`` with columns
-``timestamp,value,anomaly_score,label``) and scores the results with :mod:`pipeline.anomaly.nab_scorer`.
+``timestamp,value,anomaly_score,label``) and scores the results with :mod:`pipeline.bench.anomaly.nab_scorer`.
 
 The NAB data is read where it lies (``../shared/nab``); nothing is copied.
 """
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.anomaly.ensemble import DetectorConfig, SeriesDetector
-from pipeline.anomaly.nab_scorer import (
+from pipeline.bench.anomaly.nab_scorer import (
     FileRows,
     ProfileResult,
     parse_time,
