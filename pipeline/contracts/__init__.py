@@ -2,7 +2,9 @@
 
 This is the only module components share. Producers encode records with :func:`encode`, consumers
 decode them with :func:`decoder_for`; the JSON Schemas in ``schemas/`` are generated from these
-records (``marketprism topics schemas --write``) and a test keeps the two in agreement.
+records (``marketprism topics schemas --write``) and a test keeps the two in agreement. Topics are
+objects (:mod:`pipeline.contracts.topics`: ``TRADES``, ``DLQ``, ... and ``topic_for(Trade)``); no other
+module spells a topic name.
 """
 
 from pipeline.contracts.codec import DecodeError, decode, decoder_for, encode
@@ -26,10 +28,11 @@ from pipeline.contracts.records import (
     TradeBatch,
     market_key,
 )
-from pipeline.contracts.topics import Topic, TopicRegistry, load_registry
+from pipeline.contracts.topics import REGISTRY, InternalTopic, Topic, TopicRegistry, load_registry, topic_for
 
 __all__ = [
     "RECORD_TYPES",
+    "REGISTRY",
     "Alert",
     "Anomaly",
     "Bar",
@@ -41,6 +44,7 @@ __all__ = [
     "FeedMetrics",
     "Funding",
     "IncidentLabel",
+    "InternalTopic",
     "Liquidation",
     "Notification",
     "OpenInterest",
@@ -55,4 +59,5 @@ __all__ = [
     "load_registry",
     "market_key",
     "read_labels",
+    "topic_for",
 ]

@@ -5,6 +5,15 @@ The registry lives in ``topics/registry.yaml``; the JSON Schema of each topic's 
 replication factor and ``min.insync.replicas`` of every topic per deployment environment (``prod`` 3 / 2: a write
 acknowledged by ``acks=all`` survives the loss of one broker; ``local`` 1 / 1 for one broker); settings
 ``environment`` picks one.
+
+Topics as objects: every producer and consumer takes its topic from here, never from a name it spells
+itself. :data:`REGISTRY` is the registry file loaded once; the named constants (:data:`TRADES`,
+:data:`BARS_1S`, :data:`DLQ`, ...) are its :class:`Topic` objects and :func:`topic_for` gives the one topic a
+record type is published on (``topic_for(Trade) is TRADES``; ``Bar`` has two topics, use :data:`BARS_1S` /
+:data:`BARS_1M` or :data:`BAR_TOPICS`). Internal topics (the traffic between the parts of one component: no
+contract record, no schema, no ClickHouse table, not made by ``topics apply``) are declared in the file's
+``internal`` section and are :class:`InternalTopic` objects (:data:`AGGREGATOR_SUMMARIES`). Names are
+unprefixed; ``settings.topic(TRADES.name)`` puts the deployment's prefix in front.
 """
 
 from __future__ import annotations
@@ -40,6 +49,16 @@ class _TopicSpec(msgspec.Struct, forbid_unknown_fields=True):
     sink: bool = True
 
 
+class _InternalSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    owner: str
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact"]
+    description: str
+
+
 class _ReplicationSpec(msgspec.Struct, forbid_unknown_fields=True):
     replication_factor: int
     min_insync_replicas: int
@@ -48,6 +67,7 @@ class _ReplicationSpec(msgspec.Struct, forbid_unknown_fields=True):
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
     topics: list[_TopicSpec]
     environments: dict[str, _ReplicationSpec] = {}
+    internal: list[_InternalSpec] = []
 
 
 @dataclass(frozen=True)
@@ -88,9 +108,27 @@ class Topic:
 
 
 @dataclass(frozen=True)
+class InternalTopic:
+    """A topic between the parts of one component (``owner``): its value is that component's own format, so
+    no record type, schema or table; the owner creates it with these settings (``topics apply`` does not)."""
+
+    name: str
+    owner: str
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: Literal["delete", "compact"]
+    description: str
+
+    def full_name(self, prefix: str = "") -> str:
+        return f"{prefix}{self.name}"
+
+
+@dataclass(frozen=True)
 class TopicRegistry:
     topics: tuple[Topic, ...]
     environments: tuple[tuple[str, Replication], ...] = (("local", Replication()),)
+    internal: tuple[InternalTopic, ...] = ()
 
     def replication(self, environment: str) -> Replication:
         """The replication of ``environment`` (settings ``environment``)."""
@@ -112,6 +150,22 @@ class TopicRegistry:
             if topic.name == name:
                 return topic
         raise KeyError(f"unknown topic {name!r}; registry has {[t.name for t in self.topics]}")
+
+    def get_internal(self, name: str) -> InternalTopic:
+        for topic in self.internal:
+            if topic.name == name:
+                return topic
+        raise KeyError(f"unknown internal topic {name!r}; registry has {[t.name for t in self.internal]}")
+
+    def for_record(self, record_type: type[Record]) -> Topic:
+        """The one topic ``record_type`` is published on (:class:`RegistryError` when none or several)."""
+        found = [t for t in self.topics if t.record_type is record_type]
+        if len(found) != 1:
+            raise RegistryError(
+                f"{record_type.__name__} is the record of {len(found)} topics ({[t.name for t in found]}): "
+                "name the topic instead"
+            )
+        return found[0]
 
 
 def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
@@ -138,7 +192,19 @@ def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
                 sink=item.sink,
             )
         )
-    names = [t.name for t in topics]
+    internal = [
+        InternalTopic(
+            name=item.name,
+            owner=item.owner,
+            key=item.key,
+            partitions=item.partitions,
+            retention_ms=item.retention_ms,
+            cleanup_policy=item.cleanup_policy,
+            description=item.description,
+        )
+        for item in spec.internal
+    ]
+    names = [t.name for t in topics] + [t.name for t in internal]
     if len(set(names)) != len(names):
         raise RegistryError(f"{path}: duplicate topic names")
     environments = []
@@ -148,7 +214,44 @@ def load_registry(path: Path = REGISTRY_PATH) -> TopicRegistry:
                 f"{path}: environment {env}: min_insync_replicas must be between 1 and replication_factor"
             )
         environments.append((env, Replication(rep.replication_factor, rep.min_insync_replicas)))
-    return TopicRegistry(tuple(topics), tuple(environments))
+    return TopicRegistry(tuple(topics), tuple(environments), tuple(internal))
+
+
+REGISTRY = load_registry()
+"""The registry file of this checkout, loaded once (``load_registry(path)`` reads another one)."""
+
+
+def topic_for(record_type: type[Record]) -> Topic:
+    """The one topic of :data:`REGISTRY` that ``record_type`` is published on (``Bar``: use the constants)."""
+    return REGISTRY.for_record(record_type)
+
+
+# Every topic of the registry, once. Market data:
+TRADES = REGISTRY.get("md.trades.v1")
+TRADE_BATCHES = REGISTRY.get("md.trade_batches.v1")
+BOOK = REGISTRY.get("md.book.v1")
+BBO = REGISTRY.get("md.bbo.v1")
+FUNDING = REGISTRY.get("md.funding.v1")
+OPEN_INTEREST = REGISTRY.get("md.open_interest.v1")
+LIQUIDATIONS = REGISTRY.get("md.liquidations.v1")
+BARS_1S = REGISTRY.get("md.bars.1s.v1")
+BARS_1M = REGISTRY.get("md.bars.1m.v1")
+REFERENCE = REGISTRY.get("md.reference.v1")
+# Operations:
+FEED_METRICS = REGISTRY.get("ops.feed_metrics.v1")
+ANOMALIES = REGISTRY.get("ops.anomalies.v1")
+ALERTS = REGISTRY.get("ops.alerts.v1")
+NOTIFICATIONS = REGISTRY.get("ops.notifications.v1")
+DLQ = REGISTRY.get("ops.dlq.v1")
+SILENCES = REGISTRY.get("ops.silences.v1")
+ALERT_ACTIONS = REGISTRY.get("ops.alert_actions.v1")
+ALERTING_CHECKPOINTS = REGISTRY.get("ops.alerting_checkpoints.v1")
+CONSUMER_LAG = REGISTRY.get("ops.consumer_lag.v1")
+# Internal:
+AGGREGATOR_SUMMARIES = REGISTRY.get_internal("marketprism-aggregator-summaries")
+
+BAR_TOPICS: dict[str, Topic] = {"1s": BARS_1S, "1m": BARS_1M}
+"""The bar topics by interval name."""
 
 
 def _normalised_descriptions(node: object) -> object:
