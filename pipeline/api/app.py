@@ -23,7 +23,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.api.auth import Authenticator, AuthError, Principal, RateLimiter
 from pipeline.api.deps import AUTH_FAILURES, ApiState, RateLimited, state_of, viewer
 from pipeline.api.events import EventBus
-from pipeline.api.service import AlertIndex, BadRequest, Commands, NotFound, Unavailable
+from pipeline.api.service import (
+    AlertIndex,
+    BadRequest,
+    Commands,
+    NotFound,
+    Unavailable,
+    parse_alert_page,
+    render_alert_page,
+)
 from pipeline.api.views import LiveViews, ViewReader
 from pipeline.observability.metrics import counter, histogram
 from pipeline.settings import Settings
@@ -93,11 +101,12 @@ class EdgeMiddleware:
             LATENCY.labels(route=name).observe(time.perf_counter() - started)
 
 
-class CachedPages:
-    """Answers ``GET /api/v1/alerts`` from the page cache (:meth:`AlertIndex.cached`) without FastAPI's
-    parameter and dependency machinery, which costs more than the page: same token check (a verified token
-    or an API key; any role reads), same rate limit, same bytes. Everything else, every cache miss and every
-    token that does not verify goes to the application, which answers (and refuses) as usual."""
+class AlertPages:
+    """Answers ``GET /api/v1/alerts`` without FastAPI's parameter and dependency machinery, which costs more
+    than the page: a cached page, or one rendered from a query :func:`parse_alert_page` reads; same token check
+    (a verified token or an API key; any role reads), same rate limit, same bytes. Everything else (a query it
+    does not read, a token that does not verify, a spent rate limit) goes to the application, which answers (and
+    refuses) as usual."""
 
     PATH = "/api/v1/alerts"
 
@@ -107,14 +116,25 @@ class CachedPages:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self.PATH and scope["method"] == "GET":
-            body = self.state.index.cached(scope["query_string"].decode("latin-1"))
-            principal = await self._principal(scope) if body is not None else None
-            if body is not None and principal is not None and self.state.limiter.take(principal.subject_key) == 0:
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
+            key = scope["query_string"].decode("latin-1")
+            index = self.state.index
+            body = index.cached(key)
+            parsed = parse_alert_page(key) if body is None else None
+            if body is not None or parsed is not None:
+                principal = await self._principal(scope)
+                if principal is not None and self.state.limiter.take(principal.subject_key) == 0:
+                    if parsed is not None:
+                        body = render_alert_page(index, key, *parsed)
+                    if body is not None:
+                        await self._answer(send, body)
+                        return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _answer(send: Send, body: bytes) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _principal(self, scope: Scope) -> Principal | None:
         for name, value in scope["headers"]:
@@ -252,6 +272,6 @@ def create_app(settings: Settings, *, read_topics: bool = True, views: LiveViews
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
-    app.add_middleware(CachedPages, state=state)
+    app.add_middleware(AlertPages, state=state)
     app.add_middleware(EdgeMiddleware, max_body=api_settings.max_body_bytes)
     return app

@@ -43,6 +43,14 @@ from pipeline.api.models import (
 )
 from pipeline.api.service import (
     ACTIVE_STATES,
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_MATCHER_LEN,
+    MAX_MATCHERS,
+    MAX_OFFSET,
+    MAX_RULE_LEN,
+    MAX_TEXT_LEN,
+    MAX_VENUE_LEN,
     AlertQuery,
     BadRequest,
     NotFound,
@@ -50,6 +58,7 @@ from pipeline.api.service import (
     group_alerts,
     parse_matchers,
     related_alerts,
+    render_alert_page,
     silence_status,
     silencing,
     suggested_action,
@@ -86,13 +95,13 @@ Operator = Annotated[Principal, Depends(operator)]
 async def alert_query(
     state: Annotated[list[AlertState], Query(description="alert states (default: the active ones)")] = [],  # noqa: B006 - FastAPI reads the default, never mutated
     severity: Annotated[list[Severity], Query()] = [],  # noqa: B006 - as above
-    venue: Annotated[list[Annotated[str, Query(max_length=50)]], Query(description="exchange label")] = [],  # noqa: B006
-    rule: Annotated[list[Annotated[str, Query(max_length=200)]], Query()] = [],  # noqa: B006
+    venue: Annotated[list[Annotated[str, Query(max_length=MAX_VENUE_LEN)]], Query(description="exchange label")] = [],  # noqa: B006
+    rule: Annotated[list[Annotated[str, Query(max_length=MAX_RULE_LEN)]], Query()] = [],  # noqa: B006
     filter: Annotated[
-        list[Annotated[str, Query(max_length=500)]],
-        Query(description='Alertmanager matchers, e.g. exchange="okx" or rule=~"Feed.*"', max_length=20),
+        list[Annotated[str, Query(max_length=MAX_MATCHER_LEN)]],
+        Query(description='Alertmanager matchers, e.g. exchange="okx" or rule=~"Feed.*"', max_length=MAX_MATCHERS),
     ] = [],  # noqa: B006
-    q: Annotated[str | None, Query(max_length=200, description="text in rule, labels or annotations")] = None,
+    q: Annotated[str | None, Query(max_length=MAX_TEXT_LEN, description="text in rule, labels or annotations")] = None,
     include_inactive: Annotated[bool, Query(description="also resolved and inactive alerts")] = False,
 ) -> AlertQuery:
     return AlertQuery(
@@ -116,20 +125,11 @@ async def list_alerts(
     request: Request,
     _: Viewer,
     query: Annotated[AlertQuery, Depends(alert_query)],
-    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Response:
     """Current alerts (the compacted ops.alerts.v1), most severe and newest first, one page."""
-    index = _api(request).index
-    key = request.url.query
-    body = index.cached(key)
-    if body is None:  # rendered once per query string until the alerts change
-        selected = index.select(query)
-        page = selected[offset : offset + limit]
-        following = offset + limit if offset + limit < len(selected) else None
-        doc = {"items": page, "total": len(selected), "offset": offset, "limit": limit, "next_offset": following}
-        body = _encoder.encode(doc)
-        index.remember(key, body)
+    body = render_alert_page(_api(request).index, request.url.query, query, offset, limit)
     return Response(body, media_type="application/json")
 
 

@@ -12,12 +12,14 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+from urllib.parse import parse_qsl
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from pipeline.api.models import AlertState, Severity
 from pipeline.api.views import ACTIVE_STATES, LiveViews
 from pipeline.clock import process_clock
 from pipeline.contracts import encode
@@ -32,6 +34,17 @@ ACTIONS_TOPIC = "ops.alert_actions.v1"
 SILENCES_TOPIC = "ops.silences.v1"
 MAX_SILENCE_US = 90 * 24 * 3600 * 1_000_000  # a silence may last at most 90 days
 PAGE_CACHE = 256  # rendered alert pages kept per generation of the alerts view
+# bounds of GET /api/v1/alerts, shared by the FastAPI route and the fast path (parse_alert_page)
+MAX_OFFSET = 100_000
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+MAX_VENUE_LEN = 50
+MAX_RULE_LEN = 200
+MAX_MATCHER_LEN = 500
+MAX_MATCHERS = 20
+MAX_TEXT_LEN = 200
+_STATES = frozenset(get_args(AlertState))
+_SEVERITIES = frozenset(get_args(Severity))
 SEVERITY_ORDER = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
 
 
@@ -115,6 +128,7 @@ class AlertIndex:
         self._cache: dict[str, bytes] = {}  # rendered pages of the current generation, by query string
         self._selected: dict[AlertQuery, list[Alert]] = {}  # selections of the current generation
         self._cache_generation = -1
+        self._encoded: dict[str, tuple[Alert, bytes]] = {}  # each alert's JSON, kept while the alert is unchanged
 
     def sorted(self) -> list[Alert]:
         view = self.views.alerts
@@ -134,6 +148,19 @@ class AlertIndex:
             found = self._selected[query] = [a for a in self.sorted() if query.accepts(a)]
         return found
 
+    def encoded(self, alerts: Sequence[Alert]) -> list[bytes]:
+        """Each alert as JSON, encoded once per version of the alert (a page joins them)."""
+        out = []
+        for alert in alerts:
+            known = self._encoded.get(alert.fingerprint)
+            if known is None or known[0] is not alert:
+                known = self._encoded[alert.fingerprint] = (alert, _page_encoder.encode(alert))
+            out.append(known[1])
+        if len(self._encoded) > 2 * len(self.views.alerts.by_fingerprint) + PAGE_CACHE:
+            current = self.views.alerts.by_fingerprint
+            self._encoded = {f: e for f, e in self._encoded.items() if f in current}
+        return out
+
     def _current(self) -> None:
         if self._cache_generation != self.views.alerts.generation:
             self._cache.clear()
@@ -149,6 +176,77 @@ class AlertIndex:
         if len(self._cache) >= PAGE_CACHE:
             self._cache.clear()
         self._cache[key] = body
+
+
+def render_alert_page(index: AlertIndex, key: str, query: AlertQuery, offset: int, limit: int) -> bytes:
+    """One page of ``GET /api/v1/alerts`` as JSON, rendered once per query string ``key`` until the alerts
+    change."""
+    body = index.cached(key)
+    if body is None:
+        selected = index.select(query)
+        following = offset + limit if offset + limit < len(selected) else None
+        items = b",".join(index.encoded(selected[offset : offset + limit]))
+        next_offset = "null" if following is None else following
+        tail = f'],"total":{len(selected)},"offset":{offset},"limit":{limit},"next_offset":{next_offset}}}'
+        body = b'{"items":[' + items + tail.encode()  # as msgspec encodes the same document, alerts cached
+        index.remember(key, body)
+    return body
+
+
+_page_encoder = msgspec.json.Encoder()
+
+
+def parse_alert_page(query_string: str) -> tuple[AlertQuery, int, int] | None:
+    """The query of ``GET /api/v1/alerts`` read without FastAPI (its parameter machinery costs more than the
+    page), for the plain requests dashboards send. ``None`` for anything else (an unknown, repeated, blank or
+    invalid parameter): the FastAPI route then answers it, validation errors included, so both paths accept
+    exactly the same requests and give the same bytes."""
+    lists: dict[str, list[str]] = {"state": [], "severity": [], "venue": [], "rule": [], "filter": []}
+    single: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(query_string, keep_blank_values=True, strict_parsing=True, max_num_fields=64)
+    except ValueError:
+        return None
+    for name, value in pairs:
+        if not value:
+            return None
+        if name in lists:
+            lists[name].append(value)
+        elif name in ("q", "include_inactive", "offset", "limit") and name not in single:
+            single[name] = value
+        else:
+            return None
+    if not (
+        _STATES.issuperset(lists["state"])
+        and _SEVERITIES.issuperset(lists["severity"])
+        and all(len(v) <= MAX_VENUE_LEN for v in lists["venue"])
+        and all(len(r) <= MAX_RULE_LEN for r in lists["rule"])
+        and len(lists["filter"]) <= MAX_MATCHERS
+        and all(len(f) <= MAX_MATCHER_LEN for f in lists["filter"])
+        and len(single.get("q", "")) <= MAX_TEXT_LEN
+        and single.get("include_inactive", "false") in ("true", "false")
+    ):
+        return None
+    offset_text, limit_text = single.get("offset", "0"), single.get("limit", str(DEFAULT_LIMIT))
+    if not (offset_text.isascii() and offset_text.isdigit() and limit_text.isascii() and limit_text.isdigit()):
+        return None
+    offset, limit = int(offset_text), int(limit_text)
+    if offset > MAX_OFFSET or not 1 <= limit <= MAX_LIMIT:
+        return None
+    try:
+        matchers = parse_matchers(lists["filter"])
+    except BadRequest:
+        return None
+    query = AlertQuery(
+        states=tuple(lists["state"]),
+        severities=tuple(lists["severity"]),
+        venues=tuple(lists["venue"]),
+        rules=tuple(lists["rule"]),
+        matchers=matchers,
+        text=single.get("q"),
+        include_inactive=single.get("include_inactive") == "true",
+    )
+    return query, offset, limit
 
 
 def group_alerts(alerts: Sequence[Alert], by: Sequence[str]) -> list[dict[str, Any]]:

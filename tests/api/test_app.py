@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jwt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -320,6 +321,48 @@ async def test_cached_pages_are_the_same_bytes_checked_the_same_way(build, asgi)
     assert third.json()["total"] == first.json()["total"] - 1
     codes = [(await client.get("/api/v1/alerts", headers=h, params=params)).status_code for _ in range(2)]
     assert codes == [200, 429]  # a burst of 4: the cached path takes from the same bucket
+
+
+async def test_fast_path_reads_queries_as_fastapi_does(build, asgi) -> None:  # type: ignore[no-untyped-def]
+    """Plain list queries are answered without FastAPI (parse_alert_page); each answer is byte-identical to the
+    route's own (forced by an extra parameter the fast path leaves to FastAPI, which ignores it), and anything
+    the fast path does not read reaches the route, which refuses what is invalid."""
+    from pipeline.api.service import parse_alert_page, sort_key
+
+    views = _views(build, 60)
+    client = asgi(views)
+    h = _auth(build)
+    plain = [
+        "",
+        "limit=7",
+        "offset=10&limit=5",
+        "venue=okx&venue=binance&limit=3",
+        "severity=P1&include_inactive=true",
+        "state=resolved&state=firing&limit=500",
+        "filter=exchange%3D%22okx%22&filter=severity%3D~%22P%5B13%5D%22",
+        "q=Rule&rule=Rule1&rule=Rule2",
+        "q=a+b",
+        "include_inactive=false&offset=100000",
+    ]
+    for query in plain:
+        assert parse_alert_page(query) is not None, query
+        fast = await client.get(f"/api/v1/alerts?{query}", headers=h)
+        routed = await client.get(f"/api/v1/alerts?{query}&unread=1", headers=h)
+        assert fast.status_code == routed.status_code == 200, query
+        assert fast.content == routed.content, query
+        parsed = parse_alert_page(query)
+        assert parsed is not None
+        selection, offset, limit = parsed
+        selected = sorted((a for a in views.alerts.by_fingerprint.values() if selection.accepts(a)), key=sort_key)
+        following = offset + limit if offset + limit < len(selected) else None
+        doc = {"items": selected[offset : offset + limit], "total": len(selected), "offset": offset, "limit": limit}
+        assert fast.content == msgspec.json.encode(doc | {"next_offset": following}), query  # the joined page
+    refused = ["limit=0", "limit=501", "offset=100001", "state=bogus", "severity=P9", "filter=%3D%3D", "limit=x"]
+    for query in refused:
+        assert parse_alert_page(query) is None, query
+        assert (await client.get(f"/api/v1/alerts?{query}", headers=h)).status_code == 422, query
+    for query in ["q=", "limit=5&limit=6", "include_inactive=1", "offset=%EF%BC%91", "venue=" + "v" * 51]:
+        assert parse_alert_page(query) is None, query  # left to FastAPI, which answers it its own way
 
 
 async def _frames(response, count: int) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
