@@ -73,11 +73,12 @@ def run(
     lag_group: Annotated[
         list[str] | None, typer.Option(help="consumer group whose lag the probe publishes (repeatable)")
     ] = None,
-    lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "5s",
+    lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "2s",
     fetch_wait_ms: Annotated[int, typer.Option(help="consumer fetch wait (ms); Tansu answers at its end")] = 100,
 ) -> None:
     """Run the rule engine until SIGINT/SIGTERM (resumes from its checkpoint and ops.alerts.v1)."""
     from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
+    from pipeline.observability.health import HEALTH, flag
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
@@ -104,7 +105,10 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await RuleEngineRunner(settings, ruleset, options, clock=from_settings(settings.clock)).run(stop)
+        runner = RuleEngineRunner(settings, ruleset, options, clock=from_settings(settings.clock))
+        HEALTH.attach()  # /healthz: this loop answers; /readyz: checkpoint restored and inputs positioned
+        HEALTH.add("rule engine", flag(runner.ready, "restoring its checkpoint and positioning its inputs"))
+        await runner.run(stop)
 
     asyncio.run(main())
 
@@ -256,23 +260,3 @@ def silence_expire(ctx: typer.Context, silence_id: str) -> None:
     expired = msgspec.structs.replace(current, ends_at=max(current.starts_at, min(current.ends_at, now)))
     asyncio.run(control.publish(ctx.obj, control.SILENCES_TOPIC, silence_id, expired))
     console.print(f"silence {silence_id} expired")
-
-
-def bench_alerting(
-    seconds: Annotated[int, typer.Option(help="event-time seconds of input")] = 300,
-    symbols: Annotated[int, typer.Option(help="markets per venue")] = 20,
-    repeat: Annotated[int, typer.Option(help="runs (median reported)")] = 3,
-) -> None:
-    """Rule-engine throughput (core rules) vs decoding alone, CPU seconds, median of runs."""
-    from pipeline.alerting.bench import run as run_bench
-
-    result = run_bench(seconds, symbols, repeat)
-    table = Table("records", "transitions", "engine records/s", "decode-only records/s", "engine / decode")
-    table.add_row(
-        f"{result['records']:.0f}",
-        f"{result['transitions']:.0f}",
-        f"{result['engine_records_per_s']:,.0f}",
-        f"{result['decode_records_per_s']:,.0f}",
-        f"{result['ratio']:.2f}",
-    )
-    console.print(table)

@@ -12,6 +12,12 @@ partition (:func:`pipeline.kafka.offsets.log_end_offsets`), so a round ends on a
 A group's committed offsets only move forward and stay put while it has no live member (a killed sink),
 so when the fetch is not answered the round reuses the last offsets it got for the group: its lag keeps being
 published against fresh log ends, and keeps growing while nobody commits.
+
+Stall: every record carries ``stalled_s``, the wall seconds since the round that last saw the group's committed
+offsets on the topic move (or nothing pending). A live sink or Faust worker commits about every second while
+records wait, so a dead (SIGKILL) or hung (SIGSTOP) one is seen as soon as ``stalled_s`` passes a rule's bound
+(SinkStalled, WorkerStalled: 15 s), however fast the lag grows on a loaded machine: the signal is the commits'
+absence, not the lag's growth. Wall seconds, not pipeline seconds: commit cadences run on the wall clock.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -44,6 +51,23 @@ def default_groups(settings: Settings) -> list[str]:
 
 
 CALL_TIMEOUT_S = 5.0  # wall seconds one broker call of a round may take
+
+
+class StallTracker:
+    """Per (group, topic): since when (wall seconds) its committed offsets have not moved while records waited."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # -> (committed, moved or idle at)
+
+    def observe(self, group: str, topic: str, committed: int, lag: int, wall_s: float) -> float:
+        """The stall in seconds at ``wall_s``: 0 when the offsets moved since the last round or nothing waits; the
+        first round of a pair starts its clock (a group found dead is stalled one bound after the probe starts)."""
+        key = (group, topic)
+        seen = self._seen.get(key)
+        if seen is None or committed != seen[0] or lag == 0:
+            self._seen[key] = (committed, wall_s)
+            return 0.0
+        return max(0.0, wall_s - seen[1])
 
 
 def sink_partitions(settings: Settings, group: str) -> list[TopicPartition]:
@@ -73,10 +97,15 @@ async def committed_offsets(
 
 
 async def lag_records(
-    settings: Settings, group: str, committed: dict[TopicPartition, int], at: int, timeout_s: float = CALL_TIMEOUT_S
+    settings: Settings,
+    group: str,
+    committed: dict[TopicPartition, int],
+    at: int,
+    timeout_s: float = CALL_TIMEOUT_S,
+    stalls: StallTracker | None = None,
 ) -> list[ConsumerLag]:
     """One record per topic of ``committed`` against the partitions' log ends now (TimeoutError past
-    ``timeout_s``)."""
+    ``timeout_s``), with its stall from ``stalls`` (0 without one)."""
     if not committed:
         return []
     ends = await asyncio.wait_for(log_end_offsets(settings.kafka, committed, timeout_s / 2), timeout_s)
@@ -84,17 +113,21 @@ async def lag_records(
     for tp in committed:
         per_topic[tp.topic].append(tp)
     out = []
+    wall_s = time.monotonic()
     for topic, tps in sorted(per_topic.items()):
         done, end = sum(committed[tp] for tp in tps), sum(ends[tp] for tp in tps)
+        name = topic.removeprefix(settings.topic_prefix)
+        stalled = stalls.observe(group, name, done, max(0, end - done), wall_s) if stalls is not None else 0.0
         out.append(
             ConsumerLag(
                 group=group,
-                topic=topic.removeprefix(settings.topic_prefix),
+                topic=name,
                 ts=at,
                 lag=max(0, end - done),
                 partitions=len(tps),
                 committed=done,
                 end=end,
+                stalled_s=round(stalled, 3),
             )
         )
     return out
@@ -122,6 +155,7 @@ async def run_probe(
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     known: dict[str, dict[TopicPartition, int]] = {}  # group -> its last committed offsets answered
+    stalls = StallTracker()
     stale_admin = False
     try:
         next_round = clock.monotonic()
@@ -146,7 +180,7 @@ async def run_probe(
                 if not committed:
                     continue
                 try:
-                    records = await lag_records(settings, group, committed, at, call_timeout_s)
+                    records = await lag_records(settings, group, committed, at, call_timeout_s, stalls)
                 except (TimeoutError, KafkaError) as exc:
                     log.warning("log ends for group %s not answered (%s)", group, exc or f"{call_timeout_s}s")
                     continue

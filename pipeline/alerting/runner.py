@@ -70,7 +70,10 @@ class RunnerOptions:
     # most of the condition -> notification latency (docs/benchmarks.md, notifier section)
     fetch_wait_ms: int = 100
     lag_groups: tuple[str, ...] | None = None  # consumer groups the lag probe measures (None: MarketPrism's own)
-    lag_interval_us: int = 5_000_000  # 0 disables the lag probe; several samples per SinkStalled window (30 s)
+    lag_interval_us: int = 2_000_000  # 0 disables the lag probe; the stall rules' bound (15 s) is ~7 rounds
+    # a checkpoint at least this often, input or not: the heartbeat the notifier's dead-man's switch watches
+    # (pipeline/alerting/deadman.py)
+    heartbeat_us: int = 5_000_000
 
 
 class RuleEngineRunner:
@@ -307,7 +310,10 @@ class RuleEngineRunner:
 
     async def _maybe_checkpoint(self, producer: AIOKafkaProducer, *, force: bool) -> None:
         wall = self.clock.now_us()
-        if not self._dirty or (not force and wall - self._last_checkpoint_wall < self.options.checkpoint_interval_us):
+        since = wall - self._last_checkpoint_wall
+        if not self._dirty and since < self.options.heartbeat_us:
+            return
+        if self._dirty and not force and since < self.options.checkpoint_interval_us:
             return
         offsets = {
             f"{tp.topic.removeprefix(self.settings.topic_prefix)}:{tp.partition}": pos

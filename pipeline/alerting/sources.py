@@ -147,7 +147,8 @@ def _reference(r: ReferencePrice) -> list[Sample]:
 
 def _consumer_lag(r: ConsumerLag) -> Sample:
     labels = {"group": r.group, "topic": r.topic}
-    return Sample(source="consumer_lag", ts=r.ts, labels=labels, metrics={"lag": r.lag, "committed": r.committed})
+    metrics = {"lag": r.lag, "committed": r.committed, "stalled_s": r.stalled_s}
+    return Sample(source="consumer_lag", ts=r.ts, labels=labels, metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ SOURCES: dict[str, Source] = {
                _dead_letter, event_time=False),  # type: ignore[arg-type]
         Source("reference", "md.reference.v1", ReferencePrice, ("asset", "exchange", "symbol"),
                ("divergence_bps", "abs_divergence_bps", "diverging", "stale", "venues"), _reference),  # type: ignore[arg-type]
-        Source("consumer_lag", "ops.consumer_lag.v1", ConsumerLag, ("group", "topic"), ("lag", "committed"),
-               _consumer_lag, event_time=False),  # type: ignore[arg-type]
+        Source("consumer_lag", "ops.consumer_lag.v1", ConsumerLag, ("group", "topic"),
+               ("lag", "committed", "stalled_s"), _consumer_lag, event_time=False),  # type: ignore[arg-type]
     )
 }  # fmt: skip

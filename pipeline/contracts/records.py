@@ -350,6 +350,8 @@ class ConsumerLag(Record, frozen=True):
     partitions: Annotated[int, msgspec.Meta(ge=0)]
     committed: Annotated[int, msgspec.Meta(ge=0)] = 0
     end: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # wall seconds the committed offsets have not moved while records were pending (0: they moved, or none waited)
+    stalled_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
 
 RECORD_TYPES: dict[str, type[Record]] = {

@@ -1,5 +1,5 @@
 """``marketprism notify`` (run the notifier), ``marketprism notify check`` (validate a config and
-print its routing tree) and ``marketprism bench notify``. Only wiring: behaviour lives in the
+print its routing tree). Only wiring: behaviour lives in the
 modules beside this one."""
 
 from __future__ import annotations
@@ -49,8 +49,19 @@ def _quiet_http_logs() -> None:
 
 
 @notify_app.callback(invoke_without_command=True)
-def notify(ctx: typer.Context, routes: RoutesOption = Path("notify.yaml")) -> None:
-    """Run the notifier until SIGINT/SIGTERM."""
+def notify(
+    ctx: typer.Context,
+    routes: RoutesOption = Path("notify.yaml"),
+    engine_silence_s: Annotated[
+        float,
+        typer.Option(
+            "--engine-silence-s",
+            min=0,
+            help="page RuleEngineDown after this many seconds without the rule engine's heartbeat (0: do not watch)",
+        ),
+    ] = 15.0,
+) -> None:
+    """Run the notifier until SIGINT/SIGTERM, and the rule engine's dead-man's switch beside it."""
     if ctx.invoked_subcommand is not None:
         return
     settings: Settings = ctx.obj
@@ -66,7 +77,15 @@ def notify(ctx: typer.Context, routes: RoutesOption = Path("notify.yaml")) -> No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, config, stop)
+        if not engine_silence_s:
+            await serve(settings, config, stop)
+            return
+        from pipeline.alerting.deadman import watch_engine
+        from pipeline.clock import from_settings
+
+        await asyncio.gather(
+            serve(settings, config, stop), watch_engine(settings, stop, from_settings(settings.clock), engine_silence_s)
+        )
 
     try:
         asyncio.run(main())
@@ -105,28 +124,3 @@ def check(routes: RoutesOption = Path("notify.yaml")) -> None:
     _tree(tree, node)
     console.print(node)
     console.print(f"receivers: {', '.join(f'{r.name} ({len(r.channels)} channel(s))' for r in config.receivers)}")
-
-
-def bench_notify(
-    ctx: typer.Context,
-    alerts: Annotated[int, typer.Option(help="firing alerts to send")] = 200,
-    rate: Annotated[float, typer.Option(help="alerts per second")] = 20.0,
-    runs: Annotated[int, typer.Option(help="repetitions (the table ends with their medians)")] = 3,
-    from_metric: Annotated[
-        bool, typer.Option(help="measure from a metric condition holding for `for` (through `alerts run`)")
-    ] = False,
-    for_s: Annotated[float, typer.Option("--for", help="the rule's `for` in seconds (with --from-metric)")] = 1.0,
-) -> None:
-    """Latency from an Alert firing record on ops.alerts.v1 to the webhook receiving it (group_wait 0); with
-    --from-metric, from a FeedMetrics condition becoming true after `for` through the rule engine and notifier."""
-    _quiet_http_logs()
-    if from_metric:
-        from pipeline.notify import bench_chain
-
-        chain = [asyncio.run(bench_chain.run_chain_bench(ctx.obj, alerts, rate, for_s)) for _ in range(runs)]
-        console.print(bench_chain.table(chain))
-        return
-    from pipeline.notify.bench import run_bench, table
-
-    results = [asyncio.run(run_bench(ctx.obj, alerts, rate)) for _ in range(runs)]
-    console.print(table(results))

@@ -151,9 +151,14 @@ def reference(t: float, mids: dict[str, str], price: str = "36500.00", diverging
     )
 
 
-def lag(t: float, lag: int, group: str = "marketprism-sink", topic: str = "md.trades.v1") -> ConsumerLag:
+def lag(
+    t: float, lag: int, group: str = "marketprism-sink", topic: str = "md.trades.v1", stalled_s: float = 0.0
+) -> ConsumerLag:
     """The lag probe's measurement of one group on one topic."""
-    return ConsumerLag(group=group, topic=topic, ts=us(t), lag=lag, partitions=6, committed=10_000, end=10_000 + lag)
+    return ConsumerLag(
+        group=group, topic=topic, ts=us(t), lag=lag, partitions=6, committed=10_000, end=10_000 + lag,
+        stalled_s=stalled_s,
+    )  # fmt: skip
 
 
 _BY_TYPE = {
@@ -327,8 +332,13 @@ SCENARIOS = [
                  lambda r, t: [r.fm(t)] + ([] if 20 < t < 90 else [r.bar(t)])),
     CoreScenario("SinkFailing", {"source": "sink.clickhouse"}, 500, 5,
                  lambda r, t: [r.fm(t)] + ([r.dead_letter(t)] if 30 <= t < 60 else [])),
-    CoreScenario("SinkStalled", {"group": "marketprism-sink", "topic": "md.trades.v1"}, 900, 15,
-                 lambda r, t: [r.fm(t), r.lag(t, int(500 + 400 * (t - 100)) if 100 <= t < 400 else 200)]),
+    # the sink dies at 100 s (nothing committed from then on while its lag grows) and is back at 400 s
+    CoreScenario("SinkStalled", {"group": "marketprism-sink", "topic": "md.trades.v1"}, 900, 5,
+                 lambda r, t: [r.fm(t), r.lag(t, int(500 + 400 * (t - 100)), stalled_s=t - 100) if 100 <= t < 400
+                               else r.lag(t, 200)]),
+    CoreScenario("WorkerStalled", {"group": "aggregator", "topic": "md.trade_batches.v1"}, 600, 5,
+                 lambda r, t: [r.fm(t), r.lag(t, 300, group="aggregator", topic="md.trade_batches.v1",
+                                             stalled_s=t - 100 if 100 <= t < 300 else 0.0)]),
     CoreScenario("ConsumerLagGrowing", {"group": "aggregator", "topic": "md.trades.v1"}, 1500, 15,
                  lambda r, t: [r.fm(t), r.lag(t, int(20_000 + 200 * (t - 100)) if 100 <= t < 900 else 50,
                                              group="aggregator")]),
