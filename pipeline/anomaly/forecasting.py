@@ -7,6 +7,11 @@ the sampling step, and says in how many seconds the forecast reaches a threshold
 and the interval around it. Unlike Prometheus' ``predict_linear`` the trend is smoothed (outliers do
 not swing it), damped (no runaway extrapolation) and comes with uncertainty; a crossing is only
 predicted once the trend is significant (the interval at the crossing excludes today's value).
+
+Too little history is no forecast: a crossing is predicted only once the series spans ``min_history_s`` seconds
+(and ``min_points`` samples), and never further ahead than ``max_extrapolation`` times the span learnt (a trend seen
+for one minute says nothing about the next fifteen). Start-up ramps are kept out by the caller
+(:class:`pipeline.anomaly.health.HealthMonitor` learns nothing from a series' first ``warmup_s``).
 """
 
 from __future__ import annotations
@@ -118,7 +123,14 @@ class ThresholdForecast:
         model: DampedTrend | None = None,
         min_points: int = 10,
         trend_z: float = 3.0,
+        min_history_s: float = 0.0,
+        max_extrapolation: float | None = None,
     ):
+        if min_history_s < 0 or (max_extrapolation is not None and max_extrapolation <= 0):
+            raise ValueError("min_history_s must be >= 0 and max_extrapolation > 0")
+        self.min_history_s = min_history_s
+        self.max_extrapolation = max_extrapolation
+        self.first_t: float | None = None
         self.trend_z = trend_z
         self.threshold = threshold
         self.rising = rising
@@ -129,7 +141,14 @@ class ThresholdForecast:
         self.last_t: float | None = None
         self.last_value: float | None = None
 
+    @property
+    def history_s(self) -> float:
+        """Seconds between the first and the last observation learnt."""
+        return 0.0 if self.first_t is None or self.last_t is None else self.last_t - self.first_t
+
     def learn_one(self, t_s: float, value: float) -> None:
+        if self.first_t is None:
+            self.first_t = t_s
         if self.last_t is not None and t_s > self.last_t:
             dt = t_s - self.last_t
             self.step_s = dt if self.step_s is None else 0.9 * self.step_s + 0.1 * dt
@@ -146,8 +165,11 @@ class ThresholdForecast:
         return trend > 0 and trend > self.trend_z * self.model.trend_se
 
     def crossing(self) -> Crossing | None:
-        """The predicted crossing within the horizon, or None (not enough data, no trend, already beyond)."""
+        """The predicted crossing within the horizon, or None (not enough data or history, no trend, already beyond,
+        or further ahead than the history allows)."""
         if self.model.n < self.min_points or self.step_s is None or self.last_value is None:
+            return None
+        if self.history_s < self.min_history_s:
             return None
         if self._beyond(self.last_value):
             return None
@@ -160,6 +182,8 @@ class ThresholdForecast:
             if self._beyond(mean):
                 significant = self._significant()
                 if not significant:
+                    return None
+                if self.max_extrapolation is not None and h * self.step_s > self.max_extrapolation * self.history_s:
                     return None
                 return Crossing(h * self.step_s, mean, lower, upper, (earliest or h) * self.step_s)
         return None

@@ -11,6 +11,12 @@ Each series is produced once however many workers run: feed series by the worker
 record's partition; the cluster-wide series (DLQ rate from the DLQ topic's end offsets, consumer-group
 lag) by the worker owning partition 0 of ``ops.dlq.v1``; the host series (``health:<host>:memory_bytes``,
 ``health:<host>:disk_percent``) by the one worker per host and broker/prefix holding :class:`HostLock`.
+
+Start-up ramps and short histories forecast nothing: a series learns nothing during its first ``warmup_s`` (from
+its first sample: the producer connecting, a worker working off its start-up backlog, this monitor's first DLQ
+reading), then predicts no crossing before it spans ``min_history_s`` of learnt history nor further ahead than
+that history (``max_extrapolation``); the memory series also waits until every process of the deployment is
+``memory_warmup_s`` old (a restarted process ramps up again).
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ class HealthThresholds:
     # A process's resident memory climbs while it starts (imports, caches, consumer buffers): no trend is learnt
     # from the memory series until the youngest process of the deployment is this old.
     memory_warmup_s: float = 120.0
+    # Every series: nothing learnt in its first warmup_s, no crossing before min_history_s of learnt history, none
+    # further ahead than max_extrapolation x that history.
+    warmup_s: float = 30.0
+    min_history_s: float = 60.0
+    max_extrapolation: float = 1.0
 
 
 def forecast_record(
@@ -129,16 +140,25 @@ class HealthMonitor:
         self._last_sample: float | None = None
         self._last_dlq_end: int | None = None
         self._group_consumers: dict[str, AIOKafkaConsumer] = {}
+        self._first_seen: dict[str, float] = {}  # series id -> time of its first sample (its warm-up's start)
 
     def _forecaster(self, series_id: str, threshold: float) -> ThresholdForecast:
         f = self.forecasters.get(series_id)
         if f is None:
-            f = self.forecasters[series_id] = ThresholdForecast(threshold, horizon_steps=self.thresholds.horizon_steps)
+            f = self.forecasters[series_id] = ThresholdForecast(
+                threshold,
+                horizon_steps=self.thresholds.horizon_steps,
+                min_history_s=self.thresholds.min_history_s,
+                max_extrapolation=self.thresholds.max_extrapolation,
+            )
         return f
 
     def _observe(
         self, series_id: str, metric: str, threshold: float, t_s: float, value: float, **meta: str | None
     ) -> Anomaly | None:
+        first = self._first_seen.setdefault(series_id, t_s)
+        if t_s - first < self.thresholds.warmup_s:  # its producer's start-up ramp: learn nothing from it
+            return None
         f = self._forecaster(series_id, threshold)
         f.learn_one(t_s, value)
         horizon_s = (f.step_s or 0.0) * self.thresholds.horizon_steps
@@ -184,6 +204,7 @@ class HealthMonitor:
             memory = process_memory()
             if memory.youngest_age_s < self.thresholds.memory_warmup_s:
                 self.forecasters.pop(memory_series, None)  # a start-up ramp is not a trend: learn after it
+                self._first_seen.pop(memory_series, None)
             else:
                 values.append((memory_series, "memory_bytes", self.thresholds.memory_bytes, float(memory.rss_bytes)))
             disk = psutil.disk_usage(str(self.settings.state_dir if self.settings.state_dir.exists() else "."))

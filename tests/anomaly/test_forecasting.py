@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.anomaly.forecasting import DampedTrend, ThresholdForecast
+from pipeline.anomaly.forecasting import Crossing, DampedTrend, ThresholdForecast
 from pipeline.anomaly.health import forecast_record
 
 
@@ -67,3 +67,22 @@ def test_an_odd_first_sample_does_not_become_a_trend() -> None:
     for k in range(1, 200):
         forecaster.learn_one(float(k), abs(rng.gauss(0.01, 0.005)))
         assert forecaster.crossing() is None, k
+
+
+def test_min_history_and_max_extrapolation_hold_back_a_crossing() -> None:
+    def climb(seconds: int, **guards: float) -> Crossing | None:
+        f = ThresholdForecast(1000.0, horizon_steps=2000, **guards)  # type: ignore[arg-type]
+        for t in range(seconds):
+            f.learn_one(float(t), 1.0 * t)  # 1 a second towards 1000
+        return f.crossing()
+
+    assert climb(40) is not None  # no guard: 40 points are enough
+    assert climb(40, min_history_s=60) is None  # 39 s of history
+    assert climb(62, min_history_s=60) is not None
+    # from 100 s of history the crossing is ~900 s ahead: too far at 1x, predicted once it is closer than the history
+    assert climb(100, max_extrapolation=1.0) is None
+    later = climb(600, max_extrapolation=1.0)
+    assert later is not None and later.seconds <= 600
+    assert climb(300, max_extrapolation=4.0) is not None  # ~700 s ahead from 300 s
+    with pytest.raises(ValueError):
+        ThresholdForecast(1.0, min_history_s=-1)

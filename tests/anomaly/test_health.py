@@ -35,7 +35,7 @@ async def test_consumer_lag_memory_and_disk_are_sampled(topics: Settings) -> Non
         await consumer.commit({tp: 4})  # 6 of 10 records not yet consumed
     finally:
         await consumer.stop()
-    monitor = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0), groups={group: [topic]})
+    monitor = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0, warmup_s=0), groups={group: [topic]})
     try:
         lags = await monitor.consumer_lags()
         assert lags.get(group) == 6, lags
@@ -56,8 +56,8 @@ async def test_consumer_lag_memory_and_disk_are_sampled(topics: Settings) -> Non
 async def test_each_health_series_is_sampled_by_one_worker_only(topics: Settings) -> None:
     """Two workers of one deployment on one host: the host series come from the lock holder only, the
     cluster-wide series from the worker told it owns them (the owner of ops.dlq.v1 partition 0)."""
-    first = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0))
-    second = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0))
+    first = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0, warmup_s=0))
+    second = HealthMonitor(topics, HealthThresholds(memory_warmup_s=0, warmup_s=0))
     try:
         for _ in range(2):
             await first.sample(cluster=True)
@@ -123,7 +123,7 @@ def test_process_memory_counts_only_this_deployment(tmp_path: Path, monkeypatch)
 
 
 async def test_no_memory_trend_is_learnt_while_a_process_is_starting(topics: Settings) -> None:
-    monitor = HealthMonitor(topics, HealthThresholds(memory_warmup_s=10 * 365 * 86400.0))
+    monitor = HealthMonitor(topics, HealthThresholds(memory_warmup_s=10 * 365 * 86400.0, warmup_s=0))
     try:
         await monitor.sample(cluster=False)
         await monitor.sample(cluster=False)
@@ -131,3 +131,34 @@ async def test_no_memory_trend_is_learnt_while_a_process_is_starting(topics: Set
         await monitor.stop()
     assert f"health:{monitor.host}:memory_bytes" not in monitor.forecasters
     assert f"health:{monitor.host}:disk_percent" in monitor.forecasters
+
+
+def _lag_metrics(t_s: int, lag_s: float) -> FeedMetrics:
+    base = EXAMPLES[FeedMetrics]
+    return FeedMetrics(
+        exchange=base.exchange, stream="trades", source="collector", ts_event=t_s * 10**6, interval_us=1_000_000,
+        lag_p99_us=int(lag_s * 1e6),
+    )  # fmt: skip
+
+
+def test_a_start_up_ramp_forecasts_nothing(settings: Settings) -> None:
+    """A collector connecting works off a backlog: its feed lag climbs steeply for its first seconds, then settles.
+    The ramp is the series' warm-up, learnt from nothing; the settled series after it has no trend."""
+    monitor = HealthMonitor(settings, HealthThresholds(feed_lag_s=5.0))
+    forecasts = []
+    for t in range(300):
+        lag = 0.15 * t if t < 25 else 0.2 + 0.01 * (t % 3)  # 3.6 s by 24 s, heading for 5 s in 10 s
+        forecasts += [a for a in monitor.on_feed_metrics(_lag_metrics(1_000 + t, lag)) if a.metric == "feed_lag_s"]
+    assert forecasts == []
+
+
+def test_a_series_with_too_little_history_forecasts_nothing_then_a_sustained_climb_does(settings: Settings) -> None:
+    monitor = HealthMonitor(settings, HealthThresholds(feed_lag_s=5.0, warmup_s=10, min_history_s=60))
+    first: float | None = None  # seconds of learnt history when the first forecast came
+    for t in range(400):
+        out = [a for a in monitor.on_feed_metrics(_lag_metrics(1_000 + t, 0.01 * t)) if a.metric == "feed_lag_s"]
+        if out and first is None:
+            first = monitor.forecasters[out[0].series_id].history_s
+            # never further ahead than the history it comes from
+            assert out[0].time_to_threshold_s is not None and out[0].time_to_threshold_s <= first
+    assert first is not None and first >= 60
