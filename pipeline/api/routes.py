@@ -65,6 +65,7 @@ from pipeline.api.service import (
 )
 from pipeline.clock import process_clock
 from pipeline.contracts.records import Silence
+from pipeline.contracts.topics import ALERTS, ANOMALIES, BAR_TOPICS, NOTIFICATIONS
 
 __all__ = ["Health", "Readiness", "router"]
 
@@ -195,8 +196,8 @@ async def alert_history(
 ) -> Response:
     """The alert's state changes (table ``alerts``) or its delivery attempts (``notifications``) from ClickHouse."""
     if kind == "transitions":
-        return await _rows(request, ALERT_TRANSITIONS, "ops.alerts.v1", limit, fingerprint=fingerprint)
-    return await _rows(request, ALERT_NOTIFICATIONS, "ops.notifications.v1", limit, fingerprint=fingerprint)
+        return await _rows(request, ALERT_TRANSITIONS, ALERTS.name, limit, fingerprint=fingerprint)
+    return await _rows(request, ALERT_NOTIFICATIONS, NOTIFICATIONS.name, limit, fingerprint=fingerprint)
 
 
 async def _act(
@@ -343,7 +344,7 @@ async def anomaly_history(
     """An anomaly series' points from ClickHouse within ``window_s`` of ``around``."""
     span = window_s * 1_000_000
     return await _rows(
-        request, ANOMALY_POINTS, "ops.anomalies.v1", limit, series_id=series_id, start=max(0, around - span),
+        request, ANOMALY_POINTS, ANOMALIES.name, limit, series_id=series_id, start=max(0, around - span),
         end=around + span,
     )  # fmt: skip
 
@@ -423,5 +424,5 @@ async def market_bars(
     if end - start > MAX_RANGE_US:
         raise BadRequest("end", "the range spans at most 31 days")
     return await _rows(
-        request, BARS, f"md.bars.{interval}.v1", limit, exchange=exchange, symbol=symbol, start=start, end=end
+        request, BARS, BAR_TOPICS[interval].name, limit, exchange=exchange, symbol=symbol, start=start, end=end
     )

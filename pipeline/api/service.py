@@ -25,13 +25,12 @@ from pipeline.clock import process_clock
 from pipeline.contracts import encode
 from pipeline.contracts.matchers import Matcher, all_match, parse_matcher
 from pipeline.contracts.records import Alert, AlertAction, Anomaly, Record, Silence
+from pipeline.contracts.topics import ALERT_ACTIONS, SILENCES
 from pipeline.kafka import make_producer
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ACTIONS_TOPIC = "ops.alert_actions.v1"
-SILENCES_TOPIC = "ops.silences.v1"
 MAX_SILENCE_US = 90 * 24 * 3600 * 1_000_000  # a silence may last at most 90 days
 PAGE_CACHE = 256  # rendered alert pages kept per generation of the alerts view
 # bounds of GET /api/v1/alerts, shared by the FastAPI route and the fast path (parse_alert_page)
@@ -344,7 +343,7 @@ class Commands:
             ts=process_clock().now_us(),
             comment=comment,
         )
-        await self._publish(ACTIONS_TOPIC, fingerprint, record)
+        await self._publish(ALERT_ACTIONS.name, fingerprint, record)
         log.info("alert %s: %s by %s", fingerprint, action, actor)
         return record
 
@@ -367,14 +366,14 @@ class Commands:
             comment=comment,
             created_at=created_at if created_at is not None else process_clock().now_us(),
         )
-        await self._publish(SILENCES_TOPIC, silence.silence_id, silence)
+        await self._publish(SILENCES.name, silence.silence_id, silence)
         log.info("silence %s %s by %s", silence.silence_id, " ".join(silence.matchers), author)
         return silence
 
     async def expire_silence(self, silence: Silence, actor: str) -> Silence:
         now = process_clock().now_us()
         expired = msgspec.structs.replace(silence, ends_at=max(silence.starts_at, min(silence.ends_at, now)))
-        await self._publish(SILENCES_TOPIC, silence.silence_id, expired)
+        await self._publish(SILENCES.name, silence.silence_id, expired)
         log.info("silence %s expired by %s", silence.silence_id, actor)
         return expired
 

@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from pipeline.api.events import EventBus
 from pipeline.contracts import decoder_for, load_registry
 from pipeline.contracts.records import Alert, Anomaly, Bar, Bbo, FeedMetrics, Record, ReferencePrice, Silence
+from pipeline.contracts.topics import ALERTS, ANOMALIES, BARS_1M, BARS_1S, BBO, FEED_METRICS, REFERENCE, SILENCES
 from pipeline.kafka import make_consumer
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.observability.metrics import counter, gauge
@@ -162,14 +163,14 @@ class _Source:
 
 def _sources(views: LiveViews) -> list[_Source]:
     return [
-        _Source("ops.alerts.v1", Alert, True, views.alerts.apply, "alert"),
-        _Source("ops.silences.v1", Silence, True, views.silences.apply, "silence"),
-        _Source("ops.anomalies.v1", Anomaly, False, views.anomalies.apply, "anomaly"),
-        _Source("ops.feed_metrics.v1", FeedMetrics, False, views.feeds.apply),
-        _Source("md.bbo.v1", Bbo, False, views.markets.apply_bbo),
-        _Source("md.bars.1s.v1", Bar, False, views.markets.apply_bar),
-        _Source("md.bars.1m.v1", Bar, False, views.markets.apply_bar),
-        _Source("md.reference.v1", ReferencePrice, False, views.markets.apply_reference),
+        _Source(ALERTS.name, Alert, True, views.alerts.apply, "alert"),
+        _Source(SILENCES.name, Silence, True, views.silences.apply, "silence"),
+        _Source(ANOMALIES.name, Anomaly, False, views.anomalies.apply, "anomaly"),
+        _Source(FEED_METRICS.name, FeedMetrics, False, views.feeds.apply),
+        _Source(BBO.name, Bbo, False, views.markets.apply_bbo),
+        _Source(BARS_1S.name, Bar, False, views.markets.apply_bar),
+        _Source(BARS_1M.name, Bar, False, views.markets.apply_bar),
+        _Source(REFERENCE.name, ReferencePrice, False, views.markets.apply_reference),
     ]
 
 
