@@ -47,7 +47,11 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; object-src 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'",
+    ),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
@@ -165,7 +169,7 @@ def _field_error(exc: BadRequest) -> dict[str, Any]:
 
 def create_app(settings: Settings, *, read_topics: bool = True, views: LiveViews | None = None) -> FastAPI:
     """The API. ``read_topics=False`` (unit tests) serves the given views without a broker reader."""
-    from pipeline.api import alertmanager, routes, stream
+    from pipeline.api import alertmanager, console, routes, stream
 
     api_settings = settings.api
     views = views or LiveViews()
@@ -265,6 +269,7 @@ def create_app(settings: Settings, *, read_topics: bool = True, views: LiveViews
     app.include_router(routes.router)
     app.include_router(stream.router)
     app.include_router(alertmanager.router)
+    console.mount(app)  # the web console at / (docs/console.md): not part of the OpenAPI document
     if api_settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
