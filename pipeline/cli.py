@@ -22,73 +22,50 @@ from pipeline.settings import Settings, SettingsError, load_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="MarketPrism market-data pipeline")
 infra_app = typer.Typer(no_args_is_help=True, help="Local broker and ClickHouse server (dev, tests, demo)")
 topics_app = typer.Typer(no_args_is_help=True, help="The topic registry against a broker")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures go to docs/benchmarks.md)")
 app.add_typer(infra_app, name="infra")
 app.add_typer(topics_app, name="topics")
-app.add_typer(bench_app, name="bench")
-# Components register their sub-commands below: app.add_typer(<component>.cli.<x>_app, name=...),
-# bench_app.command("<name>")(<component>.cli.bench_<name>). Their commands read the settings from
-# ``ctx.obj`` (a :class:`~pipeline.settings.Settings`), set by the root callback.
+# Components register their sub-commands below: app.add_typer(<component>.cli.<x>_app, name=...); the
+# measuring tools are one Typer app of the tooling wing (pipeline/bench/cli.py: ``marketprism bench``).
+# Commands read the settings from ``ctx.obj`` (a :class:`~pipeline.settings.Settings`), set by the root callback.
 from pipeline.sinks import cli as sinks_cli  # noqa: E402
 
 app.add_typer(sinks_cli.db_app, name="db")
 app.command("sink")(sinks_cli.sink_command)
 app.command("query")(sinks_cli.query_command)
-bench_app.command("sink")(sinks_cli.bench_sink)
 from pipeline.notify import cli as notify_cli  # noqa: E402
 
 app.add_typer(notify_cli.notify_app, name="notify")
-bench_app.command("notify")(notify_cli.bench_notify)
 from pipeline.anomaly import cli as anomaly_cli  # noqa: E402
 
 app.add_typer(anomaly_cli.anomaly_app, name="anomaly")
 from pipeline.bench.anomaly import cli as anomaly_bench_cli  # noqa: E402
 
 anomaly_cli.anomaly_app.command("evaluate")(anomaly_bench_cli.evaluate_cmd)
-bench_app.command("nab")(anomaly_bench_cli.bench_nab)
-bench_app.command("anomaly")(anomaly_bench_cli.bench_anomaly)
 from pipeline.alerting import cli as alerting_cli  # noqa: E402
 
 app.add_typer(alerting_cli.alerts_app, name="alerts")
 app.add_typer(alerting_cli.silence_app, name="silence")
-bench_app.command("alerting")(alerting_cli.bench_alerting)
 from pipeline.aggregation import cli as aggregation_cli  # noqa: E402
 
 app.command("worker")(aggregation_cli.worker_command)
-bench_app.command("aggregate")(aggregation_cli.bench_aggregate)
 from pipeline.simulator import cli as simulator_cli  # noqa: E402
 
 app.add_typer(simulator_cli.simulate_app, name="simulate")
-bench_app.command("simulate")(simulator_cli.bench_simulate)
 from pipeline.collectors import cli as collectors_cli  # noqa: E402
 from pipeline.replay import cli as replay_cli  # noqa: E402
 
 app.command("collect")(collectors_cli.collect_command)
-bench_app.command("collect")(collectors_cli.bench_collect)
 from pipeline.api import cli as api_cli  # noqa: E402
 
 app.add_typer(api_cli.api_app, name="api")
-bench_app.command("api")(api_cli.bench_api)
-
-
-@bench_app.command("broker")
-def bench_broker(
-    levels: Annotated[str, typer.Option(help="stored one-record batches to measure at, comma-separated")] = (
-        "200,2000,5000,10000,15000"
-    ),
-    rounds: Annotated[int, typer.Option(help="produce + fetch rounds per level (median reported)")] = 50,
-) -> None:
-    """Broker CPU per fetch as a partition's stored batches grow (the local Tansu broker's memory engine)."""
-    from pipeline.infra.bench import run_bench
-
-    typer.echo(run_bench([int(n) for n in levels.split(",")], rounds))
 
 
 app.command("replay")(replay_cli.replay_command)
 app.command("record")(replay_cli.record_command)
 from pipeline.bench import cli as bench_cli  # noqa: E402
 
-bench_app.command("chaos")(bench_cli.bench_chaos)
+app.add_typer(bench_cli.bench_app, name="bench")
+
 
 console = Console()
 log = logging.getLogger("marketprism")

@@ -1,10 +1,10 @@
-"""``marketprism worker`` (the aggregation worker) and ``marketprism bench aggregate``."""
+"""``marketprism worker`` (the aggregation worker); its benchmark is
+``marketprism bench aggregate`` (:mod:`pipeline.bench.aggregation`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 from typing import Annotated
 
 import typer
@@ -61,29 +61,3 @@ def worker_command(
     app = build_app(settings, config, clock=clock.now_us)
     serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
-
-
-def bench_aggregate(
-    ctx: typer.Context,
-    trades: Annotated[int, typer.Option(help="trades preloaded for the throughput runs")] = 100_000,
-    symbols: Annotated[int, typer.Option(help="symbols the trades are spread over")] = 60,
-    rate: Annotated[int, typer.Option(help="trades/s for the bar latency run")] = 10_000,
-    seconds: Annotated[int, typer.Option(help="duration of the bar latency run")] = 20,
-    repeats: Annotated[int, typer.Option(help="throughput runs per contender (median reported)")] = 3,
-    load_rate: Annotated[int, typer.Option(help="trades/s the preloaded batches are formed at")] = 50_000,
-    naive_trades: Annotated[int, typer.Option(help="trades the slow naive agent is measured on (0: all)")] = 0,
-    latency_repeats: Annotated[int, typer.Option(help="bar latency runs per variant (median reported)")] = 1,
-    latency_baseline: Annotated[
-        str, typer.Option(help='worker options to compare latency with, e.g. "--fetch-wait-ms 100" (alternated)')
-    ] = "",
-) -> None:
-    """Trades/s per worker and bar latency, next to a raw aiokafka consumer and a naive Faust agent."""
-    from pipeline.aggregation.bench import BenchPlan, run_bench
-
-    settings: Settings = ctx.obj
-    plan = BenchPlan(
-        trades, symbols, rate, seconds, repeats, load_rate, naive_trades, latency_repeats,
-        tuple(shlex.split(latency_baseline)),
-    )  # fmt: skip
-    report = asyncio.run(run_bench(settings, plan))
-    typer.echo(report)

@@ -1,5 +1,5 @@
 """``marketprism collect``: the configured venues to Kafka, with ``/metrics`` and feed metrics;
-``marketprism bench collect`` (see :mod:`pipeline.collectors.bench`).
+its benchmark is ``marketprism bench collect`` (:mod:`pipeline.bench.collectors`).
 
 Venues, symbols, endpoint overrides (``ws_url``/``rest_url``, e.g. a replay server) and proxies
 come from the settings (``venues.<id>``); ``--venue`` narrows the run to some of them. SIGINT or
@@ -57,14 +57,3 @@ def collect_command(
     """Run the collectors for the configured venues."""
     settings: Settings = ctx.obj
     asyncio.run(collect(settings, venue or None, duration or None, queue_size))
-
-
-def bench_collect(
-    ctx: typer.Context,
-    rounds: Annotated[int, typer.Option(help="measured rounds (the median is reported)")] = 3,
-    repeat: Annotated[int, typer.Option(help="passes over the captures per round")] = 2,
-) -> None:
-    """parse -> normalise -> book -> produce from the captures, next to a raw aiokafka baseline."""
-    from pipeline.collectors.bench import report, run_bench
-
-    report(asyncio.run(run_bench(ctx.obj, rounds=rounds, repeat=repeat)))

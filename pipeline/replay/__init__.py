@@ -1,1 +1,2 @@
-"""Capture files (the ``../shared/replay`` line format): reading, serving them as venue endpoints, recording."""
+"""Capture files (the ``../shared/replay`` line format): serving them as venue endpoints and recording them. The
+format itself (:mod:`pipeline.collectors.capture`) belongs to the collectors."""

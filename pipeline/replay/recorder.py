@@ -13,9 +13,9 @@ from typing import TextIO
 from urllib.parse import urlencode
 
 from pipeline.collectors.base import CollectorError, ConnectionPlan, FrameResult, RestRequest, Venue
+from pipeline.collectors.capture import CaptureLine
 from pipeline.collectors.connection import ConnectionSupervisor, wall_us
 from pipeline.collectors.rest import RestClient
-from pipeline.replay.capture import CaptureLine
 
 log = logging.getLogger(__name__)
 

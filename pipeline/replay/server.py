@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from pipeline.replay.capture import CaptureLine, read_capture
+from pipeline.collectors.capture import CaptureLine, read_capture
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""``marketprism simulate`` (serve a scenario on loopback) and ``marketprism bench simulate``."""
+"""``marketprism simulate`` (serve a scenario on loopback); its benchmark is
+``marketprism bench simulate`` (:mod:`pipeline.bench.simulator`)."""
 
 from __future__ import annotations
 
@@ -93,16 +94,3 @@ def settings_snippet(urls: dict[str, tuple[str, str]]) -> str:
     for venue, (ws, rest) in urls.items():
         lines += [f"  {venue}:", f"    ws_url: {ws}{WS_PATHS.get(venue, '')}", f"    rest_url: {rest}"]
     return "\n".join(lines)
-
-
-def bench_simulate(
-    seconds: Annotated[float, typer.Option(help="simulated seconds per run")] = 20.0,
-    runs: Annotated[int, typer.Option(help="runs; the median is reported")] = 3,
-    symbols: Annotated[int, typer.Option(help="symbols per venue")] = 10,
-) -> None:
-    """Frames/s of one simulator process serving 4 venues x N symbols to websocket clients, vs raw encoding."""
-    from pipeline.simulator.bench import run_bench
-
-    result = run_bench(seconds, runs, symbols)
-    for line in result.lines():
-        console.print(line)

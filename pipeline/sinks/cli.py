@@ -1,10 +1,9 @@
-"""Sub-commands: ``marketprism sink``, ``marketprism db migrate|status``, ``marketprism query`` and
-``marketprism bench sink``. Settings come from ``ctx.obj``; the work lives in the other modules."""
+"""Sub-commands: ``marketprism sink``, ``marketprism db migrate|status``, ``marketprism query``.
+Settings come from ``ctx.obj``; the work lives in the other modules."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from typing import Annotated
@@ -183,32 +182,3 @@ def query_command(
     for row in rows:
         table.add_row(*(str(v) for v in row))
     console.print(table)
-
-
-def bench_sink(
-    ctx: typer.Context,
-    rows: Annotated[int, typer.Option(min=1000, help="records per run")] = 200_000,
-    repeats: Annotated[int, typer.Option(min=1)] = 3,
-    server: Annotated[bool, typer.Option(help="also measure the clickhouse-server path")] = True,
-) -> None:
-    """Rows/s of one sink process into chdb (and the server), beside a raw chdb INSERT baseline."""
-    from pipeline.sinks.bench import run_bench
-
-    settings = _settings(ctx)
-    with contextlib.suppress(KeyboardInterrupt):
-        results = asyncio.run(run_bench(settings, rows, repeats, with_server=server))
-        table = RichTable(
-            "path", "median rows/s", "runs", "ratio vs raw chdb insert", "rows per CPU-second", "CPU ratio vs raw"
-        )
-        base, cpu_base = results[0].median, results[0].cpu_median
-        for r in results:
-            table.add_row(
-                r.name,
-                f"{r.median:,.0f}",
-                ", ".join(f"{x:,.0f}" for x in r.runs),
-                f"{r.median / base:.2f}",
-                f"{r.cpu_median:,.0f}",
-                f"{r.cpu_median / cpu_base:.2f}",
-            )
-        console.print(table)
-        console.print("rows per CPU-second: this process's CPU time (all threads; not the server's)")

@@ -19,10 +19,10 @@ from aggregation_harness import (
 from aggregation_reference import bar_fields, expected_bars
 from test_worker_e2e import ARGS
 
+from pipeline.bench.venues import feed
+from pipeline.collectors.capture import read_capture
 from pipeline.collectors.venues import Binance, BinanceUsdm, Coinbase, Okx
-from pipeline.collectors.venues.bench import feed
 from pipeline.contracts import Trade
-from pipeline.replay.capture import read_capture
 from pipeline.settings import Settings
 
 CAPTURES = {

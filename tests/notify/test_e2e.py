@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.bench.notify import NotifierProcess
 from pipeline.contracts import DeadLetter, Notification
 from pipeline.kafka.clients import make_record_producer
-from pipeline.notify.bench import NotifierProcess
 from pipeline.notify.channels.base import IDEMPOTENCY_HEADER, REDELIVERY_HEADER
 from pipeline.settings import Settings
 from tests.conftest import read_records

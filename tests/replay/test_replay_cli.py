@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 import yaml
 
+from pipeline.collectors.capture import read_capture
 from pipeline.contracts import Trade
 from pipeline.infra import free_port
 from pipeline.infra.services import port_open
-from pipeline.replay.capture import read_capture
 from pipeline.replay.server import local_url
 from pipeline.settings import Settings
 from tests.conftest import read_records

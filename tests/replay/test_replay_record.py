@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from pipeline.collectors.capture import read_capture
 from pipeline.collectors.venues import VENUES
-from pipeline.replay.capture import read_capture
 from pipeline.replay.recorder import Recorder
 from pipeline.replay.server import ReplayServer, local_url
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 from typer.testing import CliRunner
 
+from pipeline.bench.simulator import collect, subscribed_keys
 from pipeline.cli import app
-from pipeline.simulator.bench import collect, subscribed_keys
 from pipeline.simulator.engine import Engine
 from pipeline.simulator.labels import Label, LabelWriter, read_labels
 from pipeline.simulator.scenario import load_scenario

@@ -11,10 +11,7 @@ import pytest
 import yaml
 from sinkhelpers import chdb_conn, corpus
 
-from pipeline.contracts import Anomaly, FeedMetrics, encode, load_registry
-from pipeline.contracts.examples import EXAMPLES, T0
-from pipeline.sinks.chdb_backend import ChdbSink
-from pipeline.sinks.grafana import (
+from pipeline.bench.grafana import (
     DASHBOARDS_DIR,
     MacroError,
     TimeRange,
@@ -23,6 +20,9 @@ from pipeline.sinks.grafana import (
     panel_queries,
     variable_queries,
 )
+from pipeline.contracts import Anomaly, FeedMetrics, encode, load_registry
+from pipeline.contracts.examples import EXAMPLES, T0
+from pipeline.sinks.chdb_backend import ChdbSink
 
 PROVISIONING = DASHBOARDS_DIR.parent / "provisioning"
 START = dt.datetime.fromtimestamp(T0 / 1e6, dt.UTC) - dt.timedelta(hours=1)

@@ -19,6 +19,7 @@ import yaml
 from aiokafka import TopicPartition
 from sinkhelpers import chdb_conn, rows
 
+from pipeline.bench.grafana import TimeRange, expand, load_dashboards, panel_queries, variable_queries
 from pipeline.collectors.venues import VENUES
 from pipeline.contracts import load_registry
 from pipeline.infra import free_port
@@ -27,7 +28,6 @@ from pipeline.replay.server import ReplayServer
 from pipeline.settings import Settings
 from pipeline.sinks.chdb_backend import chdb_path
 from pipeline.sinks.factory import make_sink
-from pipeline.sinks.grafana import TimeRange, expand, load_dashboards, panel_queries, variable_queries
 from pipeline.sinks.runner import RunnerOptions, SinkRunner
 
 MARKETPRISM = str(Path(sys.executable).parent / "marketprism")

@@ -30,11 +30,11 @@ from pipeline.collectors.base import (
     SubscriptionError,
     Venue,
 )
+from pipeline.collectors.capture import CaptureLine
 from pipeline.collectors.output import Output
 from pipeline.collectors.runtime import Collector
 from pipeline.contracts import Bbo, Trade, decode
 from pipeline.kafka.clients import make_record_producer
-from pipeline.replay.capture import CaptureLine
 from pipeline.settings import Settings
 from tests.conftest import read_to_end
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.venues import plan_for
 from pipeline.collectors.book import L2Book
+from pipeline.collectors.capture import read_capture
 from pipeline.collectors.metrics import BOOK_LOCAL_RESYNCS, BOOKS_BROKEN, OVERFLOW
 from pipeline.collectors.output import Output
 from pipeline.collectors.runtime import VenueRuntime
 from pipeline.collectors.venues import Okx
-from pipeline.collectors.venues.bench import plan_for
 from pipeline.contracts import BookUpdate, decode
 from pipeline.kafka.clients import make_record_producer
-from pipeline.replay.capture import read_capture
 from pipeline.settings import KafkaSettings
 
 pytestmark = pytest.mark.shared

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.collectors.bench import run_rounds, summary
+from pipeline.bench.collectors import run_rounds, summary
 from pipeline.settings import Settings
 
 

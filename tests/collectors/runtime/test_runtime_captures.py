@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from pipeline.collectors.capture import read_capture
 from pipeline.collectors.venues import VENUES
 from pipeline.contracts import Bbo, BookUpdate, Trade
-from pipeline.replay.capture import read_capture
 from pipeline.replay.server import ReplayServer
 from pipeline.settings import Settings
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.collectors.capture import read_capture
 from pipeline.collectors.output import Output, _Dead
 from pipeline.collectors.runtime import VenueRuntime
 from pipeline.collectors.venues import VENUES
 from pipeline.kafka.clients import make_record_producer
-from pipeline.replay.capture import read_capture
 from pipeline.settings import KafkaSettings
 
 CASES = {

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.venues import feed
 from pipeline.collectors.base import CollectorError, FrameResult, Venue
 from pipeline.collectors.book import L2Book
+from pipeline.collectors.capture import CaptureLine, read_capture
 from pipeline.collectors.venues import Binance, BinanceUsdm, Coinbase, KrakenV1, Okx
-from pipeline.collectors.venues.bench import feed
-from pipeline.replay.capture import CaptureLine, read_capture
 
 CAPTURES: dict[str, tuple[type[Venue], list[str]]] = {
     "binance": (Binance, ["NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR"]),

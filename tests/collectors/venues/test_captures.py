@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.collectors.venues.bench import replay_through_venue
+from pipeline.bench.venues import replay_through_venue
 from pipeline.contracts import Bbo, BookUpdate, Trade, decode, encode
 
 pytestmark = pytest.mark.shared

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.bench.venues import feed, request_for
 from pipeline.collectors.base import FrameError, FrameResult, SubscriptionError, Venue
-from pipeline.collectors.venues.bench import feed, request_for
+from pipeline.collectors.capture import read_capture
 from pipeline.contracts import decode, encode
-from pipeline.replay.capture import read_capture
 
 from .conftest import CAPTURES
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from pipeline.bench.venues import feed
 from pipeline.collectors.base import FrameResult
-from pipeline.collectors.venues.bench import feed
+from pipeline.collectors.capture import CaptureLine, read_capture
 from pipeline.contracts import BookUpdate
-from pipeline.replay.capture import CaptureLine, read_capture
 
 from .conftest import CAPTURES
 

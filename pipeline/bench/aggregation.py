@@ -346,7 +346,7 @@ async def run_bench(settings: Settings, plan: BenchPlan) -> str:
         await ensure_internal_topics(run)
         worker = [marketprism, "worker"]
         results["worker"].append(await faust_throughput(run, worker, WORKER_METRIC, plan.trades, state))
-        naive = [sys.executable, "-m", "pipeline.aggregation.naive", "worker", "-l", "warn"]
+        naive = [sys.executable, "-m", "pipeline.bench.naive", "worker", "-l", "warn"]
         naive_count = plan.naive_trades or plan.trades
         results["naive"].append(await faust_throughput(run, naive, NAIVE_METRIC, naive_count, state))
     variants = {"worker defaults": ()} | (

@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.collectors.base import TOPIC_OF, ConnectionPlan, FrameResult, RestRequest
+from pipeline.collectors.capture import CaptureLine, read_capture
 from pipeline.collectors.output import Output
 from pipeline.collectors.runtime import VenueRuntime
 from pipeline.contracts import BookUpdate, FeedMetrics, Record, load_registry, market_key
@@ -42,7 +43,6 @@ from pipeline.infra import broker_service, free_port
 from pipeline.kafka import make_record_producer
 from pipeline.kafka.admin import apply
 from pipeline.kafka.clients import make_producer
-from pipeline.replay.capture import CaptureLine, read_capture
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ from aiohttp import web
 from aiokafka import TopicPartition
 from rich.table import Table
 
+from pipeline.bench.notify import NotifierProcess, PipelineProcess, _percentile
 from pipeline.contracts import FeedMetrics, decode
 from pipeline.infra import free_port, scratch_broker
 from pipeline.kafka import RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
-from pipeline.notify.bench import NotifierProcess, PipelineProcess, _percentile
 from pipeline.settings import Settings
 
 RULES = """

@@ -1,6 +1,6 @@
 """The naive baseline of ``marketprism bench aggregate``: one Faust event per trade, each updating a
 Faust windowed table (the design DESIGN.md measured at ~3k events/s). Run as a worker process:
-``python -m pipeline.aggregation.naive worker``."""
+``python -m pipeline.bench.naive worker``."""
 
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from pipeline.collectors.base import CollectorError, ConnectionPlan, FrameResult, RestRequest, Venue
+from pipeline.collectors.capture import CaptureLine, read_capture
 from pipeline.collectors.venues import VENUES
 from pipeline.contracts import BookUpdate
-from pipeline.replay.capture import CaptureLine, read_capture
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def book_levels(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipeline.collectors.venues.bench CAPTURE...``: per capture, the median of 5 passes
+    """``python -m pipeline.bench.venues CAPTURE...``: per capture, the median of 5 passes
     (one core): events/s, frames/s, book levels/s, and the ``orjson``-only baseline."""
     paths = [Path(arg) for arg in (argv if argv is not None else sys.argv[1:])]
     for path in paths:
