@@ -125,10 +125,13 @@ def test_demo_catches_every_incident_stores_everything_and_leaves_nothing(tmp_pa
     assert {"price_spike", "flash_crash", "volume_burst", "spread_blowout", "frozen_price", "feed_stall",
             "disconnect_storm", "sequence_gap", "bad_checksum", "crossed_book", "latency_increase",
             "venue_divergence", "malformed_frames"} <= kinds, "every incident kind is injected"  # fmt: skip
-    missed = [(i["incident"], i["expected"]) for i in incidents if not i["caught"]]
+    # caught: an expected alert fired within the incident kind's bound (its rule's `for` plus the allowance of
+    # pipeline/demo/summary.py, docs/anomaly.md "Demo bounds"); a late one is reported with its latency
+    missed = [(i["incident"], i["expected"], i["late_s"], i["bound_s"]) for i in incidents if not i["caught"]]
     assert missed == [], tail
-    # the alert answering an incident is raised after it starts (latency >= 0) and resolves once it is over
-    assert all(i["latency_s"] >= 0 for i in incidents)
+    # the alert answering an incident is raised after it starts (latency >= 0), within its bound, and resolves once
+    # it is over
+    assert all(0 <= i["latency_s"] <= i["bound_s"] for i in incidents)
     unresolved = [i["incident"] for i in incidents
                   if i["resolved_after_end_s"] is None and i["kind"] not in RESOLVE_AFTER_RUN]  # fmt: skip
     assert unresolved == []

@@ -124,3 +124,41 @@ def test_stage_latencies_are_wall_ms_from_the_records_pipeline_time_to_the_broke
     stats.add("ops.notifications.v1", encode(note), wall_ms + 900)  # the second channel's receipt
     assert stats.stage_ms == {"frame_to_trade": [30.0], "event_to_alert": [500.0], "alert_to_notification": [200.0]}
     assert percentiles([float(v) for v in range(1, 101)]) == {"p50": 50.0, "p99": 99.0, "n": 100}
+
+
+def test_an_incident_is_caught_only_within_its_bound_the_rules_for_plus_the_allowance() -> None:
+    from pipeline.demo.summary import PIPELINE_ALLOWANCE_S, bound_s
+
+    # FeedLatencyHigh holds for 1 m: its bound is 60 s + 15 s; FeedStalled's is 15 s `for` + 30 s staleness + 15 s
+    assert bound_s("latency_increase", "FeedLatencyHigh") == 60.0 + PIPELINE_ALLOWANCE_S == 75.0
+    assert bound_s("feed_stall", "FeedStalled") == 60.0
+    latency = label("latency_increase", "binance_usdm", None, None, 10, 110)
+    on_time = [alert("FeedLatencyHigh", "firing", {"exchange": "binance_usdm", "stream": "trades"}, 84, 84)]
+    outcome = _outcome(latency, _episodes(on_time), [])
+    assert outcome.caught and outcome.latency_s == 74.0 and outcome.bound_s == 75.0
+    late = [alert("FeedLatencyHigh", "firing", {"exchange": "binance_usdm", "stream": "trades"}, 86, 86)]
+    outcome = _outcome(latency, _episodes(late), [])
+    assert not outcome.caught and outcome.late_s == 76.0  # fired, but too late to count: reported as late
+    # a sink killed at 1 s is caught by SinkStalled within 15 s of stall clock + 15 s, not at 40 s
+    sink = label("sink_down", "pipeline", None, None, 1, 101)
+    stalled = {"group": "marketprism-sink", "topic": "md.trades.v1"}
+    assert _outcome(sink, _episodes([alert("SinkStalled", "firing", stalled, 20, 20)]), []).caught
+    assert not _outcome(sink, _episodes([alert("SinkStalled", "firing", stalled, 40, 40)]), []).caught
+
+
+def test_an_alert_is_explained_only_by_an_incident_active_around_it() -> None:
+    stall = label("feed_stall", "okx", "ETH-USDT", "ETH-USDT", 15, 75)  # bound 60 s: explains alerts up to 135 s
+    sink = label("sink_down", "pipeline", None, None, 1, 101)
+    alerts = [
+        alert("MessageRateCollapse", "firing", {"exchange": "okx", "stream": "trades:ETH-USDT"}, 50, 50, None, "a"),
+        alert("MessageRateCollapse", "firing", {"exchange": "okx", "stream": "trades:ETH-USDT"}, 140, 140, None, "b"),
+        alert("MessageRateCollapse", "firing", {"exchange": "okx", "stream": "trades:ETH-USDT"}, 5, 5, None, "c"),
+        alert("CapacityBreachPredicted", "firing", {"series_id": "health:consumer_lag:marketprism-sink"},
+              60, 60, None, "d"),
+        alert("WorkerStalled", "firing", {"group": "aggregator", "topic": "md.trade_batches.v1"}, 60, 60, None, "e"),
+    ]  # fmt: skip
+    assert _unexplained([stall, sink], _episodes(alerts)) == [
+        "MessageRateCollapse{exchange=okx,stream=trades:ETH-USDT}",  # at 5 s (before) and 140 s (after the bound)
+        "WorkerStalled{group=aggregator,topic=md.trade_batches.v1}",  # no worker fault was injected
+    ]
+    assert _unexplained([stall], _episodes(alerts[:1])) == []
