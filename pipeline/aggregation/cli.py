@@ -42,6 +42,7 @@ def worker_command(
     from pipeline.aggregation.app import AggregatorConfig, build_app, ensure_internal_topics
     from pipeline.aggregation.windows import WindowPolicy
     from pipeline.clock import from_settings
+    from pipeline.observability.health import watch_faust
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
@@ -60,4 +61,5 @@ def worker_command(
     config = AggregatorConfig(policy=policy, batch_max=batch_max, **tuning)  # type: ignore[arg-type]
     app = build_app(settings, config, clock=clock.now_us)
     serve_metrics(settings.metrics_port, addr=settings.metrics_host)
+    watch_faust(app)  # /healthz: the loop answers; /readyz: joined its group and caught up
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()

@@ -27,6 +27,7 @@ async def collect(
     from pipeline.collectors.output import Output
     from pipeline.collectors.runtime import Collector, build_venues
     from pipeline.kafka import make_record_producer
+    from pipeline.observability.health import HEALTH, gauge_at_least
     from pipeline.observability.metrics import serve_metrics
 
     chosen = build_venues(settings, venues)
@@ -35,6 +36,8 @@ async def collect(
     serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     output = Output(make_record_producer(settings.kafka, settings.topic_prefix), queue_size)
     collector = Collector(settings, chosen, output, clock=from_settings(settings.clock))
+    HEALTH.attach()  # /healthz: this loop answers; /readyz: a venue websocket is open
+    HEALTH.add("venue", gauge_at_least("marketprism_collector_connected", 1, what="a venue websocket open"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

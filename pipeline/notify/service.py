@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from pipeline.clock import from_settings
 from pipeline.contracts import Alert, DecodeError, Notification, decoder_for, encode
+from pipeline.contracts.topics import ALERTS, NOTIFICATIONS
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
 from pipeline.kafka.offsets import log_end_offsets
@@ -38,8 +39,8 @@ from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ALERTS_TOPIC = "ops.alerts.v1"
-NOTIFICATIONS_TOPIC = "ops.notifications.v1"
+ALERTS_TOPIC = ALERTS.name
+NOTIFICATIONS_TOPIC = NOTIFICATIONS.name
 SOURCE = "notify"
 MAX_POLL_MS = 200
 

@@ -108,6 +108,7 @@ def sink_command(
     retry_window_s: Annotated[float, typer.Option(help="retry a failed write this long before pausing")] = 10.0,
 ) -> None:
     """Consume the topics into ClickHouse, effectively once (see docs/sinks.md)."""
+    from pipeline.observability.health import HEALTH, GroupCatchUp
     from pipeline.observability.metrics import serve_metrics
     from pipeline.sinks.factory import make_sink
     from pipeline.sinks.runner import RunnerOptions, SinkRunner, tune_gc
@@ -145,7 +146,10 @@ def sink_command(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await SinkRunner(settings, sink, topics, options).run(stop)
+        runner = SinkRunner(settings, sink, topics, options)
+        HEALTH.attach()  # /healthz: this loop answers; /readyz: joined the sink's group and caught up
+        HEALTH.add("consumer group", GroupCatchUp(lambda: getattr(runner, "consumer", None)))
+        await runner.run(stop)
 
     asyncio.run(main())
 
