@@ -38,6 +38,7 @@ def worker(
     import faust
 
     from pipeline.anomaly.agents import WorkerOptions, build_app
+    from pipeline.observability.health import watch_faust
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
@@ -54,6 +55,7 @@ def worker(
     )
     serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     app = build_app(settings, options)
+    watch_faust(app)  # /healthz: the loop answers; /readyz: joined its group and caught up
     faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
