@@ -25,8 +25,19 @@ def bench_nab(
     ),
     jobs: Annotated[int, typer.Option(help="processes")] = 2,
     file: Annotated[list[str] | None, typer.Option(help="only these <category>/<file>.csv (repeatable)")] = None,
+    official: Annotated[
+        Path | None,
+        typer.Option(help="also score with NAB's own run.py from this numenta/NAB checkout (all files only)"),
+    ] = None,
+    official_venv: Annotated[Path, typer.Option(help="venv for NAB's scorer (made on first use)")] = Path(
+        ".marketprism/nab-venv"
+    ),
+    official_python: Annotated[
+        str, typer.Option(help="interpreter the venv is made from (3.7: NAB's exact pins; later: pandas 1.5.3)")
+    ] = "python3",
 ) -> None:
-    """Stream every NAB file through the detector, write NAB's result layout and score all profiles."""
+    """Stream every NAB file through the detector, write NAB's result layout and score all profiles (with
+    ``--official NAB``: also by NAB's own scorer, which must agree with ours to 0.01)."""
     import time
 
     from pipeline.anomaly.ensemble import DetectorConfig
@@ -51,6 +62,39 @@ def bench_nab(
     console.print(table)
     console.print(f"config: {config}")
     console.print(f"results in {results}; {time.perf_counter() - started:.1f}s")
+    if official is not None:
+        _official(official, results, official_venv, official_python, jobs, {r.profile: r.score for r in scores}, file)
+
+
+AGREEMENT = 0.01  # NAB's scorer and ours must agree to this (normalised score points)
+
+
+def _official(
+    nab: Path, results: Path, venv: Path, python: str, jobs: int, ours: dict[str, float], files: list[str] | None
+) -> None:
+    from pipeline.bench.anomaly.nab import DETECTOR_NAME
+    from pipeline.bench.anomaly.nab_official import OfficialScorerError, check_checkout, ensure_venv, run_official
+
+    if files:
+        raise typer.BadParameter("NAB's scorer scores the whole corpus: drop --file", param_hint="--official")
+    try:
+        check_checkout(nab)
+        run = run_official(nab, results, DETECTOR_NAME, ensure_venv(venv, python), jobs)
+    except OfficialScorerError as exc:
+        console.print(f"official scorer: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+    table = Table("profile", "NAB run.py", "ours", "difference")
+    worst = 0.0
+    for profile, score in run.scores.items():
+        diff = ours.get(profile, float("nan")) - score
+        worst = max(worst, abs(diff)) if diff == diff else float("inf")
+        table.add_row(profile, f"{score:.2f}", f"{ours.get(profile, float('nan')):.2f}", f"{diff:+.4f}")
+    console.print(table)
+    console.print(f"NAB's scorer ran on Python {run.python} with {run.packages}", markup=False, highlight=False)
+    if worst > AGREEMENT:
+        console.print(f"scorers disagree by {worst:.4f} (> {AGREEMENT})", markup=False, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"scorers agree within {AGREEMENT} (largest difference {worst:.4f})", markup=False, highlight=False)
 
 
 def bench_anomaly(
