@@ -255,6 +255,42 @@ def topics_schemas(
         raise typer.Exit(1)
 
 
+@topics_app.command("render")
+def topics_render(
+    fmt: Annotated[str, typer.Option("--format", help="output format: strimzi (KafkaTopic resources)")] = "strimzi",
+    environment: Annotated[
+        str | None, typer.Option(help="registry environment for replication (default: settings environment)")
+    ] = None,
+    cluster: Annotated[str, typer.Option(help="the Strimzi Kafka cluster (strimzi.io/cluster label)")] = "marketprism",
+    prefix: Annotated[str | None, typer.Option(help="topic name prefix (default: settings topic_prefix)")] = None,
+    namespace: Annotated[str | None, typer.Option(help="metadata.namespace of every resource")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+) -> None:
+    """Render the registry as deployment resources (pipeline/contracts/strimzi.py): never hand-copy topics."""
+    from pipeline.contracts.strimzi import render_strimzi
+    from pipeline.contracts.topics import RegistryError, load_registry
+
+    if fmt != "strimzi":
+        raise typer.BadParameter(f"unknown format {fmt!r}; known: strimzi", param_hint="--format")
+    s = settings()
+    try:
+        text = render_strimzi(
+            load_registry(),
+            environment or s.environment,
+            cluster,
+            s.topic_prefix if prefix is None else prefix,
+            namespace,
+        )
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text)
+        console.print(f"wrote {output}")
+
+
 # ---------------------------------------------------------------- demo
 
 
