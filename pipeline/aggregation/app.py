@@ -37,6 +37,8 @@ from pipeline.aggregation.state import last_values
 from pipeline.aggregation.windows import WindowPolicy
 from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, Outputs, incoming, wall_clock_us
 from pipeline.contracts import load_registry
+from pipeline.contracts.topics import AGGREGATOR_SUMMARIES, BBO
+from pipeline.contracts.topics import TRADE_BATCHES as TRADE_BATCHES_TOPIC
 from pipeline.kafka import make_producer, make_record_producer
 from pipeline.kafka.clients import client_options, make_consumer
 from pipeline.kafka.faust_app import create_app
@@ -45,10 +47,10 @@ from pipeline.settings import KafkaSettings, Settings
 log = logging.getLogger(__name__)
 
 APP_ID = "aggregator"
-TRADE_BATCHES = "md.trade_batches.v1"
+TRADE_BATCHES = TRADE_BATCHES_TOPIC.name
 STATE_TABLE = "bar-state-batches"  # offsets of TRADE_BATCHES, JSON states (was "bar-state": md.trades.v1, msgpack)
 STATE_MAX_BYTES = 16 * 1024 * 1024  # one partition state (open windows and their trade ids) per record
-SUMMARY_PARTITIONS = 3  # as ops.feed_metrics.v1: both keyed exchange:stream, so co-partitioned
+SUMMARY_PARTITIONS = AGGREGATOR_SUMMARIES.partitions  # as ops.feed_metrics.v1 (co-partitioned): registry.yaml
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,9 @@ async def _create_internal_topics(settings: Settings) -> None:
         await admin.start()
         name = settings.topic(SUMMARY_TOPIC)
         if name not in set(await admin.list_topics()):
-            topic = NewTopic(name, SUMMARY_PARTITIONS, 1, topic_configs={"retention.ms": "3600000"})
+            topic = NewTopic(
+                name, SUMMARY_PARTITIONS, 1, topic_configs={"retention.ms": str(AGGREGATOR_SUMMARIES.retention_ms)}
+            )
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])
     finally:
@@ -211,8 +215,8 @@ def build_app(
     config = config or AggregatorConfig()
     registry = load_registry()
     partitions = registry.get(TRADE_BATCHES).partitions
-    if registry.get("md.bbo.v1").partitions != partitions:
-        raise ValueError(f"{TRADE_BATCHES} and md.bbo.v1 must have the same partition count (co-partitioned)")
+    if registry.get(BBO.name).partitions != partitions:
+        raise ValueError(f"{TRADE_BATCHES} and {BBO.name} must have the same partition count (co-partitioned)")
     options: dict[str, Any] = {
         "topic_partitions": partitions,
         "broker_commit_interval": config.commit_interval_s,
@@ -222,7 +226,7 @@ def build_app(
         "stream_wait_empty": False,  # records wait for their checkpoint, not for a rebalance
     }
     app = create_app(settings, APP_ID, **(options | overrides))
-    trades_topic, bbo_topic = settings.topic(TRADE_BATCHES), settings.topic("md.bbo.v1")
+    trades_topic, bbo_topic = settings.topic(TRADE_BATCHES), settings.topic(BBO.name)
     summary_topic = settings.topic(SUMMARY_TOPIC)
     table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes)
     outputs = Outputs(lambda: make_record_producer(settings.kafka, settings.topic_prefix))

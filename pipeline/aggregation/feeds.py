@@ -17,11 +17,12 @@ from pipeline.aggregation.reference import ReferenceTracker
 from pipeline.aggregation.summaries import BacklogPartial, FeedPartial, decode_summary
 from pipeline.aggregation.worker import Outputs
 from pipeline.contracts import DecodeError, FeedMetrics, decoder_for
+from pipeline.contracts.topics import FEED_METRICS, REFERENCE
 
 log = logging.getLogger(__name__)
 
-FEED_METRICS_TOPIC = "ops.feed_metrics.v1"
-REFERENCE_TOPIC = "md.reference.v1"
+FEED_METRICS_TOPIC = FEED_METRICS.name
+REFERENCE_TOPIC = REFERENCE.name
 
 _metrics_decoder = decoder_for(FeedMetrics)
 

@@ -42,13 +42,15 @@ from pipeline.aggregation.reference import asset_of
 from pipeline.aggregation.summaries import BacklogPartial, MidPartial, Summary, encode_summary
 from pipeline.aggregation.windows import WindowPolicy
 from pipeline.contracts import Bar, Bbo, DecodeError, Trade, TradeBatch, decoder_for, encode, market_key
+from pipeline.contracts.topics import AGGREGATOR_SUMMARIES
+from pipeline.contracts.topics import BAR_TOPICS as CONTRACT_BAR_TOPICS
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
 from pipeline.observability.metrics import counter, gauge
 
 log = logging.getLogger(__name__)
 
-SUMMARY_TOPIC = "marketprism-aggregator-summaries"
-BAR_TOPICS = {"1s": "md.bars.1s.v1", "1m": "md.bars.1m.v1"}
+SUMMARY_TOPIC = AGGREGATOR_SUMMARIES.name
+BAR_TOPICS = {interval: topic.name for interval, topic in CONTRACT_BAR_TOPICS.items()}
 
 RECORDS = counter("aggregation_records_total", "Records applied to bar windows by result", ["stream", "result"])
 BARS = counter("aggregation_bars_total", "Bars published", ["interval"])

@@ -12,16 +12,17 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from pipeline.contracts import decoder_for, encode, load_registry
 from pipeline.contracts.records import Alert, Record, Silence
+from pipeline.contracts.topics import ALERT_ACTIONS, ALERTING_CHECKPOINTS, ALERTS, SILENCES
 from pipeline.kafka import make_consumer, make_producer
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ALERTS_TOPIC = "ops.alerts.v1"
-SILENCES_TOPIC = "ops.silences.v1"
-ACTIONS_TOPIC = "ops.alert_actions.v1"
-CHECKPOINTS_TOPIC = "ops.alerting_checkpoints.v1"
+ALERTS_TOPIC = ALERTS.name
+SILENCES_TOPIC = SILENCES.name
+ACTIONS_TOPIC = ALERT_ACTIONS.name
+CHECKPOINTS_TOPIC = ALERTING_CHECKPOINTS.name
 
 R = TypeVar("R", bound=Record)
 

@@ -35,13 +35,14 @@ from aiokafka.errors import KafkaError
 from pipeline.clock import Clock
 from pipeline.contracts import encode, load_registry
 from pipeline.contracts.records import ConsumerLag
+from pipeline.contracts.topics import CONSUMER_LAG
 from pipeline.kafka.clients import client_options
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LAG_TOPIC = "ops.consumer_lag.v1"
+LAG_TOPIC = CONSUMER_LAG.name
 
 
 def default_groups(settings: Settings) -> list[str]:

@@ -26,6 +26,7 @@ from pipeline.contracts.records import (
     Record,
     ReferencePrice,
 )
+from pipeline.contracts.topics import ANOMALIES, BARS_1M, BARS_1S, BBO, CONSUMER_LAG, DLQ, FEED_METRICS, REFERENCE
 
 BPS = Decimal(10_000)
 
@@ -193,22 +194,22 @@ _BAR_LABELS = ("exchange", "symbol", "interval")
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
-        Source("feed_metrics", "ops.feed_metrics.v1", FeedMetrics, ("exchange", "stream", "source"), _FEED_METRICS,
+        Source("feed_metrics", FEED_METRICS.name, FeedMetrics, ("exchange", "stream", "source"), _FEED_METRICS,
                _feed_metrics),  # type: ignore[arg-type]
-        Source("bars_1s", "md.bars.1s.v1", Bar, _BAR_LABELS, _BAR_METRICS, _bar("bars_1s"),  # type: ignore[arg-type]
+        Source("bars_1s", BARS_1S.name, Bar, _BAR_LABELS, _BAR_METRICS, _bar("bars_1s"),  # type: ignore[arg-type]
                ("close", "vwap", "open")),
-        Source("bars_1m", "md.bars.1m.v1", Bar, _BAR_LABELS, _BAR_METRICS, _bar("bars_1m"),  # type: ignore[arg-type]
+        Source("bars_1m", BARS_1M.name, Bar, _BAR_LABELS, _BAR_METRICS, _bar("bars_1m"),  # type: ignore[arg-type]
                ("close", "vwap", "open")),
-        Source("bbo", "md.bbo.v1", Bbo, ("exchange", "symbol"), ("spread_bps", "crossed"), _bbo,  # type: ignore[arg-type]
+        Source("bbo", BBO.name, Bbo, ("exchange", "symbol"), ("spread_bps", "crossed"), _bbo,  # type: ignore[arg-type]
                ("mid",)),
-        Source("anomalies", "ops.anomalies.v1", Anomaly,
+        Source("anomalies", ANOMALIES.name, Anomaly,
                ("series_id", "metric", "detector", "kind", "exchange", "symbol", "stream"),
                ("score", "value", "time_to_threshold_s"), _anomaly),  # type: ignore[arg-type]
-        Source("dlq", "ops.dlq.v1", DeadLetter, ("source", "reason", "topic", "exchange"), ("count",),
+        Source("dlq", DLQ.name, DeadLetter, ("source", "reason", "topic", "exchange"), ("count",),
                _dead_letter, event_time=False),  # type: ignore[arg-type]
-        Source("reference", "md.reference.v1", ReferencePrice, ("asset", "exchange", "symbol"),
+        Source("reference", REFERENCE.name, ReferencePrice, ("asset", "exchange", "symbol"),
                ("divergence_bps", "abs_divergence_bps", "diverging", "stale", "venues"), _reference),  # type: ignore[arg-type]
-        Source("consumer_lag", "ops.consumer_lag.v1", ConsumerLag, ("group", "topic"),
+        Source("consumer_lag", CONSUMER_LAG.name, ConsumerLag, ("group", "topic"),
                ("lag", "committed", "stalled_s"), _consumer_lag, event_time=False),  # type: ignore[arg-type]
     )
 }  # fmt: skip

@@ -39,6 +39,7 @@ import psutil
 
 from pipeline.aggregation.app import ensure_internal_topics
 from pipeline.contracts import Bar, BatchTrade, Trade, TradeBatch, decoder_for, encode, market_key
+from pipeline.contracts.topics import BARS_1S, TRADE_BATCHES, TRADES
 from pipeline.infra import cpu_seconds, free_port
 from pipeline.infra.scratch import with_fresh_prefix
 from pipeline.kafka.clients import make_consumer, make_producer
@@ -51,7 +52,7 @@ NAIVE_METRIC = ("marketprism_aggregation_naive_trades_total",)
 LATENESS_US = 500_000
 GRACE_US = 500_000
 LINGER_US = 20_000  # the collectors' output: at most one batch per market per 20 ms
-BATCHES = "md.trade_batches.v1"
+BATCHES = TRADE_BATCHES.name
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ async def _preload(settings: Settings, trades: list[Trade], batches: list[TradeB
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        topic = settings.topic("md.trades.v1")
+        topic = settings.topic(TRADES.name)
         for t in trades:
             await producer.send(topic, encode(t), key=market_key(t.exchange, t.symbol))
         topic = settings.topic(BATCHES)
@@ -146,7 +147,7 @@ async def _preload(settings: Settings, trades: list[Trade], batches: list[TradeB
 async def raw_consume(settings: Settings, count: int, batched: bool) -> Rate:
     """Trades/s of a plain aiokafka consumer decoding every record (trades or trade batches)."""
     decoder = decoder_for(TradeBatch if batched else Trade)  # type: ignore[arg-type]
-    topic = settings.topic(BATCHES if batched else "md.trades.v1")
+    topic = settings.topic(BATCHES if batched else TRADES.name)
     consumer = make_consumer(settings.kafka, topic, group_id=None, max_poll_records=10_000)
     await consumer.start()
     try:
@@ -246,7 +247,7 @@ async def bar_latency(
     )  # fmt: skip
     watched = psutil.Process(worker.pid)
     producer = make_producer(settings.kafka)
-    consumer = make_consumer(settings.kafka, settings.topic("md.bars.1s.v1"), group_id=None)
+    consumer = make_consumer(settings.kafka, settings.topic(BARS_1S.name), group_id=None)
     await producer.start()
     await consumer.start()
     bar_decoder = decoder_for(Bar)

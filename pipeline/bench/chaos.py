@@ -46,6 +46,7 @@ from aiokafka import TopicPartition
 
 from pipeline.bench.reference import accepted, bar_fields, bar_key, expected_bars, trades_of
 from pipeline.contracts import Bar, DeadLetter, TradeBatch, decode
+from pipeline.contracts.topics import BARS_1M, BARS_1S, BBO, DLQ, TRADE_BATCHES
 from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
@@ -331,7 +332,7 @@ class BarReader:
         self.settings = settings
         self.bars: dict[tuple[str, str, str, int], Bar] = {}
         self.reemitted_differ: list[str] = []
-        self._consumer = make_consumer(settings.kafka, settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"),
+        self._consumer = make_consumer(settings.kafka, settings.topic(BARS_1S.name), settings.topic(BARS_1M.name),
                                        group_id=None)  # fmt: skip
 
     async def __aenter__(self) -> BarReader:
@@ -425,7 +426,7 @@ async def run_round(
         async with asyncio.timeout(120):
             await collecting
 
-        records = await _read(settings, "md.trade_batches.v1")
+        records = await _read(settings, TRADE_BATCHES.name)
         want = expected_bars(accepted(trades_of(records), LATENESS_MS * 1000, GRACE_MS * 1000))
         result.expected = len(want)
         async with BarReader(settings) as reader:
@@ -442,7 +443,7 @@ async def run_round(
         result.unexpected = sorted(set(got) - set(want))
         result.differing = sorted(k for k in set(want) & set(got) if want[k] != got[k])
         result.reemitted_differ = reader.reemitted_differ
-        for _, _, value in await _read(settings, "ops.dlq.v1"):
+        for _, _, value in await _read(settings, DLQ.name):
             letter = decode(DeadLetter, value)
             result.dead_letters += 1
             if not letter.reason or not letter.error:
@@ -478,7 +479,7 @@ async def _diagnose(settings: Settings, trade_records: list[tuple[int, int, byte
         batch = decode(TradeBatch, value)
         markets.setdefault(partition, set()).add(batch.symbol)
     ends = {"trades": {}, "bbo": {}}  # type: dict[str, dict[int, int]]
-    for name, stream in (("md.trade_batches.v1", "trades"), ("md.bbo.v1", "bbo")):
+    for name, stream in ((TRADE_BATCHES.name, "trades"), (BBO.name, "bbo")):
         for partition, offset, _ in await _read(settings, name):
             ends[stream][partition] = max(ends[stream].get(partition, -1), offset)
     states: dict[int, bytes] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import faust
 
 from pipeline.contracts import Trade, decoder_for
+from pipeline.contracts.topics import TRADES
 from pipeline.kafka.faust_app import create_app
 from pipeline.observability.metrics import counter, serve_metrics
 from pipeline.settings import Settings, load_settings
@@ -21,7 +22,7 @@ def build_naive_app(settings: Settings) -> faust.App:
     volume = app.Table("naive-volume", default=float, partitions=6).tumbling(1.0)
     decoder = decoder_for(Trade)
 
-    source = app.topic(settings.topic("md.trades.v1"), key_serializer="raw", value_serializer="raw")
+    source = app.topic(settings.topic(TRADES.name), key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="naive-bars")
     async def per_event(stream: faust.StreamT) -> None:

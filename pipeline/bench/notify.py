@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from rich.table import Table
 
 from pipeline.contracts import Alert, decode
+from pipeline.contracts.topics import ALERTS
 from pipeline.infra import free_port, scratch_broker
 from pipeline.kafka import RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
@@ -200,7 +201,7 @@ async def _measure(settings: Settings, work: Path, alerts: int, rate: float, wai
     try:
         async with asyncio.timeout(wait_s):  # warm-up: the notifier is up once it delivers one alert
             while "warmup" not in received:
-                await producer.send("ops.alerts.v1", b"warmup", firing_alert("warmup", _now_us(), **{SENT_AT: "0"}))
+                await producer.send(ALERTS.name, b"warmup", firing_alert("warmup", _now_us(), **{SENT_AT: "0"}))
                 await producer.flush()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(arrived.wait(), 5)
@@ -221,7 +222,7 @@ async def _produce(
     complete: asyncio.Event,
     wait_s: float,
 ) -> list[float]:
-    topic = settings.topic("ops.alerts.v1")
+    topic = settings.topic(ALERTS.name)
     consumer = make_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     latencies: list[float] = []
@@ -244,7 +245,7 @@ async def _produce(
         for i in range(alerts):
             now = _now_us()
             record = firing_alert(f"bench-{i}", now, **{SENT_AT: str(now)})
-            await producer.send("ops.alerts.v1", f"bench-{i}".encode(), record)
+            await producer.send(ALERTS.name, f"bench-{i}".encode(), record)
             await asyncio.sleep(1 / rate)
         async with asyncio.timeout(wait_s):
             await complete.wait()

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from pipeline.bench.notify import NotifierProcess, PipelineProcess, _percentile
 from pipeline.contracts import FeedMetrics, decode
+from pipeline.contracts.topics import FEED_METRICS
 from pipeline.infra import free_port, scratch_broker
 from pipeline.kafka import RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
@@ -159,9 +160,9 @@ async def _measure(settings: Settings, work: Path, alerts: int, rate: float, for
             attempt = 0
             while not any(s.startswith("warmup") for s in arrived):
                 stream, t0 = f"warmup-{attempt}", _now_us()
-                await producer.send("ops.feed_metrics.v1", stream.encode(), _metrics(stream, t0, 5_000_000))
+                await producer.send(FEED_METRICS.name, stream.encode(), _metrics(stream, t0, 5_000_000))
                 await asyncio.sleep(for_us / 1e6)
-                await producer.send("ops.feed_metrics.v1", stream.encode(), _metrics(stream, _now_us(), 5_000_000))
+                await producer.send(FEED_METRICS.name, stream.encode(), _metrics(stream, _now_us(), 5_000_000))
                 await producer.flush()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(complete.wait(), 5)
@@ -192,7 +193,7 @@ async def _produce(
 ) -> tuple[dict[str, int], dict[str, int], list[float]]:
     """Produce the two records of every series in event-time order; returns per series its deadline and the
     hand-off time of the first record reaching it, and the baseline latencies."""
-    topic = settings.topic("ops.feed_metrics.v1")
+    topic = settings.topic(FEED_METRICS.name)
     consumer = make_consumer(settings.kafka, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     latencies: list[float] = []
@@ -220,7 +221,7 @@ async def _produce(
             for other, deadline in deadlines.items():
                 if other not in handoffs and deadline <= ts:
                     handoffs[other] = ts
-            await producer.send("ops.feed_metrics.v1", stream.encode(), _metrics(stream, ts, 5_000_000))
+            await producer.send(FEED_METRICS.name, stream.encode(), _metrics(stream, ts, 5_000_000))
             return ts
 
         reader = asyncio.create_task(consume())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pipeline.contracts import Trade, encode, load_registry
 from pipeline.contracts.examples import T0
+from pipeline.contracts.topics import TRADES
 from pipeline.infra import with_fresh_prefix
 from pipeline.infra.services import port_open
 from pipeline.kafka import make_producer
@@ -35,7 +36,7 @@ from pipeline.sinks.runner import RunnerOptions, SinkRunner, tune_gc
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 50_000
-TOPIC = "md.trades.v1"
+TOPIC = TRADES.name
 SERVER_TRADES_DDL = """CREATE TABLE IF NOT EXISTS {db}.trades (
   _topic String, _partition UInt32, _offset UInt64, exchange String, symbol String, raw_symbol String,
   trade_id String, price Decimal(38, 18), size Decimal(38, 18), side String, ts_event DateTime, ts_recv DateTime

@@ -19,16 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from pipeline.contracts import Bbo, BookUpdate, Funding, Liquidation, OpenInterest, Record, Trade
+from pipeline.contracts import Bbo, BookUpdate, Funding, Liquidation, OpenInterest, Record, Trade, topic_for
 
 TOPIC_OF: dict[type[Record], str] = {
-    Trade: "md.trades.v1",
-    BookUpdate: "md.book.v1",
-    Bbo: "md.bbo.v1",
-    Funding: "md.funding.v1",
-    OpenInterest: "md.open_interest.v1",
-    Liquidation: "md.liquidations.v1",
-}
+    record_type: topic_for(record_type).name
+    for record_type in (Trade, BookUpdate, Bbo, Funding, OpenInterest, Liquidation)
+}  # the records a venue produces and their topics (the contracts'), looked up once per record
 
 
 class CollectorError(Exception):

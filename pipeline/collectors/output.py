@@ -36,12 +36,13 @@ from pipeline.collectors.backoff import Backoff
 from pipeline.collectors.base import TOPIC_OF
 from pipeline.collectors.metrics import BOOKS_BROKEN, OVERFLOW, QUEUE_DEPTH
 from pipeline.contracts import BatchTrade, BookUpdate, FeedMetrics, Record, Trade, TradeBatch, encode, market_key
+from pipeline.contracts.topics import FEED_METRICS, TRADE_BATCHES
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
 
 log = logging.getLogger(__name__)
 
-FEED_METRICS_TOPIC = "ops.feed_metrics.v1"
-TRADE_BATCHES_TOPIC = "md.trade_batches.v1"
+FEED_METRICS_TOPIC = FEED_METRICS.name
+TRADE_BATCHES_TOPIC = TRADE_BATCHES.name
 DLQ_SOURCE = "collector"
 MARKET_KEYS = 65_536  # market keys remembered (symbols are few; the bound guards odd venue output)
 DEPTH_EVERY = 256  # the queue-depth gauge is set at least every this many items, and whenever the queue empties

@@ -6,12 +6,13 @@ import logging
 
 from pipeline.clock import Clock, process_clock
 from pipeline.contracts import DeadLetter
+from pipeline.contracts.topics import DLQ
 from pipeline.kafka.producer import RecordProducer
 from pipeline.observability.metrics import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
-DLQ_TOPIC = "ops.dlq.v1"
+DLQ_TOPIC = DLQ.name
 MAX_PAYLOAD_CHARS = 65536
 
 

@@ -18,7 +18,27 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pipeline.contracts.topics import TopicRegistry
+from pipeline.contracts.topics import (
+    ALERT_ACTIONS,
+    ALERTING_CHECKPOINTS,
+    ALERTS,
+    ANOMALIES,
+    BARS_1M,
+    BARS_1S,
+    BBO,
+    BOOK,
+    CONSUMER_LAG,
+    DLQ,
+    FEED_METRICS,
+    FUNDING,
+    LIQUIDATIONS,
+    NOTIFICATIONS,
+    OPEN_INTEREST,
+    REFERENCE,
+    SILENCES,
+    TRADES,
+    TopicRegistry,
+)
 from pipeline.sinks.schema import Table, qualified, table_for
 
 log = logging.getLogger(__name__)
@@ -140,28 +160,28 @@ MIGRATIONS: tuple[Migration, ...] = (
     CreateTopicTables(
         1,
         (
-            "md.trades.v1",
-            "md.book.v1",
-            "md.bbo.v1",
-            "md.funding.v1",
-            "md.open_interest.v1",
-            "md.liquidations.v1",
-            "md.bars.1s.v1",
-            "md.bars.1m.v1",
-            "ops.feed_metrics.v1",
-            "ops.anomalies.v1",
-            "ops.alerts.v1",
-            "ops.notifications.v1",
-            "ops.dlq.v1",
+            TRADES.name,
+            BOOK.name,
+            BBO.name,
+            FUNDING.name,
+            OPEN_INTEREST.name,
+            LIQUIDATIONS.name,
+            BARS_1S.name,
+            BARS_1M.name,
+            FEED_METRICS.name,
+            ANOMALIES.name,
+            ALERTS.name,
+            NOTIFICATIONS.name,
+            DLQ.name,
         ),
         "tables for the market-data and operations topics",
     ),
-    AddColumns(2, "ops.notifications.v1", ("firing", "resolved")),
-    CreateTopicTables(3, ("ops.silences.v1", "ops.alert_actions.v1", "ops.alerting_checkpoints.v1")),
-    CreateTopicTables(4, ("md.reference.v1",)),
-    CreateTopicTables(5, ("ops.consumer_lag.v1",)),
+    AddColumns(2, NOTIFICATIONS.name, ("firing", "resolved")),
+    CreateTopicTables(3, (SILENCES.name, ALERT_ACTIONS.name, ALERTING_CHECKPOINTS.name)),
+    CreateTopicTables(4, (REFERENCE.name,)),
+    CreateTopicTables(5, (CONSUMER_LAG.name,)),
     DurationColumn(
-        6, ("md.bars.1s.v1", "md.bars.1m.v1"), "crossed_us", "bars: crossed_us is a duration (Int64 microseconds)"
+        6, (BARS_1S.name, BARS_1M.name), "crossed_us", "bars: crossed_us is a duration (Int64 microseconds)"
     ),
 )
 

@@ -26,7 +26,27 @@ from typing import Any
 import msgspec.inspect as mi
 
 from pipeline.contracts.records import DECIMAL_PATTERN, Record
-from pipeline.contracts.topics import Topic
+from pipeline.contracts.topics import (
+    ALERT_ACTIONS,
+    ALERTING_CHECKPOINTS,
+    ALERTS,
+    ANOMALIES,
+    BARS_1M,
+    BARS_1S,
+    BBO,
+    BOOK,
+    CONSUMER_LAG,
+    DLQ,
+    FEED_METRICS,
+    FUNDING,
+    LIQUIDATIONS,
+    NOTIFICATIONS,
+    OPEN_INTEREST,
+    REFERENCE,
+    SILENCES,
+    TRADES,
+    Topic,
+)
 
 DECIMAL_TYPE = "Decimal(38, 18)"
 DECIMAL_INT_DIGITS = 20
@@ -61,24 +81,24 @@ class TableSpec:
 
 
 TABLE_SPECS: dict[str, TableSpec] = {
-    "md.trades.v1": TableSpec(ttl_days=180),
-    "md.book.v1": TableSpec(ttl_days=30),
-    "md.bbo.v1": TableSpec(ttl_days=90),
-    "md.funding.v1": TableSpec(ttl_days=730),
-    "md.open_interest.v1": TableSpec(ttl_days=730),
-    "md.liquidations.v1": TableSpec(ttl_days=730),
-    "md.bars.1s.v1": TableSpec(ttl_days=90),
-    "md.bars.1m.v1": TableSpec(ttl_days=1095),
-    "ops.feed_metrics.v1": TableSpec(order_by=("exchange", "stream", "source", "ts_event"), ttl_days=180),
-    "ops.anomalies.v1": TableSpec(order_by=("metric", "series_id", "ts_event")),
-    "ops.alerts.v1": TableSpec(order_by=("severity", "rule", "fingerprint", "ts_event")),
-    "ops.notifications.v1": TableSpec(order_by=("channel", "status", "ts")),
-    "ops.dlq.v1": TableSpec(order_by=("source", "reason", "ts_recv"), ttl_days=30),
-    "ops.silences.v1": TableSpec(time_column="created_at", order_by=("silence_id", "created_at")),
-    "ops.alert_actions.v1": TableSpec(order_by=("fingerprint", "ts")),
-    "ops.alerting_checkpoints.v1": TableSpec(order_by=("engine_id", "ts"), ttl_days=30),
-    "md.reference.v1": TableSpec(order_by=("asset", "ts_event"), ttl_days=180),
-    "ops.consumer_lag.v1": TableSpec(order_by=("group", "topic", "ts"), ttl_days=90),
+    TRADES.name: TableSpec(ttl_days=180),
+    BOOK.name: TableSpec(ttl_days=30),
+    BBO.name: TableSpec(ttl_days=90),
+    FUNDING.name: TableSpec(ttl_days=730),
+    OPEN_INTEREST.name: TableSpec(ttl_days=730),
+    LIQUIDATIONS.name: TableSpec(ttl_days=730),
+    BARS_1S.name: TableSpec(ttl_days=90),
+    BARS_1M.name: TableSpec(ttl_days=1095),
+    FEED_METRICS.name: TableSpec(order_by=("exchange", "stream", "source", "ts_event"), ttl_days=180),
+    ANOMALIES.name: TableSpec(order_by=("metric", "series_id", "ts_event")),
+    ALERTS.name: TableSpec(order_by=("severity", "rule", "fingerprint", "ts_event")),
+    NOTIFICATIONS.name: TableSpec(order_by=("channel", "status", "ts")),
+    DLQ.name: TableSpec(order_by=("source", "reason", "ts_recv"), ttl_days=30),
+    SILENCES.name: TableSpec(time_column="created_at", order_by=("silence_id", "created_at")),
+    ALERT_ACTIONS.name: TableSpec(order_by=("fingerprint", "ts")),
+    ALERTING_CHECKPOINTS.name: TableSpec(order_by=("engine_id", "ts"), ttl_days=30),
+    REFERENCE.name: TableSpec(order_by=("asset", "ts_event"), ttl_days=180),
+    CONSUMER_LAG.name: TableSpec(order_by=("group", "topic", "ts"), ttl_days=90),
 }
 
 
