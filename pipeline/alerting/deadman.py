@@ -6,10 +6,12 @@ Heartbeat: the engine writes a sealed checkpoint to ``ops.alerting_checkpoints.v
 engine evaluates. The watcher (run inside ``marketprism notify``, the process that must deliver the page anyway;
 Alertmanager's answer is an always-firing Watchdog alert and an outside service paging on its absence, which puts
 the watching in a third system) reads those end offsets every second (a ListOffsets call: no checkpoint body is
-fetched) and fires when they have not moved for ``silence_s`` wall seconds (15 s: three missed heartbeats) after it
-has seen the engine once; it resolves on the next move. A killed (SIGKILL), hung (SIGSTOP) or wedged engine is thus
-paged 15-17 s after it stops, by a process that does not share its fate. One watcher watches every engine writing
-to the topic (a deployment runs one engine, or several behind one checkpoint topic: any heartbeat counts).
+fetched) and fires when they have not moved for ``silence_s`` wall seconds (15 s: three missed heartbeats) once it
+has seen the engine beat (a move), or ``startup_grace_s`` (120 s) after its own start if it never has (an engine
+that never came up; the grace keeps a slow start-up on a loaded machine from paging); it resolves on the next
+move. A killed (SIGKILL), hung (SIGSTOP) or wedged engine is thus paged 15-17 s after it stops, by a process that
+does not share its fate. One watcher watches every engine writing to the topic (a deployment runs one engine, or
+several behind one checkpoint topic: any heartbeat counts).
 
 Transitions follow the engine's own format (fingerprinted, versioned) so the notifier, the API and the console
 treat the page as any other alert; the engine skips the rule when it seeds alerts it does not know.
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RULE = "RuleEngineDown"
 SILENCE_S = 15.0  # wall seconds without a heartbeat: three missed 5 s heartbeats
+STARTUP_GRACE_S = 120.0  # wall seconds an engine never seen beating has to start before it is paged
 LABELS = {"component": "alerting", "category": "pipeline", "team": "platform"}
 
 
@@ -47,11 +50,14 @@ class EngineWatch:
     """The watcher's state machine, fed end offsets and times; returns the transitions to publish."""
 
     silence_s: float = SILENCE_S
+    startup_grace_s: float = STARTUP_GRACE_S
     fingerprint: str = field(default_factory=lambda: fingerprint(RULE, {"component": "alerting"}))
     version: int = 0
     firing: Alert | None = None
     _end: int | None = None
-    _moved_at: float | None = None  # wall seconds of the last move seen
+    _moved_at: float | None = None  # wall seconds of the last move seen (or of the first reading)
+    _started_at: float | None = None  # wall seconds of the first reading
+    _beat_seen: bool = False
 
     def resume(self, current: Alert | None) -> None:
         """Continue from the alert's state on ``ops.alerts.v1`` (a restarted watcher keeps its versions)."""
@@ -61,15 +67,19 @@ class EngineWatch:
 
     def observe(self, end: int, wall_s: float, now_us: int) -> Alert | None:
         """Fold one reading of the heartbeat topic's end offset; a transition when the engine died or came back."""
+        if self._started_at is None:
+            self._started_at = wall_s
         if self._end is None or end != self._end:
             first = self._end is None
             self._end, self._moved_at = end, wall_s
+            self._beat_seen = self._beat_seen or not first
             if self.firing is not None and not first:  # a heartbeat after the silence: the engine is back
                 return self._transition("resolved", now_us, 0.0)
             return None
         assert self._moved_at is not None
         silent = wall_s - self._moved_at
-        if self.firing is None and silent >= self.silence_s:
+        armed = self._beat_seen or wall_s - self._started_at >= self.startup_grace_s
+        if self.firing is None and armed and silent >= self.silence_s:
             return self._transition("firing", now_us, silent)
         return None
 

@@ -60,7 +60,7 @@ SIM_WS_PATHS = {"okx": "/ws/v5/public", "kraken": "/v2"}
 DEMO_SCENARIO = Path(__file__).with_name("scenario.yaml")
 # Pipeline faults (the sink killed and restarted 100 s later) the runner injects itself, on the simulator's clock.
 DEMO_FAULTS = Path(__file__).with_name("faults.yaml")
-FAULT_CHILDREN = {"sink": "sink", "aggregation": "worker", "anomaly": "anomaly"}
+FAULT_CHILDREN = {"sink": "sink", "aggregation": "worker", "anomaly": "anomaly", "alerting": "alerts"}
 # Runs this long (wall seconds) trade latency for broker load: Tansu's memory engine lists every stored batch of a
 # partition on each fetch that returns records of it (~1.5 us per batch: 23 ms of broker CPU per fetch at 15k batches,
 # measured 2026-11-22, `marketprism bench broker`), and keeps every batch, so over an hour the broker saturated the

@@ -74,10 +74,27 @@ def test_the_dead_mans_switch_pages_after_the_silence_and_resolves_on_the_next_h
 def test_a_restarted_watcher_continues_the_versions_and_resolves_a_page_left_firing() -> None:
     first = EngineWatch(silence_s=15.0)
     first.observe(1, wall_s=0.0, now_us=1)
-    fired = first.observe(1, wall_s=15.0, now_us=2)
+    first.observe(2, wall_s=1.0, now_us=2)  # a heartbeat: the engine seen alive
+    fired = first.observe(2, wall_s=16.0, now_us=3)
     assert fired is not None
     second = EngineWatch(silence_s=15.0)
     second.resume(fired)
-    assert second.observe(1, wall_s=100.0, now_us=3) is None  # its first reading: no evidence either way yet
-    back = second.observe(2, wall_s=101.0, now_us=4)
+    assert second.observe(2, wall_s=100.0, now_us=4) is None  # its first reading: no evidence either way yet
+    back = second.observe(3, wall_s=101.0, now_us=5)
     assert back is not None and back.state == "resolved" and back.version == fired.version + 1
+
+
+def test_an_engine_never_seen_beating_is_paged_only_after_the_start_up_grace() -> None:
+    watch = EngineWatch(silence_s=15.0, startup_grace_s=120.0)
+    assert watch.observe(0, wall_s=0.0, now_us=1) is None
+    assert watch.observe(0, wall_s=60.0, now_us=2) is None  # a slow start-up on a loaded machine is not a death
+    fired = watch.observe(0, wall_s=120.0, now_us=3)
+    assert fired is not None and fired.state == "firing"
+
+
+def test_a_few_records_waiting_on_a_group_nobody_runs_are_not_a_stall(scenario, rec) -> None:  # type: ignore[no-untyped-def]
+    """A probe told of a sink group that is not deployed sees its never-committed offsets at 0 and the few records
+    of a quiet topic waiting forever: under 100 records that is not a dead sink."""
+    sc = scenario()
+    sc.run(120, 2, lambda t: [rec.fm(t), rec.lag(t, 2, "marketprism-sink", "md.reference.v1", stalled_s=t)])
+    assert not [a for a in sc.alerts if a.state == "firing"]
