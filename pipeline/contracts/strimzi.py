@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.contracts.topics import InternalTopic, RegistryError, Topic, TopicRegistry
 
-API_VERSION = "kafka.strimzi.io/v1beta2"
+API_VERSION = "kafka.strimzi.io/v1"  # Strimzi 0.49+ (1.x serves only v1)
 CLUSTER_LABEL = "strimzi.io/cluster"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 

@@ -26,7 +26,7 @@ def test_every_registry_topic_with_the_environments_replication(environment: str
     assert registry.replication(environment).replication_factor == replicas
     for name, topic in expected.items():
         obj = rendered[name]
-        assert obj["apiVersion"] == "kafka.strimzi.io/v1beta2" and obj["kind"] == "KafkaTopic"
+        assert obj["apiVersion"] == "kafka.strimzi.io/v1" and obj["kind"] == "KafkaTopic"
         assert obj["metadata"]["labels"]["strimzi.io/cluster"] == "kafka-a"
         assert obj["spec"] == {
             "topicName": name,
