@@ -320,8 +320,7 @@ async def alert_page(request: Request, principal: Viewer, fingerprint: str) -> R
         alert=alert,
         labels=sorted(alert.labels.items()),
         annotations=sorted((k, v) for k, v in alert.annotations.items() if k != "runbook_url"),
-        runbook=pages.safe_link(alert.annotations.get("runbook_url"))
-        or f"/docs/operations.md#{alert.rule.lower()}",
+        runbook=pages.safe_link(alert.annotations.get("runbook_url")),
         runbook_text=alert.annotations.get("runbook_url") or f"docs/operations.md#{alert.rule.lower()}",
         silenced_by=silencing(api.views, alert, now),
         timeline=pages.timeline(transitions, notifications, [alert]),
@@ -515,13 +514,21 @@ async def anomaly_replay(
     report_floor: Annotated[float, Query(gt=0.0, lt=1.0)] = 0.475,
     z_half: Annotated[float, Query(gt=0.0, le=100.0)] = 5.0,
     refractory: Annotated[int, Query(ge=0, le=10_000)] = 100,
-    min_effect: Annotated[float | None, Query(ge=0.0, le=1e12)] = None,
+    min_effect: Annotated[str, Query(max_length=30, description="blank: the metric's policy")] = "",
     detector: Annotated[list[str], Query(max_length=4)] = [],  # noqa: B006 - FastAPI reads the default
 ) -> Response:
     """Replay a fresh detector with these settings over the series' recent values (a fragment with the chart)."""
     api = state_of(request)
     chosen = tuple(d for d in series.DETECTORS if d in detector) or series.DETECTORS
-    settings = series.ReplaySettings(warmup, report_floor, z_half, refractory, min_effect, chosen)
+    effect: float | None = None
+    if min_effect.strip():
+        try:
+            effect = float(min_effect)
+        except ValueError:
+            raise BadRequest("min_effect", "a number, or blank for the metric's policy") from None
+        if not 0.0 <= effect < 1e12:
+            raise BadRequest("min_effect", "must be 0 or more")
+    settings = series.ReplaySettings(warmup, report_floor, z_half, refractory, effect, chosen)
     try:
         source = series.parse_series(series_id)
         points = series.in_range(await series.read_series(api.settings, series_id), minutes)

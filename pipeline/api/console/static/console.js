@@ -24,6 +24,18 @@
       });
     }
   });
+  // the header says whether the page is receiving live updates
+  function live(text) {
+    var status = document.getElementById("live");
+    if (status) { status.textContent = text; status.dataset.state = text; }
+  }
+  // on every (re)connection the live regions re-read their fragment: whatever changed between the page's
+  // render (or the lost connection) and the stream's start is not missed
+  document.addEventListener("htmx:sseOpen", function () {
+    live("live");
+    document.querySelectorAll('[hx-trigger*="refresh-live"]').forEach(function (el) { htmx.trigger(el, "refresh-live"); });
+  });
+  document.addEventListener("htmx:sseError", function () { live("reconnecting"); });
   // a refused or failed request says why instead of doing nothing
   document.addEventListener("htmx:responseError", function (event) {
     var flash = document.getElementById("flash");
