@@ -25,8 +25,8 @@ from pipeline.collectors.base import (
     Venue,
 )
 from pipeline.collectors.book import L2Book, Level
+from pipeline.collectors.bookstate import BookState, publish_book, venue_bbo
 from pipeline.collectors.venues._common import (
-    BookState,
     dec,
     dict_of,
     get,
@@ -34,11 +34,9 @@ from pipeline.collectors.venues._common import (
     levels,
     loads,
     ms_to_us,
-    publish_book,
     split_pair,
     symbol_ok,
     text,
-    venue_bbo,
 )
 from pipeline.contracts import Record, Trade
 

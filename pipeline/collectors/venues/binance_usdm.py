@@ -13,16 +13,8 @@ import logging
 from typing import Any, ClassVar
 
 from pipeline.collectors.base import ConnectionPlan, FrameError, FrameResult, RateLimit, RestRequest
-from pipeline.collectors.venues._common import (
-    BookState,
-    dec,
-    dict_of,
-    get,
-    loads,
-    ms_to_us,
-    symbol_ok,
-    text,
-)
+from pipeline.collectors.bookstate import BookState
+from pipeline.collectors.venues._common import dec, dict_of, get, loads, ms_to_us, symbol_ok, text
 from pipeline.collectors.venues.binance import Binance, DepthDiff, split_pair
 from pipeline.contracts import Funding, Liquidation, OpenInterest
 

@@ -32,9 +32,9 @@ from pipeline.collectors.base import (
     Venue,
 )
 from pipeline.collectors.book import L2Book, Level
+from pipeline.collectors.bookstate import BookState, publish_book, venue_bbo
 from pipeline.collectors.venues._common import (
     INT64_MAX,
-    BookState,
     dec,
     dict_of,
     get,
@@ -43,10 +43,8 @@ from pipeline.collectors.venues._common import (
     list_of,
     loads,
     plain_strings,
-    publish_book,
     symbol_ok,
     text,
-    venue_bbo,
 )
 from pipeline.contracts import Trade
 

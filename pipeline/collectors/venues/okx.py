@@ -27,9 +27,9 @@ from pipeline.collectors.base import (
     Venue,
 )
 from pipeline.collectors.book import L2Book
+from pipeline.collectors.bookstate import BookState, publish_book, venue_bbo
 from pipeline.collectors.checksums import okx_checksum
 from pipeline.collectors.venues._common import (
-    BookState,
     dec,
     dict_of,
     get,
@@ -38,11 +38,9 @@ from pipeline.collectors.venues._common import (
     list_of,
     loads,
     ms_to_us,
-    publish_book,
     signed,
     symbol_ok,
     text,
-    venue_bbo,
 )
 from pipeline.contracts import Funding, Liquidation, OpenInterest, Trade
 

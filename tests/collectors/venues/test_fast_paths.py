@@ -14,17 +14,10 @@ from hypothesis import strategies as st
 
 from pipeline.collectors.base import CollectorError, ConnectionPlan, FrameResult
 from pipeline.collectors.book import FLOAT_EXACT_CHARS, L2Book, Level
+from pipeline.collectors.bookstate import BookState
 from pipeline.collectors.checksums import kraken_checksum, kraken_side, okx_checksum
 from pipeline.collectors.venues import Coinbase, Kraken
-from pipeline.collectors.venues._common import (
-    _PLAIN,
-    MAX_CHARS,
-    BookState,
-    _levels_slow,
-    levels,
-    plain_strings,
-    seconds_to_us,
-)
+from pipeline.collectors.venues._common import _PLAIN, MAX_CHARS, _levels_slow, levels, plain_strings, seconds_to_us
 from pipeline.collectors.venues.coinbase import _typed_level2
 from pipeline.contracts import encode
 

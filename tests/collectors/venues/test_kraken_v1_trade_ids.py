@@ -10,7 +10,7 @@ import pytest
 from pipeline.collectors.base import ConnectionPlan, FrameError
 from pipeline.collectors.dedup import TradeDedup
 from pipeline.collectors.venues import KrakenV1
-from pipeline.collectors.venues.kraken import V1_TRADE_KEYS
+from pipeline.collectors.venues.kraken_v1 import V1_TRADE_KEYS
 
 FILL = ["354.55000000", "1.25690315", "1618678145.715785", "b", "m", ""]
 KEY = "1618678145.715785-b-354.55000000-1.25690315"
