@@ -75,8 +75,13 @@ def run(
     ] = None,
     lag_interval: Annotated[str, typer.Option(help="lag probe period (0 disables the probe)")] = "2s",
     fetch_wait_ms: Annotated[int, typer.Option(help="consumer fetch wait (ms); Tansu answers at its end")] = 100,
+    lease: Annotated[
+        bool, typer.Option(help="active/standby: run the engine only while holding the engine id's lease")
+    ] = True,
 ) -> None:
-    """Run the rule engine until SIGINT/SIGTERM (resumes from its checkpoint and ops.alerts.v1)."""
+    """Run the rule engine until SIGINT/SIGTERM (resumes from its checkpoint and ops.alerts.v1). Replicas with the
+    same --engine-id are active/standby (pipeline/alerting/lease.py): one runs the engine, the others wait."""
+    from pipeline.alerting.lease import run_with_lease
     from pipeline.alerting.runner import RuleEngineRunner, RunnerOptions
     from pipeline.observability.health import HEALTH, flag
     from pipeline.observability.metrics import serve_metrics
@@ -105,8 +110,15 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runner = RuleEngineRunner(settings, ruleset, options, clock=from_settings(settings.clock))
-        HEALTH.attach()  # /healthz: this loop answers; /readyz: checkpoint restored and inputs positioned
+
+        def make_runner() -> RuleEngineRunner:
+            return RuleEngineRunner(settings, ruleset, options, clock=from_settings(settings.clock))
+
+        HEALTH.attach()  # /healthz: this loop answers; /readyz: standby, or active with its inputs positioned
+        if lease:
+            await run_with_lease(settings, engine_id, make_runner, stop)
+            return
+        runner = make_runner()
         HEALTH.add("rule engine", flag(runner.ready, "restoring its checkpoint and positioning its inputs"))
         await runner.run(stop)
 

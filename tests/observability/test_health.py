@@ -255,7 +255,7 @@ async def test_sink_is_ready_once_in_its_group_and_caught_up(topics: Settings, t
 async def test_rule_engine_is_ready_once_positioned(topics: Settings, tmp_path: Path) -> None:
     engine = Component(topics, tmp_path, "alerts", "run", "--lag-interval", "0")
     doc = await _ready_and_live(engine)
-    assert doc["checks"] == {"rule engine": {"ok": True, "detail": "serving"}}
+    assert doc["checks"] == {"rule engine": {"ok": True, "detail": "active"}}  # the only replica holds the lease
 
 
 async def test_notifier_is_ready_once_caught_up(topics: Settings, tmp_path: Path) -> None:
