@@ -32,10 +32,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from pipeline.aggregation.feeds import FEED_METRICS_TOPIC, FeedsWorker
 from pipeline.aggregation.health import FeedHealthTracker
+from pipeline.aggregation.outputs import Outputs
 from pipeline.aggregation.reference import ReferenceTracker
+from pipeline.aggregation.shipping import SUMMARY_TOPIC
 from pipeline.aggregation.state import last_values
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, Outputs, incoming, wall_clock_us
+from pipeline.aggregation.worker import BarWorker, incoming, wall_clock_us
 from pipeline.contracts import load_registry
 from pipeline.contracts.topics import AGGREGATOR_SUMMARIES, BBO
 from pipeline.contracts.topics import TRADE_BATCHES as TRADE_BATCHES_TOPIC

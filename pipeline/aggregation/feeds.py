@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable
 
 from pipeline.aggregation.health import FeedHealthTracker
+from pipeline.aggregation.outputs import Outputs
 from pipeline.aggregation.reference import ReferenceTracker
 from pipeline.aggregation.summaries import BacklogPartial, FeedPartial, decode_summary
-from pipeline.aggregation.worker import Outputs
 from pipeline.contracts import DecodeError, FeedMetrics, decoder_for
 from pipeline.contracts.topics import FEED_METRICS, REFERENCE
 

@@ -1,5 +1,9 @@
 """The bar worker: feeds consumed records to each partition's engine and publishes what it closes.
 
+It owns decoding, offset order (gaps, rewinds), dead letters and the windows; the producer and bar delivery
+live in :mod:`pipeline.aggregation.outputs`, partition checkpoints in :mod:`pipeline.aggregation.checkpoints`
+and the per-tick summaries for the feeds worker in :mod:`pipeline.aggregation.shipping`.
+
 One :class:`BarWorker` per process. For each batch of events (Faust ``take_events``) it decodes the
 records, applies them to the partition's :class:`~pipeline.aggregation.engine.PartitionAggregator`,
 closes the windows the watermark passed, publishes the bars and *waits for their delivery*, then
@@ -23,34 +27,26 @@ so windows restored from a state close even when no further record of the partit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from pipeline.aggregation.bars import EXACT, fmt
+from pipeline.aggregation.checkpoints import Checkpoints, StateStore
 from pipeline.aggregation.engine import PartitionAggregator, PartitionState
 from pipeline.aggregation.health import FeedStatsCollector
-from pipeline.aggregation.reference import asset_of
-from pipeline.aggregation.summaries import BacklogPartial, MidPartial, Summary, encode_summary
+from pipeline.aggregation.outputs import Outputs, publish_bars
+from pipeline.aggregation.shipping import collect_summaries, ship_summaries
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.contracts import Bar, Bbo, DecodeError, Trade, TradeBatch, decoder_for, encode, market_key
-from pipeline.contracts.topics import AGGREGATOR_SUMMARIES
-from pipeline.contracts.topics import BAR_TOPICS as CONTRACT_BAR_TOPICS
-from pipeline.kafka import DeadLetterPublisher, RecordProducer
+from pipeline.contracts import Bar, Bbo, DecodeError, Trade, TradeBatch, decoder_for, encode
 from pipeline.observability.metrics import counter, gauge
 
 log = logging.getLogger(__name__)
 
-SUMMARY_TOPIC = AGGREGATOR_SUMMARIES.name
-BAR_TOPICS = {interval: topic.name for interval, topic in CONTRACT_BAR_TOPICS.items()}
 
 RECORDS = counter("aggregation_records_total", "Records applied to bar windows by result", ["stream", "result"])
 BARS = counter("aggregation_bars_total", "Bars published", ["interval"])
@@ -89,16 +85,6 @@ def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
-class StateStore(Protocol):
-    """Where partition states live (the Faust table; a dict in unit tests)."""
-
-    async def load(self, partitions: Sequence[int]) -> dict[int, bytes | None]: ...
-
-    async def save(self, states: dict[int, bytes]) -> bool:
-        """Write partition states; True once every one is acknowledged by the broker."""
-        ...
-
-
 @dataclass(frozen=True)
 class Incoming:
     """One consumed record: its topic (full name), partition, offset and raw value; ``release`` marks it
@@ -109,71 +95,6 @@ class Incoming:
     offset: int
     value: bytes
     release: Callable[[], object] | None = None
-
-
-class Outputs:
-    """The worker's producer of contract records and dead letters, created in the running loop on first use.
-
-    Work that produces holds it through :meth:`use`; :meth:`stop` (at shutdown) waits for that work to finish
-    before it closes the producer, and work that starts after it is skipped. Before, a SIGTERM while the
-    timer was mid-tick closed the producer under it: ``AssertionError('Outputs.start() first')``, Faust
-    "crashed" instead of stopping (a chaos round, seed 1068 --drops).
-    """
-
-    STOP_WAIT_S = 30.0
-
-    def __init__(self, factory: Callable[[], RecordProducer]):
-        self._factory = factory
-        self._producer: RecordProducer | None = None
-        self._dead_letters: DeadLetterPublisher | None = None
-        self._starting = asyncio.Lock()
-        self._users = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.stopped = False
-
-    async def start(self) -> None:
-        async with self._starting:  # the agent and the timer both start it: one producer, not one each
-            if self._producer is None and not self.stopped:
-                producer = self._factory()
-                await producer.start()
-                self._producer, self._dead_letters = producer, DeadLetterPublisher(producer, "aggregator")
-
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[bool]:
-        """Hold the producer for one unit of work; yields False once the worker is stopping (skip the work)."""
-        if self.stopped:
-            yield False
-            return
-        self._users += 1
-        self._idle.clear()
-        try:
-            await self.start()
-            yield not self.stopped
-        finally:
-            self._users -= 1
-            if not self._users:
-                self._idle.set()
-
-    async def stop(self) -> None:
-        self.stopped = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), self.STOP_WAIT_S)
-        except TimeoutError:
-            log.warning("outputs still in use after %.0f s; closing the producer anyway", self.STOP_WAIT_S)
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await producer.stop()
-
-    @property
-    def producer(self) -> RecordProducer:
-        assert self._producer is not None, "Outputs.start() first"
-        return self._producer
-
-    @property
-    def dead_letters(self) -> DeadLetterPublisher:
-        assert self._dead_letters is not None, "Outputs.start() first"
-        return self._dead_letters
 
 
 class BarWorker:
@@ -207,8 +128,7 @@ class BarWorker:
         self.seek = seek
         self.log_start = log_start
         self.engines: dict[int, PartitionAggregator] = {}
-        self._held: dict[int, list[Callable[[], object]]] = {}  # partition -> releases of applied records
-        self._saved_at: dict[int, int] = {}  # partition -> clock of its last checkpoint
+        self.checkpoints = Checkpoints(store, checkpoint_us)
         self.feed = FeedStatsCollector()
         # per market, the last BBO of each receipt second since the last tick: the reference tracker gets one mid
         # per second of market time even when a busy worker ticks late (not only the last one before the tick)
@@ -223,8 +143,7 @@ class BarWorker:
         """Drop in-memory state of revoked partitions (the next owner restores it from the table)."""
         for partition in partitions:
             self.engines.pop(partition, None)
-            self._held.pop(partition, None)  # never released: the new owner re-reads them, and skips
-            self._saved_at.pop(partition, None)
+            self.checkpoints.forget(partition)  # held records never released: the new owner re-reads them, and skips
             self._empty.discard(partition)
             for key in [k for k in self._arrived if k[1] == partition]:
                 del self._arrived[key]
@@ -281,7 +200,7 @@ class BarWorker:
                 if item.offset == expected:
                     self._rewinds.pop((item.topic, item.partition), None)
                 if item.release is not None:
-                    self._held.setdefault(item.partition, []).append(item.release)
+                    self.checkpoints.hold(item.partition, item.release)
                 try:
                     self._apply(engine, item, is_trades, now, dead)
                 except Exception as exc:  # a poisonous record is dead-lettered; the worker carries on
@@ -462,28 +381,11 @@ class BarWorker:
                 await self._retry_rewinds(now)
             await self._rewind_stalled(now)
             await self._close(self.engines, now)
-            summaries: list[tuple[bytes, Summary]] = [
-                (f"{p.exchange}:{p.stream}".encode(), p) for p in self.feed.drain()
-            ]
-            for (exchange, symbol), samples in self.mids.items():
-                asset = asset_of(symbol)
-                if asset is not None:
-                    for bbo in samples:
-                        mid = EXACT.divide(EXACT.add(Decimal(bbo.bid_price), Decimal(bbo.ask_price)), Decimal(2))
-                        partial = MidPartial(exchange, symbol, fmt(mid), bbo.ts_event, bbo.ts_recv)
-                        summaries.append((asset.encode(), partial))
-            self.mids.clear()
-            for partition, engine in self.engines.items():
-                unread = self._bbo_unread(partition, engine)
-                newest = engine.bbo_wm.value + self.policy.allowed_lateness_us  # the newest BBO applied (event time)
-                if unread and now - newest > self.policy.idle_timeout_us:
-                    # behind, not stopped: the reference waits for these markets' mids instead of calling them stale
-                    # (a partition that is current has no excuse for a market whose mids stopped)
-                    for sym in engine.state.symbols.values():
-                        if (asset := asset_of(sym.symbol)) is not None:
-                            summaries.append((asset.encode(), BacklogPartial(sym.exchange, sym.symbol, unread)))
-            for key, summary in summaries:
-                await self.outputs.producer.send_raw(SUMMARY_TOPIC, key, encode_summary(summary))
+            summaries = collect_summaries(
+                self.feed, self.mids, self.engines, self._bbo_unread, self.policy.allowed_lateness_us,
+                self.policy.idle_timeout_us, now,
+            )  # fmt: skip
+            await ship_summaries(self.outputs.producer, summaries)
 
     async def _close(self, engines: dict[int, PartitionAggregator], now: int) -> None:
         """Close due windows, publish their bars (delivered), then checkpoint the partitions that are due.
@@ -501,35 +403,15 @@ class BarWorker:
             before = (engine.trade_wm.value, engine.bbo_wm.value)
             closed = engine.close_windows(now, partition in caught_up, self._bbo_unread(partition, engine) > 0)
             bars += closed
-            changed = closed or before != (engine.trade_wm.value, engine.bbo_wm.value) or partition in self._held
-            if changed and now - self._saved_at.get(partition, -self.checkpoint_us) >= self.checkpoint_us:
+            changed = bool(closed) or before != (engine.trade_wm.value, engine.bbo_wm.value)
+            if self.checkpoints.due(partition, changed, now):
                 due.append(partition)
             self._count(engine)
         if bars:
-            await self._publish_bars(bars)
-        if due and await self.store.save({partition: engines[partition].snapshot() for partition in due}):
-            for partition in due:
-                self._saved_at[partition] = now
-                for release in self._held.pop(partition, ()):
-                    release()
-        elif due:  # not acknowledged: nothing is released (so nothing commits past it); the next close retries
-            log.error("partition state(s) %s not written; records stay uncommitted", due)
+            await publish_bars(self.outputs.producer, bars)
+        if due:
+            await self.checkpoints.save({partition: engines[partition].snapshot() for partition in due}, now)
         OPEN_WINDOWS.set(sum(e.open_windows() for e in self.engines.values()))
-
-    async def _publish_bars(self, bars: list[Bar]) -> None:
-        """Deliver the bars before the state that says they were emitted is saved; while the broker refuses,
-        retry the whole set with capped backoff (a bar delivered twice is identical: downstream dedups it)."""
-        producer = self.outputs.producer
-        for attempt in itertools.count():
-            failed_before = producer.failed
-            for bar in bars:
-                await producer.send(BAR_TOPICS[bar.interval], market_key(bar.exchange, bar.symbol), bar)
-            await producer.flush()
-            if producer.failed == failed_before:
-                return
-            delay = min(30.0, 0.5 * 2**attempt)
-            log.error("%d bar(s) not delivered; re-sending the set in %.1fs", producer.failed - failed_before, delay)
-            await asyncio.sleep(delay)
 
     async def _confirm_caught_up(self, partitions: list[int]) -> set[int]:
         """The idle partitions whose every record the broker holds was applied, asked of the broker now.

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 from aiokafka.errors import KafkaConnectionError
 
-from pipeline.aggregation.worker import BarWorker
+from pipeline.aggregation.outputs import publish_bars
 from pipeline.contracts import Bar
 from pipeline.contracts.examples import EXAMPLES
 from pipeline.kafka import RecordProducer
@@ -38,7 +37,7 @@ async def test_failed_deliveries_are_counted_and_bars_re_sent_until_delivered(mo
     async def no_wait(_: float) -> None:
         return None
 
-    monkeypatch.setattr("pipeline.aggregation.worker.asyncio.sleep", no_wait)
+    monkeypatch.setattr("pipeline.aggregation.outputs.asyncio.sleep", no_wait)
     kafka = FlakyKafka(failures=3)
     producer = RecordProducer(kafka)  # type: ignore[arg-type]
     bars = [
@@ -47,8 +46,7 @@ async def test_failed_deliveries_are_counted_and_bars_re_sent_until_delivered(mo
             window_start=EXAMPLES[Bar].window_end, window_end=EXAMPLES[Bar].window_end + 1_000_000
         ),
     ]
-    worker = SimpleNamespace(outputs=SimpleNamespace(producer=producer))
-    await BarWorker._publish_bars(worker, bars)  # type: ignore[arg-type]
+    await publish_bars(producer, bars)
     assert producer.failed == 3
     assert len(kafka.delivered) >= len(bars)  # the last round delivered every bar (earlier rounds may have some)
     assert kafka.delivered[-2:] == [producer_encoded(b) for b in bars]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from pipeline.aggregation.outputs import Outputs
+from pipeline.aggregation.shipping import SUMMARY_TOPIC
 from pipeline.aggregation.summaries import BacklogPartial, MidPartial, decode_summary
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.aggregation.worker import SUMMARY_TOPIC, BarWorker, Incoming, Outputs
+from pipeline.aggregation.worker import BarWorker, Incoming
 from pipeline.contracts import BatchTrade, Bbo, TradeBatch, encode
 from pipeline.kafka import RecordProducer
 

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from pipeline.aggregation.engine import PartitionAggregator
+from pipeline.aggregation.outputs import Outputs
 from pipeline.aggregation.windows import WindowPolicy
-from pipeline.aggregation.worker import REWIND_RETRY_US, STALL_US, BarWorker, Incoming, Outputs
+from pipeline.aggregation.worker import REWIND_RETRY_US, STALL_US, BarWorker, Incoming
 from pipeline.contracts import Bar, BatchTrade, Bbo, DeadLetter, TradeBatch, decode, encode
 from pipeline.kafka import RecordProducer
 
