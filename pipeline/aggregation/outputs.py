@@ -10,6 +10,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from pipeline.backoff import Backoff
 from pipeline.contracts import Bar, market_key
 from pipeline.contracts.topics import BAR_TOPICS as CONTRACT_BAR_TOPICS
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
@@ -17,6 +18,7 @@ from pipeline.kafka import DeadLetterPublisher, RecordProducer
 log = logging.getLogger(__name__)
 
 BAR_TOPICS = {interval: topic.name for interval, topic in CONTRACT_BAR_TOPICS.items()}
+REDELIVERY_BACKOFF = Backoff(base_s=0.5, cap_s=30.0)  # between re-sends of a bar set the broker refused
 
 
 class Outputs:
@@ -86,7 +88,8 @@ class Outputs:
 
 async def publish_bars(producer: RecordProducer, bars: list[Bar]) -> None:
     """Deliver the bars before the state that says they were emitted is saved; while the broker refuses,
-    retry the whole set with capped backoff (a bar delivered twice is identical: downstream dedups it)."""
+    retry the whole set with the shared capped, jittered backoff (:mod:`pipeline.backoff`); a bar delivered
+    twice is identical: downstream dedups it."""
     for attempt in itertools.count():
         failed_before = producer.failed
         for bar in bars:
@@ -94,6 +97,6 @@ async def publish_bars(producer: RecordProducer, bars: list[Bar]) -> None:
         await producer.flush()
         if producer.failed == failed_before:
             return
-        delay = min(30.0, 0.5 * 2**attempt)
+        delay = REDELIVERY_BACKOFF.delay(attempt)
         log.error("%d bar(s) not delivered; re-sending the set in %.1fs", producer.failed - failed_before, delay)
         await asyncio.sleep(delay)

@@ -27,7 +27,7 @@ import websockets
 from python_socks import ProxyError
 from websockets.asyncio.client import ClientConnection
 
-from pipeline.collectors.backoff import Backoff
+from pipeline.backoff import Backoff
 from pipeline.collectors.base import CollectorError, ConnectionPlan, FrameResult, KeepAlive
 from pipeline.collectors.watchdog import Sleep, Watchdog, WatchdogTimeout
 

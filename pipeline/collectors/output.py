@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
 
-from pipeline.collectors.backoff import Backoff
+from pipeline.backoff import Backoff
 from pipeline.collectors.base import TOPIC_OF
 from pipeline.collectors.metrics import BOOKS_BROKEN, OVERFLOW, QUEUE_DEPTH
 from pipeline.contracts import BatchTrade, BookUpdate, FeedMetrics, Record, Trade, TradeBatch, encode, market_key

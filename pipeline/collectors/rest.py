@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp_socks import ProxyConnector
 from aiolimiter import AsyncLimiter
 
-from pipeline.collectors.backoff import Backoff
+from pipeline.backoff import Backoff
 from pipeline.collectors.base import RateLimit, RestRequest
 from pipeline.collectors.metrics import REST_REQUESTS
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
+from pipeline.backoff import Backoff
 from pipeline.clock import Clock, SystemClock
-from pipeline.collectors.backoff import Backoff
 from pipeline.collectors.base import (
     ConnectionPlan,
     FrameError,

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.backoff import Backoff
 from pipeline.supervisor.children import Child, ChildGroup
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,7 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with full jitter for restarting a component."""
-
-    base_s: float = 1.0
-    cap_s: float = 60.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+RESTART_BACKOFF = Backoff(base_s=1.0, cap_s=60.0)  # restarts of a component that keeps exiting (full jitter)
 
 
 def _prepare(config: Path | None) -> None:
@@ -60,7 +52,7 @@ async def supervise(
     log_dir: Path,
     notify_routes: Path | None = None,
     metrics_port: int = 0,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = RESTART_BACKOFF,
     stable_s: float = 300.0,
 ) -> None:
     """Start the components and keep them running until a termination signal (``config`` is absolute)."""
@@ -96,7 +88,7 @@ async def supervise(
                 if child.alive:
                     continue
                 attempts = 0 if time.monotonic() - started > stable_s else attempts + 1
-                delay = backoff.delay(attempts, rng)
+                delay = backoff.delay(attempts, rng.uniform)
                 log.error(
                     "%s exited with %s; restarting in %.1fs (log: %s)",
                     name,

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 
-from pipeline.collectors.backoff import Backoff
+from pipeline.backoff import Backoff
 from pipeline.collectors.base import ConnectionPlan, FrameResult, KeepAlive, RateLimit, RestRequest
 from pipeline.collectors.connection import ConnectionSupervisor
 from pipeline.collectors.metrics import REST_REQUESTS

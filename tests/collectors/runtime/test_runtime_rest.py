@@ -7,7 +7,7 @@ import time
 
 from aiohttp import web
 
-from pipeline.collectors.backoff import Backoff
+from pipeline.backoff import Backoff
 from pipeline.collectors.base import RateLimit, RestRequest
 from pipeline.collectors.rest import RestClient
 

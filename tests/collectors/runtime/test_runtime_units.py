@@ -7,7 +7,7 @@ import bisect
 
 import pytest
 
-from pipeline.collectors.backoff import Backoff
+from pipeline.backoff import Backoff
 from pipeline.collectors.base import KeepAlive
 from pipeline.collectors.dedup import TradeDedup
 from pipeline.collectors.watchdog import Watchdog, WatchdogTimeout

@@ -1,8 +1,10 @@
-"""Reconnect delays: capped exponential backoff with full jitter.
+"""The one backoff policy of hand-driven retry loops: capped exponential backoff with full jitter.
 
 ``delay = uniform(0, min(cap, base * 2**attempt))`` (the "full jitter" scheme of AWS's *Exponential
-Backoff and Jitter*), so a fleet of collectors that lost a venue at the same moment does not come
-back in lock-step. The random source is injected so tests can pin it.
+Backoff and Jitter*), so a fleet of processes that lost a venue or a broker at the same moment does not
+come back in lock-step. Used by the collectors' reconnects, REST retries and producer pump, the
+supervisor's restarts and the bar worker's re-delivery of bars; retries wrapped around one call use
+tenacity (``wait_exponential_jitter``) instead. The random source is injected so tests can pin it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class Backoff:
     def ceiling(self, attempt: int) -> float:
         """The upper bound of the delay drawn for ``attempt`` (0-based)."""
         return float(min(self.cap_s, self.base_s * 2 ** min(attempt, 62)))
+
+    def delay(self, attempt: int, uniform: Uniform | None = None) -> float:
+        """A delay for ``attempt`` (0-based) without touching the counter (callers that count attempts)."""
+        return (uniform or self._uniform)(0.0, self.ceiling(attempt))
 
     def next_delay(self) -> float:
         delay = self._uniform(0.0, self.ceiling(self.attempt))
