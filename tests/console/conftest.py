@@ -109,7 +109,7 @@ async def stack(topics: Settings) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
+    if not CHROMIUM.exists():  # noqa: ASYNC240 - one stat before the browser starts
         unavailable(f"Chromium is not installed at {CHROMIUM} (make test installs Debian's chromium with apt)")
     async with async_playwright() as pw:
         launched = await pw.chromium.launch(
@@ -127,13 +127,15 @@ class Console:
     def __init__(self, page: Page, base: str):
         self.page = page
         self.base = base
-        self.dialogs: list[str] = []
+        self.dialogs: list[str] = []  # any alert(), confirm() or prompt() a page opened (an injected script)
+        self._pending: set[asyncio.Future[None]] = set()
         page.on("dialog", lambda d: self._dialog(d))
         page.set_default_timeout(WAIT_MS)
 
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(dialog.message)
-        asyncio.ensure_future(dialog.dismiss())
+        self._pending.add(task := asyncio.ensure_future(dialog.dismiss()))
+        task.add_done_callback(self._pending.discard)
 
     async def login(self, bearer: str, path: str = "/") -> None:
         await self.page.goto(f"{self.base}{path}")

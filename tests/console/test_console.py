@@ -7,9 +7,10 @@ import re
 import time
 
 import httpx
+import msgspec
 from playwright.async_api import expect
 
-from pipeline.contracts.records import Anomaly, ReferencePrice
+from pipeline.contracts.records import Alert, Anomaly, ReferencePrice
 from tests.api.conftest import wait_until
 from tests.console.conftest import WAIT_MS, Stack, feed, publish
 
@@ -139,9 +140,29 @@ async def test_every_page_renders_at_desktop_and_phone_width(stack: Stack, brows
     """Overview, alerts, alert detail, silences, new silence, anomalies (with a replay) and forecasts render with
     their data; with MARKETPRISM_CONSOLE_SCREENSHOTS=1 each is photographed at 1280 and 390 px for docs/console."""
     now = time.time_ns() // 1000
-    history = [(b"binance:book", feed("binance", "book", 40 + (n % 5), ts=now - (300 - n) * 1_000_000,
-                                      rate=80.0 + (n % 9) + (300.0 if n == 250 else 0.0))) for n in range(300)]  # fmt: skip
-    await publish(stack.settings, "ops.feed_metrics.v1", history)
+    history = [
+        (b"binance:book", feed("binance", "book", 40 + n % 5, ts=now - (300 - n) * 1_000_000, rate=rate))
+        for n, rate in ((n, 80.0 + n % 9 + (300.0 if n == 250 else 0.0)) for n in range(300))
+    ]
+    # okx book latency climbing through the shipped FeedLatencyHigh threshold (2000 ms) two minutes ago
+    climb = [(b"okx:book", feed("okx", "book", 300 + 40 * n, ts=now - (120 - n) * 1_000_000)) for n in range(120)]
+    scores = [
+        (
+            f"{ex}:book".encode(),
+            msgspec.structs.replace(feed(ex, "book", 50), source="aggregator", health_score=score, lag_p99_us=None),
+        )
+        for ex, score in (("binance", 97.0), ("okx", 41.0), ("coinbase", 76.0))
+    ]
+    await publish(stack.settings, "ops.feed_metrics.v1", history + climb + scores)
+    fired = now - 78 * 1_000_000
+    latency = Alert(
+        fingerprint="c0ffee0000000001", rule="FeedLatencyHigh", state="firing", severity="P3",
+        labels={"alertname": "FeedLatencyHigh", "severity": "P3", "exchange": "okx", "stream": "book",
+                "category": "feed", "team": "market-data"},
+        annotations={"summary": "okx book: feed latency p99 4980 ms"},
+        ts_event=fired, active_since=fired - 60 * 1_000_000, fired_at=fired, value=4980.0, version=2,
+    )  # fmt: skip
+    await publish(stack.settings, "ops.alerts.v1", [(latency.fingerprint.encode(), latency)])
     await stack.feed(okx__book=4200, okx__trades=30, coinbase__book=2500, binance__trades=20)
     reference = ReferencePrice(
         asset="BTC-USD", ts_event=now, price="97012.5", venues=3,
@@ -177,16 +198,19 @@ async def test_every_page_renders_at_desktop_and_phone_width(stack: Stack, brows
         await console.goto("/alerts")
         await expect(console.alert_in_state("LagHigh", "okx", "firing")).to_be_visible(timeout=WAIT_MS)
         await expect(console.alert_in_state("LagHigh", "coinbase", "firing")).to_be_visible(timeout=WAIT_MS)
+        await expect(console.alert_in_state("FeedLatencyHigh", "okx", "firing")).to_be_visible(timeout=WAIT_MS)
         await console.shot("alerts")
         await console.page.get_by_label("Group by").select_option("exchange")
         await expect(console.page.get_by_role("region", name=re.compile("exchange=okx"))).to_be_visible()
 
-        await console.alert("LagHigh", "okx").get_by_role("link", name="LagHigh", exact=True).click()
+        await console.alert("FeedLatencyHigh", "okx").get_by_role("link", name="FeedLatencyHigh", exact=True).click()
         await expect(console.page.get_by_role("heading", name="Triggering series")).to_be_visible()
-        await expect(console.page.get_by_role("img").first).to_be_visible()
+        # the shipped rule's series read back from ops.feed_metrics.v1, with its threshold
+        await expect(console.page.get_by_role("img", name=re.compile(r"lag_p99_ms > 2000: \d+ points"))).to_be_visible()
         await console.shot("alert-detail")
 
-        await console.page.get_by_role("link", name="Silence", exact=True).click()
+        await console.goto("/alerts")
+        await console.alert("LagHigh", "okx").get_by_role("link", name="Silence").click()
         await expect(console.page.get_by_text("Matches 1 current alert")).to_be_visible()
         await console.shot("silence-new")
         await console.page.get_by_label("Comment").fill("okx book feed maintenance")

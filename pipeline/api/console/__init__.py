@@ -18,7 +18,7 @@ STATIC = Path(__file__).with_name("static")
 
 def mount(app: FastAPI) -> None:
     """Add the console's routes, its static files (``/static``) and its login redirect to ``app``."""
-    from pipeline.api.console import routes
+    from pipeline.api.console import routes  # type: ignore[attr-defined]
 
     app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +38,16 @@ def when(ts_us: int | None) -> str:
     if time.strftime("%Y-%m-%d", t) == time.strftime("%Y-%m-%d", time.gmtime()):
         return time.strftime("%H:%M:%S", t)
     return time.strftime("%Y-%m-%d %H:%M:%S", t)
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """A measurement for people: thousands grouped, small values to ``digits`` significant digits."""
+    if value is None:
+        return "-"
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.{digits}g}"
 
 
 def ago(ts_us: int | None, now_us: int) -> str:
@@ -271,12 +282,13 @@ def threshold_of(alert: Alert) -> float | None:
 
 @functools.cache
 def _shipped_leaves() -> dict[str, Any]:
-    """Rule name -> its single threshold condition (source, metric, op, value), for the shipped core rules."""
+    """Rule name -> its single threshold condition (source, metric, op, value), for the shipped rules (the core
+    rules and the demo's)."""
     from pipeline.alerting.errors import RuleLoadError
     from pipeline.alerting.rules import Threshold, leaves, load_rules
 
     try:
-        ruleset = load_rules()
+        ruleset = load_rules([Path(__file__).parents[2] / "demo" / "rules.yaml"])
     except RuleLoadError as exc:  # the shipped file is tested; a broken install only loses the threshold line
         log.warning("console: core rules not loaded: %s", exc)
         return {}
@@ -303,6 +315,7 @@ async def leaf_series(settings: Settings, leaf: Any, alert: Alert, tail: int = 5
     samples by the rule engine's own source converter, kept when their labels equal the alert's."""
     from pipeline.alerting.errors import AlertingError
     from pipeline.alerting.sources import SOURCES
+    from pipeline.contracts.matchers import all_match
 
     source = SOURCES[leaf.source]
     wanted = {name: alert.labels[name] for name in source.labels if name in alert.labels}
@@ -315,7 +328,9 @@ async def leaf_series(settings: Settings, leaf: Any, alert: Alert, tail: int = 5
         return [
             Point(s.ts, s.metrics[leaf.metric])
             for s in samples
-            if leaf.metric in s.metrics and all(s.labels.get(k) == v for k, v in wanted.items())
+            if leaf.metric in s.metrics
+            and all(s.labels.get(k) == v for k, v in wanted.items())
+            and all_match(leaf.matchers, s.labels)
         ]
 
     points = await read_tail(settings, source.topic, convert, tail)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))  # autoescape on for .html
 templates.env.globals.update(when=pages.when, duration=pages.duration, severities=pages.SEVERITIES)
-templates.env.filters["num"] = lambda v, d=3: "-" if v is None else f"{float(v):.{d}g}"
+templates.env.filters["num"] = pages.number
 
 router = APIRouter(include_in_schema=False)
 Viewer = Annotated[Principal, Depends(page_viewer)]
@@ -306,7 +306,9 @@ async def alert_page(request: Request, principal: Viewer, fingerprint: str) -> R
     transitions: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
     try:
-        transitions = (await _history(request).rows(ALERT_TRANSITIONS, "ops.alerts.v1", 500, fingerprint=fingerprint)).rows
+        transitions = (
+            await _history(request).rows(ALERT_TRANSITIONS, "ops.alerts.v1", 500, fingerprint=fingerprint)
+        ).rows
         notifications = (
             await _history(request).rows(ALERT_NOTIFICATIONS, "ops.notifications.v1", 500, fingerprint=fingerprint)
         ).rows
@@ -348,9 +350,7 @@ async def _alert_chart(
         if points:
             title = f"{leaf.metric} {leaf.op} {leaf.value:g}"
             return charts.series_chart(title, points, threshold=leaf.value, windows=windows), note
-    values = [
-        charts.Point(int(r["ts_event"]), float(r["value"])) for r in transitions if r.get("value") is not None
-    ]
+    values = [charts.Point(int(r["ts_event"]), float(r["value"])) for r in transitions if r.get("value") is not None]
     if alert.value is not None and not any(p.ts_us == alert.ts_event for p in values):
         values.append(charts.Point(alert.ts_event, alert.value))
     values.sort(key=lambda p: p.ts_us)
@@ -372,9 +372,7 @@ def _silences(api: ApiState, include_expired: bool) -> list[dict[str, Any]]:
 
 
 @router.get("/silences")
-async def silences_page(
-    request: Request, principal: Viewer, expired: Annotated[bool, Query()] = False
-) -> Response:
+async def silences_page(request: Request, principal: Viewer, expired: Annotated[bool, Query()] = False) -> Response:
     api = state_of(request)
     return _render(request, "silences.html", principal, silences=_silences(api, expired), expired=expired)
 
@@ -455,9 +453,7 @@ async def expire_silence(request: Request, principal: Operator, silence_id: str)
 
 
 @router.get("/fragments/silences")
-async def silences_fragment(
-    request: Request, principal: Viewer, expired: Annotated[bool, Query()] = False
-) -> Response:
+async def silences_fragment(request: Request, principal: Viewer, expired: Annotated[bool, Query()] = False) -> Response:
     api = state_of(request)
     return _render(request, "_silences.html", principal, silences=_silences(api, expired), expired=expired)
 
@@ -535,8 +531,8 @@ async def anomaly_replay(
     except series.SeriesError as exc:
         return _render(request, "_replay.html", principal, error=str(exc), replay=None, chart=None)
     if not points:
-        return _render(request, "_replay.html", principal, error="no values of this series in the topic's recent records",
-                       replay=None, chart=None)  # fmt: skip
+        missing = "no values of this series in the topic's recent records"
+        return _render(request, "_replay.html", principal, error=missing, replay=None, chart=None)
     result = await asyncio.to_thread(series.replay, series_id, source.metric, points, settings)
     live = {a.ts_event for a in api.views.anomalies.recent if a.series_id == series_id and a.kind == "anomaly"}
     chart = charts.series_chart(
@@ -555,7 +551,9 @@ async def anomaly_replay(
         score_floor=settings.report_floor,
     )  # fmt: skip
     both = sum(1 for n in result.flagged if result.points[n].ts_event in live)
-    return _render(request, "_replay.html", principal, error=None, replay=result, chart=chart, live=len(live), both=both)
+    return _render(
+        request, "_replay.html", principal, error=None, replay=result, chart=chart, live=len(live), both=both
+    )
 
 
 @router.get("/forecasts")
