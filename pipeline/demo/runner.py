@@ -425,7 +425,7 @@ async def _start_api(run: DemoRun, children: ChildGroup, home: Path, env: dict[s
     url = f"http://127.0.0.1:{port}"
     with os.fdopen(os.open(home / "api.env", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
         out.write(f"MARKETPRISM_API_URL={url}\nMARKETPRISM_API_TOKEN={token}\n")
-    run._step(f"operations API: {url}/docs  (operator token in {home / 'api.env'})")
+    run._step(f"operations API: {url}/docs  web console: {url}/login  (operator token in {home / 'api.env'})")
     run.console.print(f'  curl -H "Authorization: Bearer {token}" {url}/api/v1/alerts', soft_wrap=True, highlight=False)
     return url, token
 
