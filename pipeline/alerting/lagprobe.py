@@ -86,14 +86,18 @@ async def committed_offsets(
 
     A sink group's partitions that have no committed offset count as committed at 0: a sink that dies (or
     crash-loops) before its first commit is behind by everything written, and must not be invisible to the
-    probe (it was: the demo's sink killed one second into the scenario raised no SinkStalled at speed 1).
+    probe (it was: the demo's sink killed one second into the scenario raised no SinkStalled at speed 1). Once the
+    group has committed, only the topics it has committed on are completed so: a sink deployed for some topics
+    (``marketprism sink --topics``) is not behind, let alone stalled, on the topics it does not store.
     """
     # Ask for the registry's partitions by name: brokers differ in answering "all partitions" (Tansu fails it).
     wanted = [TopicPartition(settings.topic(t.name), p) for t in load_registry() for p in range(t.partitions)]
     answer = await asyncio.wait_for(admin.list_consumer_group_offsets(group, partitions=wanted), timeout_s)
     offsets = {tp: meta.offset for tp, meta in answer.items() if meta.offset >= 0}
+    stored = {tp.topic for tp in offsets}
     for tp in sink_partitions(settings, group):
-        offsets.setdefault(tp, 0)
+        if not stored or tp.topic in stored:
+            offsets.setdefault(tp, 0)
     return offsets
 
 

@@ -165,3 +165,24 @@ async def test_a_sink_that_never_committed_is_measured_behind_by_everything(topi
     stored = {t.name for t in load_registry() if t.sink}
     assert {x.topic for x in lags if x.group == sink_group} == stored
     assert not [x for x in lags if x.group == other_group], "a group that is not a sink stays unmeasured"
+
+
+async def test_a_sink_that_committed_is_measured_only_on_the_topics_it_stores(topics: Settings) -> None:
+    """A sink deployed for some topics commits on those only: the topics it does not store are not counted as
+    committed at 0 (they would look behind, and stalled, for ever)."""
+    group = f"{topics.topic_prefix}partial-sink"
+    await _commit_and_produce(topics, group, 5)  # committed on md.trades.v1 only
+    producer = make_producer(topics.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.topic("ops.dlq.v1"), b"{}", key=b"x")  # a stored topic it does not read
+        admin = AIOKafkaAdminClient(**lagprobe.client_options(topics.kafka))
+        await admin.start()
+        try:
+            committed = await lagprobe.committed_offsets(topics, admin, group)
+        finally:
+            await admin.close()
+    finally:
+        await producer.stop()
+    assert {tp.topic for tp in committed} == {topics.topic("md.trades.v1")}
+    assert len(committed) == 6

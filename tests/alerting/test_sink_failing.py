@@ -57,7 +57,11 @@ async def test_a_row_the_sink_cannot_store_fires_sink_failing_which_resolves_aft
                    SinkOptions(group_id=f"{topics.topic_prefix}sink", batch_rows=100, batch_interval_s=0.2)).run(stop)
     )  # fmt: skip
     engine_task = asyncio.create_task(
-        RuleEngineRunner(topics, load_rules(), RunnerOptions(start_from="earliest", idle_advance_us=0)).run(stop)
+        RuleEngineRunner(  # the probe watches the sink this test runs (the default groups run nowhere here)
+            topics,
+            load_rules(),
+            RunnerOptions(start_from="earliest", idle_advance_us=0, lag_groups=(f"{topics.topic_prefix}sink",)),
+        ).run(stop)
     )
     try:
         await producer.send("md.reference.v1", b"BTC-USD", _reference(now - 1_000_000))  # event time starts
