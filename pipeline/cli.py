@@ -90,7 +90,11 @@ def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     ctx.obj = _State.settings
-    configure_logging(_State.settings.log_level)
+    try:  # text on a terminal; JSON lines when MARKETPRISM_LOG_FORMAT says so (pipeline/observability/logs.py)
+        configure_logging(_State.settings.log_level, component=ctx.invoked_subcommand or "marketprism")
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     configure_clock(_State.settings.clock)  # pipeline time of this process (pipeline/clock.py)
 
 

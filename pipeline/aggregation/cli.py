@@ -43,6 +43,7 @@ def worker_command(
     from pipeline.aggregation.windows import WindowPolicy
     from pipeline.clock import from_settings
     from pipeline.observability.health import watch_faust
+    from pipeline.observability.logs import faust_worker_options
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
@@ -62,4 +63,6 @@ def worker_command(
     app = build_app(settings, config, clock=clock.now_us)
     serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     watch_faust(app)  # /healthz: the loop answers; /readyz: joined its group and caught up
-    faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    faust.Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, **faust_worker_options()
+    ).execute_from_commandline()

@@ -39,6 +39,7 @@ def worker(
 
     from pipeline.anomaly.agents import WorkerOptions, build_app
     from pipeline.observability.health import watch_faust
+    from pipeline.observability.logs import faust_worker_options
     from pipeline.observability.metrics import serve_metrics
 
     settings: Settings = ctx.obj
@@ -56,7 +57,9 @@ def worker(
     serve_metrics(settings.metrics_port, addr=settings.metrics_host)
     app = build_app(settings, options)
     watch_faust(app)  # /healthz: the loop answers; /readyz: joined its group and caught up
-    faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    faust.Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, **faust_worker_options()
+    ).execute_from_commandline()
 
 
 def _watch_groups(settings: Settings, specs: list[str]) -> dict[str, list[str]]:
