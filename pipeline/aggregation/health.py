@@ -25,6 +25,7 @@ from typing import Protocol
 from pipeline.aggregation.summaries import FeedPartial
 from pipeline.aggregation.windows import SECOND_US, window_start
 from pipeline.contracts import FeedMetrics
+from pipeline.percentile import percentile
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,6 @@ def health_score(
     integrity = max(0.0, 25.0 - 10.0 * (gaps + resyncs) - 2.0 * parse_errors)
     connectivity = 0.0 if connected is False else max(0.0, 15.0 - 7.5 * reconnects)
     return round(freshness + latency + integrity + connectivity, 1)
-
-
-def percentile(sorted_values: list[int], q: float) -> int:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, -(-len(sorted_values) * q // 100))
-    return sorted_values[int(rank) - 1]
 
 
 class FeedStatsCollector:

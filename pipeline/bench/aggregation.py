@@ -43,6 +43,7 @@ from pipeline.contracts.topics import BARS_1S, TRADE_BATCHES, TRADES
 from pipeline.infra import cpu_seconds, free_port
 from pipeline.infra.scratch import with_fresh_prefix
 from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.percentile import percentile
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -322,8 +323,7 @@ def _median(values: list[float]) -> float:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] if ordered else float("nan")
+    return percentile(sorted(values), q) if values else float("nan")
 
 
 def _runs(values: list[Rate]) -> str:

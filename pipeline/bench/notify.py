@@ -26,6 +26,7 @@ from pipeline.contracts.topics import ALERTS
 from pipeline.infra import free_port, scratch_broker
 from pipeline.kafka import RecordProducer, make_consumer, make_record_producer
 from pipeline.kafka.admin import describe
+from pipeline.percentile import percentile
 from pipeline.settings import Settings
 
 SENT_AT = "bench_sent_us"
@@ -110,8 +111,8 @@ def firing_alert(fingerprint: str, ts: int, **annotations: str) -> Alert:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    """``q`` as a fraction (0.99): the shared nearest-rank percentile."""
+    return percentile(sorted(values), q * 100)
 
 
 @dataclass

@@ -105,6 +105,9 @@ class _Window:
 
 
 def _quantile(ordered: list[int], q: float) -> int:
+    """Index ``int(q * n)``: one rank above :func:`pipeline.percentile.percentile` (nearest rank) for some
+    sizes. Kept as published: moving the collectors' ``lag_p50_us``/``lag_p99_us`` to nearest rank changes
+    the values on ``ops.feed_metrics.v1`` (a behaviour change, decided apart from the layout)."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
