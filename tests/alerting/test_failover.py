@@ -105,3 +105,40 @@ async def test_standby_takes_over_after_kill_9_and_nothing_is_doubled(  # type: 
             replica.close()
     assert before < len(expected)
     assert sorted(_key(a) for a in got) == expected
+
+
+async def test_a_frozen_engine_resumes_its_lease_and_doubles_nothing(  # type: ignore[no-untyped-def]
+    topics: Settings, tmp_path: Path, scenario, rec, kafka_io
+) -> None:
+    """SIGSTOP past the lease group's session timeout: the group drops the member; after SIGCONT the replica notices,
+    stops its engine, rejoins, gets the lease back and resumes from its checkpoint."""
+    seconds = _inputs(rec)
+    reference = scenario(RULES)
+    for t, records in enumerate(seconds):
+        reference.at(t, *records)
+    expected = sorted(_key(a) for a in reference.alerts)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    args = ("--no-core", "--rules", str(rules), "--from", "earliest", "--idle-advance", "0", "--lag-interval", "0")
+    replica = Replica(topics, tmp_path, 0, *args)
+    try:
+        assert await _roles([replica], {"active"}) == ["active"]
+        half = DURATION_S // 2
+        await kafka_io.produce(topics, [r for records in seconds[:half] for r in records])
+        await kafka_io.wait_for(topics, lambda got: len(got) >= len(expected) // 4)
+        replica.proc.send_signal(signal.SIGSTOP)
+        # frozen until the group has dropped it: a second member joining completes a rebalance only without it
+        probe = Replica(topics, tmp_path, 1, *args)
+        try:
+            assert await _roles([probe], {"active"}) == ["active"]
+        finally:
+            probe.close()  # a clean leave: nothing for it to publish beyond what the restore skips
+        replica.proc.send_signal(signal.SIGCONT)
+        await kafka_io.produce(topics, [r for records in seconds[half:] for r in records])
+        assert await _roles([replica], {"active"}) == ["active"]
+        got = await kafka_io.wait_for(topics, lambda alerts: len(alerts) >= len(expected), wait_s=180)
+        replica.close()
+        got = await kafka_io.wait_for(topics, lambda alerts: True)
+    finally:
+        replica.close()
+    assert sorted(_key(a) for a in got) == expected
