@@ -6,7 +6,9 @@ were seen), calibration (each raw score becomes the z-score of its short-term me
 long-term distribution, after the "anomaly likelihood" of Numenta's detector), the combination
 (the most confident detector wins and is named as the contributor), ADWIN drift detection (after a
 regime change the robust window keeps only the new regime), not learning anomalous points, and a
-refractory period after a report so one incident yields one report rather than a burst.
+refractory period after a report so one incident yields one report rather than a burst. Two options
+(off unless set; docs/anomaly.md): a range check (a value far beyond everything seen, after HTM's spatial
+anomaly) and a record gate (a calibrated score counts fully only when it beats the detector's recent peak).
 
 The same :class:`SeriesDetector` runs in the Faust agents and in the NAB harness.
 """
@@ -61,13 +63,41 @@ class DetectorConfig:
     # noise is spiky but whose incidents are large (feed staleness, message rate) use it (registry.METRIC_POLICY).
     min_effect: float = 0.0
     min_effect_rel: float = 0.0
+    # Range (after HTM's "spatial anomaly"): a value beyond everything the series has seen by more than
+    # ``spatial_tolerance`` of its range scores at least ``spatial_score`` (0: off).
+    spatial_tolerance: float = 0.0
+    spatial_score: float = 0.9
+    # Record gate: a calibrated score counts fully only when the detector's short-term mean beats
+    # ``record_ratio`` x its own decaying peak (half-life ``record_halflife`` points; 0: off), else it is
+    # scaled by (mean / bar) ** ``record_power``: the series' ordinary bursts stop looking new.
+    record_halflife: int = 0
+    record_ratio: float = 1.0
+    record_power: float = 2.0
 
 
 class TailCalibrator:
     """Raw score -> z-score of its short-term mean against the long-term (exponentially weighted) distribution."""
 
-    def __init__(self, long_window: int, short_window: int, min_points: int):
+    # class-level defaults: a calibrator restored from a checkpoint written before the record gate has it off
+    decay = 0.0
+    peak = 0.0
+    record_ratio = 1.0
+    record_power = 2.0
+
+    def __init__(
+        self,
+        long_window: int,
+        short_window: int,
+        min_points: int,
+        record_halflife: int = 0,
+        record_ratio: float = 1.0,
+        record_power: float = 2.0,
+    ):
         self.alpha = 2.0 / (long_window + 1.0)
+        self.decay = 0.5 ** (1.0 / record_halflife) if record_halflife > 0 else 0.0
+        self.record_ratio = record_ratio
+        self.record_power = record_power
+        self.peak = 0.0
         self.short: deque[float] = deque(maxlen=short_window)
         self.short_sum = 0.0
         self.min_points = min_points
@@ -89,6 +119,12 @@ class TailCalibrator:
             sd = math.sqrt(self.var) if self.var > 0.0 else 0.0
             floor = 1e-6 * abs(mean) if abs(mean) > 1.0 else 1e-6
             z = (value - mean) / (sd if sd > floor else floor)
+            if self.decay > 0.0 and z > 0.0:
+                bar = self.record_ratio * self.peak
+                if value < bar:
+                    z *= (value / bar) ** self.record_power
+        if self.decay > 0.0:
+            self.peak = max(value, self.peak * self.decay)
         self.n += 1
         a = 1.0 / self.n if self.n * self.alpha < 1.0 else self.alpha
         delta = value - mean
@@ -119,6 +155,10 @@ class Scored:
 class SeriesDetector:
     """Score-then-learn on each value of one series."""
 
+    # class-level defaults for detectors restored from checkpoints written before the range check
+    low = math.inf
+    high = -math.inf
+
     def __init__(self, config: DetectorConfig | None = None):
         self.config = c = config or DetectorConfig()
         self.robust = RobustZScore(c.robust_window)
@@ -132,10 +172,17 @@ class SeriesDetector:
             "seasonal": self.seasonal,
         }
         self.detectors = {name: det for name, det in everything.items() if name in c.detectors}
-        self.calibrators = {name: TailCalibrator(c.calib_long, c.calib_short, c.calib_min) for name in self.detectors}
+        self.calibrators = {
+            name: TailCalibrator(
+                c.calib_long, c.calib_short, c.calib_min, c.record_halflife, c.record_ratio, c.record_power
+            )
+            for name in self.detectors
+        }
         self.adwin = drift.ADWIN(delta=c.adwin_delta)
         self.seen = 0
         self.cooldown = 0
+        self.low = math.inf
+        self.high = -math.inf
 
     @property
     def warm(self) -> bool:
@@ -150,6 +197,14 @@ class SeriesDetector:
         zs = {name: self.calibrators[name].update(r) if self.detectors[name].ready else 0.0 for name, r in raw.items()}
         detector = max(zs, key=zs.__getitem__)
         score = z_to_score(zs[detector], c.z_half) if self.warm else 0.0
+        if c.spatial_tolerance > 0.0 and self.warm and self.high > self.low:
+            margin = (self.high - self.low) * c.spatial_tolerance
+            if value > self.high + margin or value < self.low - margin:
+                score = max(score, c.spatial_score)
+                detector = "range"
+        if c.spatial_tolerance > 0.0:
+            self.low = min(self.low, value)
+            self.high = max(self.high, value)
         median, lower, upper = self.robust.expected()
         effect = max(c.min_effect, c.min_effect_rel * abs(median))
         if score >= c.report_floor and effect > 0.0 and abs(value - median) < effect:
