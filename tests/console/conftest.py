@@ -158,8 +158,9 @@ class Console:
     def alert_in_state(self, rule: str, text: str, state: str) -> Any:
         return self.page.get_by_role("listitem", name=f"{rule} {state}").filter(has_text=text)
 
-    async def shot(self, name: str) -> None:
-        """Screenshots at desktop (1280 px) and phone (390 px) width, when asked for."""
+    async def shot(self, name: str, dark: bool = False) -> None:
+        """Screenshots at desktop (1280 px) and phone (390 px) width (and the dark scheme at desktop width), when
+        asked for."""
         if not SCREENSHOTS:
             return
         SHOTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -167,6 +168,10 @@ class Console:
             await self.page.set_viewport_size({"width": width, "height": height})
             await self.page.screenshot(path=str(SHOTS_DIR / f"{name}-{suffix}.png"), full_page=True)
         await self.page.set_viewport_size({"width": 1280, "height": 900})
+        if dark:
+            await self.page.emulate_media(color_scheme="dark")
+            await self.page.screenshot(path=str(SHOTS_DIR / f"{name}-dark.png"), full_page=True)
+            await self.page.emulate_media(color_scheme="light")
 
 
 @contextlib.asynccontextmanager

@@ -199,7 +199,7 @@ async def test_every_page_renders_at_desktop_and_phone_width(stack: Stack, brows
         await expect(console.alert_in_state("LagHigh", "okx", "firing")).to_be_visible(timeout=WAIT_MS)
         await expect(console.alert_in_state("LagHigh", "coinbase", "firing")).to_be_visible(timeout=WAIT_MS)
         await expect(console.alert_in_state("FeedLatencyHigh", "okx", "firing")).to_be_visible(timeout=WAIT_MS)
-        await console.shot("alerts")
+        await console.shot("alerts", dark=True)
         await console.page.get_by_label("Group by").select_option("exchange")
         await expect(console.page.get_by_role("region", name=re.compile("exchange=okx"))).to_be_visible()
 
@@ -223,7 +223,7 @@ async def test_every_page_renders_at_desktop_and_phone_width(stack: Stack, brows
         await console.page.get_by_label("Warm-up points").fill("30")
         await console.page.get_by_role("button", name="Replay").click()
         await expect(console.page.get_by_role("img", name=re.compile("replay chart"))).to_be_visible(timeout=WAIT_MS)
-        await console.shot("anomalies")
+        await console.shot("anomalies", dark=True)
 
         await console.goto("/forecasts")
         await expect(console.page.get_by_role("rowheader", name=re.compile("health:dlq_per_s"))).to_be_visible()
