@@ -28,7 +28,12 @@ async def test_live_alert_ack_across_tabs_and_silence_from_alert(stack: Stack, b
         await expect(one.alert_in_state("LagHigh", "binance", "firing")).to_be_visible(timeout=WAIT_MS)
         await expect(two.alert_in_state("LagHigh", "binance", "firing")).to_be_visible(timeout=WAIT_MS)
 
-        await one.alert("LagHigh", "binance").get_by_role("button", name="Acknowledge").click()
+        async with tabs(browser, stack, context) as detail:  # a third tab on the alert's own page
+            fingerprint = await one.alert("LagHigh", "binance").get_attribute("data-fingerprint")
+            await detail.goto(f"/alerts/{fingerprint}")
+            await detail.live()
+            await one.alert("LagHigh", "binance").get_by_role("button", name="Acknowledge").click()
+            await expect(detail.page.get_by_role("heading", name="LagHigh acked")).to_be_visible(timeout=WAIT_MS)
         await expect(one.page.get_by_role("status").filter(has_text="ack:")).to_be_visible()
         # the default filter shows acked alerts: the other tab sees the new state without a reload
         await expect(two.alert_in_state("LagHigh", "binance", "acked")).to_be_visible(timeout=WAIT_MS)

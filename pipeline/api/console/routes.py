@@ -319,19 +319,34 @@ async def alert_page(request: Request, principal: Viewer, fingerprint: str) -> R
         request,
         "alert.html",
         principal,
-        alert=alert,
         labels=sorted(alert.labels.items()),
         annotations=sorted((k, v) for k, v in alert.annotations.items() if k != "runbook_url"),
-        runbook=pages.safe_link(alert.annotations.get("runbook_url")),
-        runbook_text=alert.annotations.get("runbook_url") or f"docs/operations.md#{alert.rule.lower()}",
-        silenced_by=silencing(api.views, alert, now),
         timeline=pages.timeline(transitions, notifications, [alert]),
         history_error=history_error,
         chart=chart,
         chart_note=chart_note,
         now=now,
         ago=pages.ago,
+        **_head(api, alert, now),
     )
+
+
+@router.get("/fragments/alerts/{fingerprint}/head")
+async def alert_head_fragment(request: Request, principal: Viewer, fingerprint: str) -> Response:
+    """The alert's state, facts and actions (re-read on every alert change while the detail page is open)."""
+    api = state_of(request)
+    alert = _alert(api, fingerprint)
+    now = process_clock().now_us()
+    return _render(request, "_alert_head.html", principal, now=now, **_head(api, alert, now))
+
+
+def _head(api: ApiState, alert: Alert, now: int) -> dict[str, Any]:
+    return {
+        "alert": alert,
+        "runbook": pages.safe_link(alert.annotations.get("runbook_url")),
+        "runbook_text": alert.annotations.get("runbook_url") or f"docs/operations.md#{alert.rule.lower()}",
+        "silenced_by": silencing(api.views, alert, now),
+    }
 
 
 async def _alert_chart(
