@@ -30,7 +30,7 @@ import msgspec
 from pipeline.aggregation.bars import OhlcvAggregation, OhlcvState
 from pipeline.aggregation.book import BookAggregation, BookState, Quote
 from pipeline.aggregation.windows import INTERVALS, NO_WATERMARK, Watermark, WindowPolicy, window_start
-from pipeline.contracts import Bar, BatchTrade, Bbo, Trade, TradeBatch
+from pipeline.contracts import Bar, Bbo, Trade, TradeBatch
 
 SECOND = INTERVALS["1s"]
 SEQ_BITS = 20  # a trade's arrival position: batch offset << SEQ_BITS | index in the batch
@@ -110,12 +110,7 @@ class PartitionAggregator:
 
     def add_trade(self, offset: int, trade: Trade, now_us: int) -> Verdict:
         """One trade as a batch of one at ``offset`` (hand-made sequences in tests)."""
-        batch = TradeBatch(
-            exchange=trade.exchange, symbol=trade.symbol, raw_symbol=trade.raw_symbol,
-            trades=[BatchTrade(trade_id=trade.trade_id, price=trade.price, size=trade.size, side=trade.side,
-                               ts_event=trade.ts_event, ts_recv=trade.ts_recv)],
-        )  # fmt: skip
-        rejected = self.add_trades(offset, batch, now_us)
+        rejected = self.add_trades(offset, TradeBatch.of([trade]), now_us)
         return "replayed" if rejected is None else rejected[0][1] if rejected else "ok"
 
     def add_trades(self, offset: int, batch: TradeBatch, now_us: int) -> list[tuple[int, Verdict]] | None:

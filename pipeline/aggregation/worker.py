@@ -64,15 +64,6 @@ _batch_decoder = decoder_for(TradeBatch)
 _bbo_decoder = decoder_for(Bbo)
 
 
-def _trade_of(batch: TradeBatch, index: int) -> Trade:
-    """The ``md.trades.v1`` form of one trade of a batch (what a dead letter carries)."""
-    t = batch.trades[index]
-    return Trade(
-        exchange=batch.exchange, symbol=batch.symbol, raw_symbol=batch.raw_symbol, trade_id=t.trade_id,
-        price=t.price, size=t.size, side=t.side, ts_event=t.ts_event, ts_recv=t.ts_recv,
-    )  # fmt: skip
-
-
 def _mark_read(state: PartitionState, is_trades: bool, offset: int) -> None:
     """Record ``offset`` as the last one read of its topic (applied, or dead-lettered whole)."""
     if is_trades:
@@ -248,11 +239,11 @@ class BarWorker:
             self.feed.observe_many(trades.exchange, "trades", trades.trades)
             for index, verdict in rejected:
                 if verdict == "late":
-                    trade = _trade_of(trades, index)
+                    trade = trades.trade(index)
                     dead.append(("late", self._late_reason(engine, trade), item, trade.exchange, encode(trade)))
                 elif verdict == "invalid":
                     error = "price and size must be positive"
-                    dead.append(("invalid", error, item, trades.exchange, encode(_trade_of(trades, index))))
+                    dead.append(("invalid", error, item, trades.exchange, encode(trades.trade(index))))
         else:
             try:
                 bbo = _bbo_decoder.decode(item.value)

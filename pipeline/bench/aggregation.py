@@ -38,7 +38,7 @@ import httpx
 import psutil
 
 from pipeline.aggregation.app import ensure_internal_topics
-from pipeline.contracts import Bar, BatchTrade, Trade, TradeBatch, decoder_for, encode, market_key
+from pipeline.contracts import Bar, Trade, TradeBatch, decoder_for, encode, market_key
 from pipeline.contracts.topics import BARS_1S, TRADE_BATCHES, TRADES
 from pipeline.infra import cpu_seconds, free_port
 from pipeline.infra.scratch import with_fresh_prefix
@@ -78,12 +78,7 @@ class Rate:
 
 
 def _batch(trades: list[Trade]) -> TradeBatch:
-    first = trades[0]
-    return TradeBatch(
-        exchange=first.exchange, symbol=first.symbol, raw_symbol=first.raw_symbol,
-        trades=[BatchTrade(trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
-                           ts_recv=t.ts_recv) for t in trades],
-    )  # fmt: skip
+    return TradeBatch.of(trades)
 
 
 class Batcher:

@@ -25,10 +25,7 @@ def trades_of(records: Iterable[tuple[int, int, bytes]]) -> dict[int, list[tuple
     out: dict[int, list[tuple[Arrival, Trade]]] = defaultdict(list)
     for partition, offset, value in records:
         batch = decode(TradeBatch, value)
-        for index, t in enumerate(batch.trades):
-            trade = Trade(exchange=batch.exchange, symbol=batch.symbol, raw_symbol=batch.raw_symbol,
-                          trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
-                          ts_recv=t.ts_recv)  # fmt: skip
+        for index, trade in enumerate(batch.unbatched()):
             out[partition].append(((partition, offset, index), trade))
     return {p: sorted(items, key=lambda item: item[0]) for p, items in out.items()}
 

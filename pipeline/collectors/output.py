@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaError
 from pipeline.backoff import Backoff
 from pipeline.collectors.base import TOPIC_OF
 from pipeline.collectors.metrics import BOOKS_BROKEN, OVERFLOW, QUEUE_DEPTH
-from pipeline.contracts import BatchTrade, BookUpdate, FeedMetrics, Record, Trade, TradeBatch, encode, market_key
+from pipeline.contracts import BookUpdate, FeedMetrics, Record, Trade, TradeBatch, encode, market_key
 from pipeline.contracts.topics import FEED_METRICS, TRADE_BATCHES
 from pipeline.kafka import DeadLetterPublisher, RecordProducer
 
@@ -238,13 +238,7 @@ class Output:
         self.sent += 1
 
     async def _send_batch(self, key: bytes, trades: list[Trade]) -> None:
-        first = trades[0]
-        batch = TradeBatch(
-            exchange=first.exchange, symbol=first.symbol, raw_symbol=first.raw_symbol,
-            trades=[BatchTrade(trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
-                               ts_recv=t.ts_recv) for t in trades],
-        )  # fmt: skip
-        await self.producer.send_raw(TRADE_BATCHES_TOPIC, key, encode(batch))
+        await self.producer.send_raw(TRADE_BATCHES_TOPIC, key, encode(TradeBatch.of(trades)))
         self.batches += 1
 
     async def drain(self) -> None:

@@ -11,6 +11,7 @@ field's type never changes; a breaking change is a new topic version.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import msgspec
@@ -70,6 +71,28 @@ class TradeBatch(Record, frozen=True):
     symbol: Symbol
     raw_symbol: str
     trades: Annotated[list[BatchTrade], msgspec.Meta(min_length=1)]
+
+    @classmethod
+    def of(cls, trades: Sequence[Trade]) -> TradeBatch:
+        """The batch of ``trades`` (one market's, in order; the market is the first trade's)."""
+        first = trades[0]
+        return cls(
+            exchange=first.exchange, symbol=first.symbol, raw_symbol=first.raw_symbol,
+            trades=[BatchTrade(trade_id=t.trade_id, price=t.price, size=t.size, side=t.side, ts_event=t.ts_event,
+                               ts_recv=t.ts_recv) for t in trades],
+        )  # fmt: skip
+
+    def trade(self, index: int) -> Trade:
+        """The ``md.trades.v1`` form of the batch's ``index``-th trade."""
+        t = self.trades[index]
+        return Trade(
+            exchange=self.exchange, symbol=self.symbol, raw_symbol=self.raw_symbol, trade_id=t.trade_id,
+            price=t.price, size=t.size, side=t.side, ts_event=t.ts_event, ts_recv=t.ts_recv,
+        )  # fmt: skip
+
+    def unbatched(self) -> list[Trade]:
+        """Every trade of the batch in its ``md.trades.v1`` form, in order."""
+        return [self.trade(index) for index in range(len(self.trades))]
 
 
 class BookUpdate(Record, frozen=True):
