@@ -89,3 +89,26 @@ def test_the_checks_see_what_they_forbid() -> None:
     assert any(isinstance(n, ast.Constant) and n.value == "md.trades.v1" for n in ast.walk(tree))
     assert sum(1 for _ in _modules()) > 100
     assert _under("pipeline/api/app.py", TEMPORARY_EXEMPTIONS) and not _under("pipeline/apix.py", ("pipeline/api",))
+
+
+def test_each_package_has_a_root_error_its_errors_derive_from() -> None:
+    from pipeline.aggregation.errors import AggregationError, PartitioningError
+    from pipeline.collectors.base import CollectorError, FrameError, SubscriptionError
+    from pipeline.kafka.admin import TopicApplyError
+    from pipeline.kafka.errors import KafkaPlumbingError
+    from pipeline.kafka.sealed import SealError
+    from pipeline.notify.base import ChannelError, ConfigError, NotifyError
+    from pipeline.sinks.base import ConversionError, RejectedError, SinkBackpressureError, SinkError, UnavailableError
+
+    for root, errors in (
+        (AggregationError, (PartitioningError,)),
+        (KafkaPlumbingError, (TopicApplyError, SealError)),
+        (CollectorError, (FrameError, SubscriptionError)),
+        (NotifyError, (ConfigError, ChannelError)),
+        (SinkError, (SinkBackpressureError, UnavailableError, ConversionError, RejectedError)),
+    ):
+        for error in errors:
+            assert issubclass(error, root), (error, root)
+    # the roots were added beside the built-in bases callers already catch
+    assert issubclass(PartitioningError, ValueError) and issubclass(SealError, ValueError)
+    assert issubclass(TopicApplyError, RuntimeError)

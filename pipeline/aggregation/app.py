@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.types import TP, TableT
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from pipeline.aggregation.errors import PartitioningError
 from pipeline.aggregation.feeds import FEED_METRICS_TOPIC, FeedsWorker
 from pipeline.aggregation.health import FeedHealthTracker
 from pipeline.aggregation.outputs import Outputs
@@ -218,7 +219,7 @@ def build_app(
     registry = load_registry()
     partitions = registry.get(TRADE_BATCHES).partitions
     if registry.get(BBO.name).partitions != partitions:
-        raise ValueError(f"{TRADE_BATCHES} and {BBO.name} must have the same partition count (co-partitioned)")
+        raise PartitioningError(f"{TRADE_BATCHES} and {BBO.name} must have the same partition count (co-partitioned)")
     options: dict[str, Any] = {
         "topic_partitions": partitions,
         "broker_commit_interval": config.commit_interval_s,

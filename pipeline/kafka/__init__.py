@@ -9,10 +9,12 @@ from pipeline.kafka.clients import (
     make_record_producer,
 )
 from pipeline.kafka.dlq import DeadLetterPublisher
+from pipeline.kafka.errors import KafkaPlumbingError
 from pipeline.kafka.producer import RecordProducer
 
 __all__ = [
     "DeadLetterPublisher",
+    "KafkaPlumbingError",
     "RecordProducer",
     "client_options",
     "consumer_options",

@@ -19,12 +19,13 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.contracts.topics import Replication, Topic, TopicRegistry
 from pipeline.kafka.clients import client_options
+from pipeline.kafka.errors import KafkaPlumbingError
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-class TopicApplyError(RuntimeError):
+class TopicApplyError(KafkaPlumbingError, RuntimeError):
     """The broker could not be made to match the registry (the message says what and why)."""
 
 

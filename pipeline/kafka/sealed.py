@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.kafka.errors import KafkaPlumbingError
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ TAG_BYTES = 32
 KEY_FILE = Path("secrets") / "checkpoint.key"
 
 
-class SealError(ValueError):
+class SealError(KafkaPlumbingError, ValueError):
     """A sealed record was refused; ``reason`` names why (``too_large``, ``unsealed``, ``bad_tag``)."""
 
     def __init__(self, reason: str, message: str):
