@@ -25,7 +25,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
 .PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
-	clickhouse-server amtool stunnel pytest bench-nightly image image-push image-check image-scan dist clean
+	clickhouse-server amtool stunnel chromium kubectl pytest bench-nightly image image-push image-check image-scan dist clean
 
 $(UV):
 	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
@@ -66,7 +66,7 @@ actionlint: venv
 	$(BIN)/actionlint -color=false .github/workflows/*.yml
 
 # Rule files, notifier configs, the topic registry and its schemas, compose and deployment files.
-configs: venv
+configs: venv kubectl
 	$(BIN)/marketprism alerts rules --rules pipeline/demo/rules.yaml > /dev/null
 	$(BIN)/marketprism notify check --routes infra/notify.yaml > /dev/null
 	$(BIN)/marketprism topics list > /dev/null
@@ -100,7 +100,16 @@ amtool:
 stunnel:
 	$(call apt_install,stunnel4,stunnel4)
 
-pytest: venv clickhouse-server amtool stunnel
+# Debian's Chromium: the real browser the console tests drive through Playwright (Playwright's own download cannot
+# work here).
+chromium:
+	$(call apt_install,chromium,chromium)
+
+# Debian's kubernetes-client: `kubectl kustomize` renders deploy/k8s for the offline manifest checks.
+kubectl:
+	$(call apt_install,kubernetes-client,kubectl)
+
+pytest: venv clickhouse-server amtool stunnel chromium kubectl
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: check pytest
