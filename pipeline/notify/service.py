@@ -34,6 +34,7 @@ from pipeline.notify.group import episode_start
 from pipeline.notify.lease import Lease
 from pipeline.notify.nflog import INTENT, SETTLED, NotificationLog
 from pipeline.notify.notifier import Notifier
+from pipeline.observability.health import HEALTH, flag
 from pipeline.observability.metrics import counter, gauge
 from pipeline.settings import Settings
 
@@ -140,6 +141,7 @@ class NotifyService:
         self._alert_decoder = decoder_for(Alert)
         self._note_decoder = decoder_for(Notification)
         self.nflog = NotificationLog()
+        self.ready = asyncio.Event()  # caught up on both topics and in the lease group (/readyz)
 
     async def run(self, stop: asyncio.Event) -> None:
         producer = make_record_producer(self._settings.kafka, self._settings.topic_prefix)
@@ -158,6 +160,7 @@ class NotifyService:
             backlog = await self._catch_up(consumer, tps, dlq)
             log.info("notifier caught up: %d alerts, %d settled notifications", len(backlog.latest), len(self.nflog))
             await lease.start()
+            self.ready.set()
             await self._loop(consumer, notifier, dlq, stop, lease, backlog)
         finally:
             await lease.stop()
@@ -264,6 +267,9 @@ class NotifyService:
 async def serve(settings: Settings, config: NotifierConfig, stop: asyncio.Event) -> None:
     """Run the notifier until ``stop`` is set (the CLI sets it on SIGINT/SIGTERM)."""
     try:
-        await NotifyService(settings, config, from_settings(settings.clock)).run(stop)
+        service = NotifyService(settings, config, from_settings(settings.clock))
+        HEALTH.attach()  # /healthz: this loop answers; /readyz: caught up and in the lease group
+        HEALTH.add("notifier", flag(service.ready, "catching up on ops.alerts.v1 and ops.notifications.v1"))
+        await service.run(stop)
     except TimeoutError as exc:
         raise NotifyError("topics did not appear; is the broker up and the registry applied?") from exc
