@@ -41,6 +41,10 @@ def bench_nab(
     cv: Annotated[
         bool, typer.Option(help="instead: the 2-fold cross-validation of docs/anomaly.md over nab_cv.GRID")
     ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a DetectorConfig field for every file: NAME=VALUE (repeatable)"),
+    ] = None,
 ) -> None:
     """Stream every NAB file through the detector, write NAB's result layout and score all profiles (with
     ``--official NAB``: also by NAB's own scorer, which must agree with ours to 0.01)."""
@@ -49,7 +53,7 @@ def bench_nab(
     from pipeline.anomaly.ensemble import DetectorConfig
     from pipeline.bench.anomaly.nab import run_benchmark
 
-    config = DetectorConfig()
+    config = _config(DetectorConfig(), set_ or [])
     started = time.perf_counter()
     if cv:
         _cross_validate(nab_dir, config, jobs, file)
@@ -76,6 +80,30 @@ def bench_nab(
         _official(official, results, official_venv, official_python, jobs, {r.profile: r.score for r in scores}, file)
 
 
+def _config(base: DetectorConfig, overrides: list[str]) -> DetectorConfig:
+    """``base`` with ``NAME=VALUE`` overrides, each value parsed as the field's current type."""
+    import dataclasses
+
+    changes: dict[str, object] = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        current = getattr(base, name, None)
+        if not sep or name not in {f.name for f in dataclasses.fields(base)} or isinstance(current, tuple):
+            raise typer.BadParameter(
+                f"expected a scalar DetectorConfig field NAME=VALUE, got {item!r}", param_hint="--set"
+            )
+        try:
+            if isinstance(current, bool):
+                changes[name] = text.lower() in ("1", "true", "yes")
+            elif current is None:
+                changes[name] = None if text.lower() == "none" else float(text)
+            else:
+                changes[name] = type(current)(text)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{name}: {exc}", param_hint="--set") from exc
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
 def _cross_validate(nab_dir: Path, config: DetectorConfig, jobs: int, files: list[str] | None) -> None:
     from pipeline.bench.anomaly.nab_cv import run_cv
 
@@ -93,7 +121,7 @@ def _cross_validate(nab_dir: Path, config: DetectorConfig, jobs: int, files: lis
                 f"{scores['reward_low_FN_rate']:.2f}",
                 how,
             )
-    console.print(table)
+    console.print(table, width=max(console.width, 160))
     full = ", ".join(f"{k} {v:.2f}" for k, v in result.full.items())
     console.print(f"final parameters (picked on all files): {result.final_params}; full corpus: {full}")
 
