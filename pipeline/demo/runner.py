@@ -114,6 +114,9 @@ class DemoRun:
 
 
 MIN_LEAD_S, MAX_LEAD_S = 15.0, 120.0
+# Wall seconds before the origin the collectors start: time to import and connect, and less than a silent stream
+# takes to raise FeedStalled (30 s stale + 15 s) or MessageRateCollapse (its drop + 30 s)
+COLLECT_LEAD_S = 30.0
 LEAD_PER_IMPORT_S = 15.0  # lead per second one component takes to import here (ten start at once on a few cores)
 
 
@@ -337,6 +340,12 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         children.start("notify", ["notify", "--routes", str(home / "notify.yaml")], metrics_env())
         api = await _start_api(run, children, home, metrics_env())
         await asyncio.to_thread(_wait_port, sim_port, 60, lambda: simulator.alive)
+        # the collectors start at most COLLECT_LEAD_S before the origin: the simulator sends nothing before it, so
+        # collectors connected long before sat on silent streams, and a loaded run's long lead (55 s measured) turned
+        # that silence into FeedStalled and MessageRateCollapse on every stream before the scenario began
+        early_s = clock.wall_us(origin_us) / 1e6 - time.time() - min(lead_s, COLLECT_LEAD_S)
+        if early_s > 0:
+            await asyncio.sleep(early_s)
         children.start("collect", ["collect"], metrics_env() | collect_env)
         ready_us = await _collectors_connected(f"http://{base}/sim/status", list(symbols), wait_s=60)
         ready_before_s = None if ready_us is None else (clock.wall_us(origin_us) - ready_us) / 1e6
