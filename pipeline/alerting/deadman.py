@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 RULE = "RuleEngineDown"
 SILENCE_S = 15.0  # wall seconds without a heartbeat: three missed 5 s heartbeats
 STARTUP_GRACE_S = 120.0  # wall seconds an engine never seen beating has to start before it is paged
-LABELS = {"component": "alerting", "category": "pipeline", "team": "platform"}
+# as the engine labels its alerts (engine.py: the rule's labels, its `by` values, alertname and severity)
+LABELS = {"component": "alerting", "category": "pipeline", "team": "platform", "alertname": RULE, "severity": "P1"}
 
 
 @dataclass
