@@ -22,9 +22,11 @@ What is recorded (every projection is deterministic: no wall-clock field enters 
     simulated time as receipt time; then every ``Trade`` and ``Bbo`` of it, in that order, into one
     aggregation :class:`~pipeline.aggregation.engine.PartitionAggregator` (default window policy,
     ``now`` = the record's receipt time, offsets counting records, windows closed after each record
-    and at the end one hour of simulated time later): ``bars.bin``, the encoded ``Bar`` values. This
-    is the deterministic core of the pipeline; the broker round trip and the Faust worker's batching
-    by wall time are not in it.
+    and at the end one hour of simulated time later): ``bars.bin``, the encoded ``Bar`` values; then
+    those records and bars through the ClickHouse sink (embedded chdb, its own migrations, one partition
+    per topic, offsets counting records): ``rows.bin``, every table's rows ordered by coordinates, every
+    column but the wall-clock ``_ingested_at``. This is the deterministic core of the pipeline; the broker
+    round trip and the Faust worker's batching by wall time are not in it.
 (c) ``nab.json``: the project's NAB scoring run (``run_benchmark`` of the NAB harness, as ``marketprism
     bench nab`` runs it, default ``DetectorConfig``, 2 processes) on a fixed subset of five corpus files
     (``NAB_FILES`` below) so it finishes in minutes; every profile's result (score, threshold, TP/FP/FN,
@@ -242,6 +244,53 @@ def simulator_through_pipeline(out: Path) -> None:
         bars.extend(encode(bar) for bar in aggregator.close_windows(last))
     bars.extend(encode(bar) for bar in aggregator.close_windows(last + 3_600_000_000))
     (sim / "bars.bin").write_bytes(b"\n".join(bars) + b"\n")
+    sink_rows(sim, tap.lines, bars)
+
+
+def sink_rows(sim: Path, lines: list[bytes], bars: list[bytes]) -> None:
+    """(b, rows) The simulated records and the bars through the ClickHouse sink (embedded chdb, the sink's own
+    migrations), each topic's rows read back ordered by coordinates, every column but ``_ingested_at``."""
+    import asyncio
+    import tempfile
+
+    from pipeline.contracts import Bar, decode, load_registry
+    from pipeline.sinks.factory import make_sink
+    from pipeline.sinks.schema import table_for
+
+    values: list[tuple[str, bytes]] = []
+    for line in lines:
+        topic, _, rest = line.partition(b"\t")
+        if topic != b"DEAD":
+            values.append((topic.decode(), rest.partition(b"\t")[2]))
+    values += [(f"md.bars.{decode(Bar, value).interval}.v1", value) for value in bars]
+
+    async def run(path: str) -> list[bytes]:
+        registry = load_registry()
+        sink = make_sink(f"chdb://{path}", registry)
+        await sink.setup()
+        out: list[bytes] = []
+        try:
+            offsets: dict[str, int] = {}
+            for n, (topic, value) in enumerate(values, 1):
+                offset = offsets.get(topic, 0)
+                sink.add(topic, 0, offset, value)
+                offsets[topic] = offset + 1
+                if n % 5000 == 0:
+                    assert not (await sink.flush()).dead
+            assert not (await sink.flush()).dead
+            for name in sorted(offsets):
+                table = table_for(registry.get(name)).name
+                rows = await sink.fetch(
+                    f"SELECT * EXCEPT (_ingested_at) FROM {table} ORDER BY _topic, _partition, _offset"  # noqa: S608
+                )
+                out += [f"{name}\t{row!r}".encode() for row in rows]
+        finally:
+            await sink.close()
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = asyncio.run(run(str(Path(tmp) / "db")))
+    (sim / "rows.bin").write_bytes(b"\n".join(rows) + b"\n")
 
 
 NAB_FILES = (
