@@ -51,6 +51,24 @@ class Replica:
         self.log.close()
 
 
+async def _lease_taken(settings: Settings, engine_id: str, wait_s: float = 120.0) -> bool:
+    """Join the engine id's lease group without running an engine; True once this member holds the lease (then it
+    leaves the group)."""
+    from pipeline.alerting.lease import EngineLease
+
+    lease = EngineLease(settings, engine_id)
+    await lease.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while not lease.held and loop.time() < deadline:
+            await lease.poll()
+            await asyncio.sleep(0.2)
+        return lease.held
+    finally:
+        await lease.stop()
+
+
 async def _roles(replicas: list[Replica], want: set[str], wait_s: float = 120.0) -> list[str | None]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
@@ -111,7 +129,8 @@ async def test_a_frozen_engine_resumes_its_lease_and_doubles_nothing(  # type: i
     topics: Settings, tmp_path: Path, scenario, rec, kafka_io
 ) -> None:
     """SIGSTOP past the lease group's session timeout: the group drops the member; after SIGCONT the replica notices,
-    stops its engine, rejoins, gets the lease back and resumes from its checkpoint."""
+    stops its engine, rejoins, gets the lease back and resumes from its checkpoint. (A second replica active during
+    the freeze is the case the lease does not cover: pipeline/alerting/lease.py.)"""
     seconds = _inputs(rec)
     reference = scenario(RULES)
     for t, records in enumerate(seconds):
@@ -127,12 +146,9 @@ async def test_a_frozen_engine_resumes_its_lease_and_doubles_nothing(  # type: i
         await kafka_io.produce(topics, [r for records in seconds[:half] for r in records])
         await kafka_io.wait_for(topics, lambda got: len(got) >= len(expected) // 4)
         replica.proc.send_signal(signal.SIGSTOP)
-        # frozen until the group has dropped it: a second member joining completes a rebalance only without it
-        probe = Replica(topics, tmp_path, 1, *args)
-        try:
-            assert await _roles([probe], {"active"}) == ["active"]
-        finally:
-            probe.close()  # a clean leave: nothing for it to publish beyond what the restore skips
+        # frozen until the group has dropped it: a bare lease member (no engine: nobody publishes meanwhile) joins, and
+        # gets the lease once the coordinator has evicted the frozen one; then it leaves
+        assert await _lease_taken(topics, "alerting")
         replica.proc.send_signal(signal.SIGCONT)
         await kafka_io.produce(topics, [r for records in seconds[half:] for r in records])
         assert await _roles([replica], {"active"}) == ["active"]
