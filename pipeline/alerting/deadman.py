@@ -7,8 +7,9 @@ engine evaluates. The watcher (run inside ``marketprism notify``, the process th
 Alertmanager's answer is an always-firing Watchdog alert and an outside service paging on its absence, which puts
 the watching in a third system) reads those end offsets every second (a ListOffsets call: no checkpoint body is
 fetched) and fires when they have not moved for ``silence_s`` wall seconds (15 s: three missed heartbeats) once it
-has seen the engine beat (a move), or ``startup_grace_s`` (120 s) after its own start if it never has (an engine
-that never came up; the grace keeps a slow start-up on a loaded machine from paging); it resolves on the next
+has seen the engine beat (a move), or ``startup_grace_s`` (120 s) after its own start if it never has but an
+engine has checkpointed here before (one that did not come back; the grace keeps a slow start-up on a loaded
+machine from paging; a notifier used without any engine, an empty topic, is never paged); it resolves on the next
 move. A killed (SIGKILL), hung (SIGSTOP) or wedged engine is thus paged 15-17 s after it stops, by a process that
 does not share its fate. One watcher watches every engine writing to the topic (a deployment runs one engine, or
 several behind one checkpoint topic: any heartbeat counts).
@@ -79,7 +80,8 @@ class EngineWatch:
             return None
         assert self._moved_at is not None
         silent = wall_s - self._moved_at
-        armed = self._beat_seen or wall_s - self._started_at >= self.startup_grace_s
+        known = self._beat_seen or self._end > 0  # an engine has run against this topic
+        armed = self._beat_seen or (known and wall_s - self._started_at >= self.startup_grace_s)
         if self.firing is None and armed and silent >= self.silence_s:
             return self._transition("firing", now_us, silent)
         return None

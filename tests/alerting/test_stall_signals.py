@@ -86,10 +86,13 @@ def test_a_restarted_watcher_continues_the_versions_and_resolves_a_page_left_fir
 
 def test_an_engine_never_seen_beating_is_paged_only_after_the_start_up_grace() -> None:
     watch = EngineWatch(silence_s=15.0, startup_grace_s=120.0)
-    assert watch.observe(0, wall_s=0.0, now_us=1) is None
-    assert watch.observe(0, wall_s=60.0, now_us=2) is None  # a slow start-up on a loaded machine is not a death
-    fired = watch.observe(0, wall_s=120.0, now_us=3)
+    assert watch.observe(4, wall_s=0.0, now_us=1) is None  # an engine checkpointed here before
+    assert watch.observe(4, wall_s=60.0, now_us=2) is None  # a slow start-up on a loaded machine is not a death
+    fired = watch.observe(4, wall_s=120.0, now_us=3)
     assert fired is not None and fired.state == "firing"
+    # a notifier used without any engine (nothing ever checkpointed) is never paged about one
+    alone = EngineWatch(silence_s=15.0, startup_grace_s=120.0)
+    assert all(alone.observe(0, wall_s=t, now_us=1) is None for t in (0.0, 120.0, 3600.0))
 
 
 def test_a_few_records_waiting_on_a_group_nobody_runs_are_not_a_stall(scenario, rec) -> None:  # type: ignore[no-untyped-def]
