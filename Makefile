@@ -25,7 +25,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
 .PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
-	clickhouse-server amtool stunnel chromium kubectl pytest bench-nightly image image-push image-check image-scan dist clean
+	clickhouse-server amtool stunnel chromium kubectl policy pytest bench-nightly image image-push image-check image-scan dist clean
 
 $(UV):
 	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
@@ -36,8 +36,16 @@ $(UV):
 venv: $(UV)
 	@$(UV) sync --locked --quiet --python $(PYTHON_BIN) || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
 
+# checkov (the policy scan of deploy/k8s) in a locked environment of its own: its pins would downgrade the
+# project's test tools (pytest, packaging) if it shared the project's lock.
+POLICY_ENV := .tools/policy
+policy: $(UV)
+	@cd tools/policy && UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(POLICY_ENV) $(CURDIR)/$(UV) sync --locked --quiet --python $(PYTHON_BIN) \
+		|| { echo "tools/policy/uv.lock does not match its pyproject.toml: run make lock"; exit 1; }
+
 lock: $(UV)
 	$(UV) lock $(if $(UPGRADE),--upgrade,)
+	cd tools/policy && $(CURDIR)/$(UV) lock $(if $(UPGRADE),--upgrade,)
 
 demo: venv
 	$(BIN)/marketprism demo
@@ -66,7 +74,7 @@ actionlint: venv
 	$(BIN)/actionlint -color=false .github/workflows/*.yml
 
 # Rule files, notifier configs, the topic registry and its schemas, compose and deployment files.
-configs: venv kubectl
+configs: venv kubectl policy
 	$(BIN)/marketprism alerts rules --rules pipeline/demo/rules.yaml > /dev/null
 	$(BIN)/marketprism notify check --routes infra/notify.yaml > /dev/null
 	$(BIN)/marketprism topics list > /dev/null
