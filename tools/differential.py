@@ -164,10 +164,11 @@ def simulator_through_pipeline(out: Path) -> None:
     answered: dict[str, set[Any]] = {}
     ids = iter(range(1, 1_000_000))
 
-    def deliver(venue: str, plan: Any, conn: Connection, texts: list[str], now: int) -> None:
+    def deliver(venue: str, plan: Any, conn: Connection, texts: list[str], now: int, key: str | None = None) -> None:
+        """``texts`` to the runtime as the simulator's server renders them (``key``: a data frame's, else a reply)."""
         proto = engine.protocols[venue]
         for text in texts:
-            result = runtimes[venue].frame(plan, proto.render(conn, None, text), now)
+            result = runtimes[venue].frame(plan, proto.render(conn, key, text), now)
             if result is not None and result.resubscribe:
                 for frame in result.resubscribe:
                     deliver(venue, plan, conn, proto.message(conn, frame, now), now)
@@ -224,7 +225,7 @@ def simulator_through_pipeline(out: Path) -> None:
                 if frame.kind == "skip":
                     conn.seq += 1
                     continue
-                deliver(venue, plan, conn, [frame.text], frame.t_us)
+                deliver(venue, plan, conn, [frame.text], frame.t_us, frame.key)
             rest(venue, frame.t_us)
     (sim / "frames.bin").write_bytes(b"\n".join(frames) + b"\n")
     (sim / "labels.bin").write_bytes(b"\n".join(encode(label) for label in engine.labels) + b"\n")
