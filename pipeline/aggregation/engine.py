@@ -13,7 +13,8 @@ Rules: a trade is *late* when its 1s window is closed (``window_end + grace <= t
 or the window was already emitted); a *duplicate* (same exchange, symbol, trade_id as a trade in an
 open window) is not counted. Windows close at ``min(trade watermark, bbo watermark)`` once the
 partition has BBOs (so book metrics are complete), at the trade watermark alone while the BBO
-stream is idle, and after ``idle_timeout`` without any record the watermarks follow the wall clock.
+stream is idle, and after ``idle_timeout`` without any record the watermarks advance just far enough to
+close the open windows that hold trades (bounded by the wall clock; not at all when none does).
 The BBO stream is idle when none arrived for ``idle_timeout`` *and* the consumer holds no unread BBO
 of the partition: a BBO partition that merely trails its trades (a loaded worker serving partitions in
 turn) holds the windows for up to ``bbo_backlog_wait`` rather than closing them without their spread.
@@ -219,13 +220,32 @@ class PartitionAggregator:
         """
         policy = self.policy
         if caught_up and now_us - max(self.last_trade_wall, self.last_bbo_wall) >= policy.idle_timeout_us:
-            self.trade_wm.advance_to(now_us - policy.allowed_lateness_us)
-            self.bbo_wm.advance_to(now_us - policy.allowed_lateness_us)
+            target = self._idle_target(now_us - policy.allowed_lateness_us)
+            if target is not None:
+                self.trade_wm.advance_to(target)
+                self.bbo_wm.advance_to(target)
         if self.state.bbo_seen:
             quiet = now_us - self.last_bbo_wall
             if quiet < policy.idle_timeout_us or (bbo_backlog and quiet < policy.bbo_backlog_wait_us):
                 return min(self.trade_wm.value, self.bbo_wm.value)
         return self.trade_wm.value
+
+    def _idle_target(self, wall_us: int) -> int | None:
+        """Where an idle partition's watermarks go: far enough to close every open window that holds trades (its
+        minute's end + grace), and no further than the wall clock (``wall_us``); ``None`` when no open window
+        holds a trade (nothing to emit: the watermarks stay on event time).
+
+        Not the wall clock itself: a producer that pauses longer than the idle timeout (a loaded machine, a
+        collector starting) then made every later record of the partition late, and in a replay the wall clock
+        is years ahead of event time: a quiet market's first trades arrived after its first BBOs and a pause,
+        and all of its trades were dead-lettered as late (chaos seed 9). Live, the wall clock is the bound.
+        """
+        grace = self.policy.grace_us
+        ends = [window_start(start, MINUTE) + MINUTE for sym in self.state.symbols.values()
+                for start, window in sym.seconds.items() if window.ohlcv is not None]  # fmt: skip
+        ends += [start + MINUTE for sym in self.state.symbols.values()
+                 for start, minute in sym.minutes.items() if minute.ohlcv is not None]  # fmt: skip
+        return min(max(ends) + grace, wall_us) if ends else None
 
     def close_windows(self, now_us: int, caught_up: bool = True, bbo_backlog: bool = False) -> list[Bar]:
         """Close every window the watermark has passed; returns their bars, each symbol's in order."""

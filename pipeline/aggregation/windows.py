@@ -5,9 +5,11 @@ A window ``[start, start + size)`` is *closed* once the partition watermark reac
 allowed lateness; it never goes back. A record whose window is already closed when it arrives is
 *late*: it is dropped from the bars and counted (trades also go to ``ops.dlq.v1``, reason ``late``).
 When a partition receives nothing for ``idle_timeout_us`` of wall-clock time, its watermark
-follows the injected wall clock (``now - allowed_lateness``), so quiet symbols and the end of a
-replay still close their windows. A partition's BBO stream that trails its trades (unread BBOs in the
-consumer) holds its windows for at most ``bbo_backlog_wait_us`` (see ``engine``).
+advances far enough to close its open windows that hold trades, bounded by the injected wall clock
+(``now - allowed_lateness``), so quiet symbols and the end of a replay still close their windows; with
+no such window it stays on event time (a pause then makes no later record late). A partition's BBO
+stream that trails its trades (unread BBOs in the consumer) holds its windows for at most
+``bbo_backlog_wait_us`` (see ``engine``).
 """
 
 from __future__ import annotations

@@ -198,6 +198,7 @@ class RoundResult:
     reemitted_differ: list[str] = field(default_factory=list)
     dead_letters: int = 0
     dead_letters_without_reason: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # dead letters per reason
     crashed: list[str] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
@@ -228,6 +229,8 @@ class RoundResult:
                  if self.dead_letters_without_reason else "",
                  f"crashed: {'; '.join(self.crashed)}" if self.crashed else "",
                  self.error]  # fmt: skip
+        letters = ", ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items())) or "none"
+        parts.append(f"dead letters: {letters}")
         text = f"seed {self.seed}: FAILED ({plan}): " + "; ".join(p for p in parts if p)
         return "\n    ".join([text, *self.diagnosis])
 
@@ -446,6 +449,7 @@ async def run_round(
         for _, _, value in await _read(settings, DLQ.name):
             letter = decode(DeadLetter, value)
             result.dead_letters += 1
+            result.reasons[letter.reason] = result.reasons.get(letter.reason, 0) + 1
             if not letter.reason or not letter.error:
                 result.dead_letters_without_reason += 1
         if result.missing or result.differing or result.unexpected:

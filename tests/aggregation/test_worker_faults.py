@@ -277,3 +277,46 @@ async def test_a_shutdown_during_a_tick_waits_for_it_instead_of_crashing_it() ->
     assert kafka.stopped
     await worker.process(trade_records())  # after the stop: skipped, not a crash
     assert worker.engines == {} or worker.engines[0].state.trade_offset == -1
+
+
+async def test_a_pause_before_a_quiet_markets_first_trade_does_not_make_its_trades_late() -> None:
+    """A replayed capture (event time an hour behind the clock): a quiet market's partition gets its first BBOs, then
+    nothing for longer than the idle timeout (the collector paused on a loaded machine) while the worker has read
+    everything the broker holds. The idle advance put the watermarks on the wall clock although no window held a
+    trade: every trade of the market that came after was dead-lettered as late and none of its bars was emitted
+    (chaos seed 9: KEEP-USDT-PERP, all 5 bars missing). With nothing to emit the watermarks stay on event time."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 0, BBOS: 4}), [T + 3600 * S]
+    worker = worker_for(kafka, store, consumer, now)
+    await worker.process([Incoming(BBOS, 0, k, bbo(T - 2 * S + k * 100_000)) for k in range(4)])
+    for _ in range(5):  # the pause: caught up (the broker holds nothing more), idle past the timeout
+        now[0] += S
+        await worker.tick()
+    consumer.high[TRADES] = 6
+    await worker.process(trade_records())
+    await settle(worker, now)
+    assert kafka.dead_letters() == []
+    assert [(b.trade_count, b.open, b.close) for b in kafka.bars()] == [(6, "100", "105")]
+    assert [(b.trade_count, b.close) for b in kafka.bars("1m")] == [(6, "105")]
+
+
+async def test_an_idle_advance_closes_the_open_windows_and_later_minutes_still_count() -> None:
+    """Idle with open windows holding trades: they close (a quiet market's, a finished replay's), but the watermarks
+    go only as far as that takes (the end of their minute + grace), not to the wall clock an hour ahead: trades of
+    a later minute that arrive after the pause are counted, not late."""
+    kafka, store, consumer, now = RecordingKafka(), MemoryStore(), Consumer({TRADES: 3, BBOS: 0}), [T + 3600 * S]
+    worker = worker_for(kafka, store, consumer, now)
+    records = trade_records()
+    await worker.process(records[:3])
+    for _ in range(5):
+        now[0] += S
+        await worker.tick()
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(3, "102")]  # closed by the idle advance
+    assert [(b.trade_count, b.close) for b in kafka.bars("1m")] == [(3, "102")]
+    consumer.high[TRADES] = 6
+    later = [Incoming(TRADES, 0, k, batch(T + 61 * S + k * 100_000, f"t{k}", PRICES[k]), release=list)
+             for k in range(3, 6)]  # fmt: skip
+    await worker.process(later)
+    await settle(worker, now)
+    assert kafka.dead_letters() == []
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(3, "102"), (3, "105")]
+    assert [(b.trade_count, b.close) for b in kafka.bars("1m")] == [(3, "102"), (3, "105")]
