@@ -35,6 +35,7 @@ from pipeline.anomaly.registry import SeriesRegistry, SeriesState
 from pipeline.clock import from_settings
 from pipeline.contracts import Anomaly, Bar, DecodeError, FeedMetrics, decoder_for
 from pipeline.contracts.records import ReferencePrice
+from pipeline.contracts.topics import ANOMALIES, BARS_1M, BARS_1S, DLQ, FEED_METRICS, REFERENCE
 from pipeline.kafka import DeadLetterPublisher, RecordProducer, make_record_producer
 from pipeline.kafka.faust_app import create_app, table_topic_configs
 from pipeline.kafka.sealed import sealer_for
@@ -44,7 +45,6 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 APP_ID = "anomaly"
-ANOMALY_TOPIC = "ops.anomalies.v1"
 SCORED = counter("anomaly_points_total", "Series points scored and learned", ["source"])
 PUBLISHED = counter("anomaly_published_total", "Anomaly and forecast records published", ["kind"])
 POISON = counter("anomaly_poison_records_total", "Decoded records whose processing raised (dead-lettered)", ["source"])
@@ -98,7 +98,7 @@ class Outputs:
 
     async def publish(self, anomalies: list[Anomaly]) -> None:
         for anomaly in anomalies:
-            await self.producer.send(ANOMALY_TOPIC, anomaly.series_id.encode(), anomaly)
+            await self.producer.send(ANOMALIES.name, anomaly.series_id.encode(), anomaly)
             PUBLISHED.labels(kind=anomaly.kind).inc()
 
 
@@ -110,11 +110,11 @@ def build_app(settings: Settings, options: WorkerOptions, **overrides: Any) -> f
     # checkpoints older than the last one.
     app = create_app(settings, APP_ID, **overrides)
     outputs = Outputs(settings)
-    bars_topic_names = (settings.topic("md.bars.1s.v1"), settings.topic("md.bars.1m.v1"))
+    bars_topic_names = (settings.topic(BARS_1S.name), settings.topic(BARS_1M.name))
     bars_topic = app.topic(*bars_topic_names)
-    feed_topic = app.topic(settings.topic("ops.feed_metrics.v1"))
-    dlq_topic = app.topic(settings.topic("ops.dlq.v1"))
-    reference_topic = app.topic(settings.topic("md.reference.v1"))
+    feed_topic = app.topic(settings.topic(FEED_METRICS.name))
+    dlq_topic = app.topic(settings.topic(DLQ.name))
+    reference_topic = app.topic(settings.topic(REFERENCE.name))
     changelog = table_topic_configs(settings)  # min.insync.replicas of the environment
     bar_table = app.Table("bar-models", partitions=6, key_type=bytes, value_type=bytes, extra_topic_configs=changelog)
     feed_table = app.Table("feed-models", partitions=3, key_type=bytes, value_type=bytes, extra_topic_configs=changelog)

@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.anomaly.forecasting import ThresholdForecast
 from pipeline.contracts import Anomaly, FeedMetrics
+from pipeline.contracts.topics import DLQ
 from pipeline.kafka import client_options
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
@@ -230,7 +231,7 @@ class HealthMonitor:
 
     async def dlq_end(self) -> int | None:
         """Records ever written to ``ops.dlq.v1`` (sum of its partitions' end offsets), None when unavailable."""
-        topic = self.settings.topic("ops.dlq.v1")
+        topic = self.settings.topic(DLQ.name)
         try:
             consumer = await self._consumer(None)
             partitions = consumer.partitions_for_topic(topic) if topic in await consumer.topics() else None

@@ -115,18 +115,3 @@ def openapi(
     elif not OPENAPI_PATH.exists() or OPENAPI_PATH.read_text() != text:
         typer.echo(f"{OPENAPI_PATH} is stale: run marketprism api openapi --write", err=True)
         raise typer.Exit(1)
-
-
-def bench_api(
-    ctx: typer.Context,
-    alerts: Annotated[int, typer.Option(help="current alerts in the view")] = 1_000,
-    page: Annotated[int, typer.Option(help="page size of the filtered request")] = 100,
-    connections: Annotated[int, typer.Option(help="concurrent clients")] = 100,
-    seconds: Annotated[int, typer.Option(help="seconds per load run")] = 10,
-    subscribers: Annotated[int, typer.Option(help="SSE subscribers for the stream latency run (0 skips)")] = 1_000,
-) -> None:
-    """Requests/s and latency of GET /api/v1/alerts (load from wrk or a separate process) beside a static JSON
-    of the same size served by the same server; record -> SSE latency with many subscribers."""
-    from pipeline.api.bench import run_bench
-
-    typer.echo(run_bench(ctx.obj, alerts, page, connections, seconds, subscribers))

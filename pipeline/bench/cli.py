@@ -3,7 +3,7 @@
 ``pipeline/cli.py`` registers :data:`bench_app` as ``marketprism bench``. Each command reads the settings
 from ``ctx.obj`` and hands over to its module in :mod:`pipeline.bench` (``sink``, ``notify``, ``alerting``,
 ``aggregate``, ``simulate``, ``collect``, ``broker``, ``chaos``), the anomaly tools
-(:mod:`pipeline.bench.anomaly.cli`: ``nab``, ``anomaly``) or the API's own (``api``). Figures go to
+(:mod:`pipeline.bench.anomaly.cli`: ``nab``, ``anomaly``) and ``api`` (:mod:`pipeline.bench.api`). Figures go to
 docs/benchmarks.md.
 """
 
@@ -228,9 +228,23 @@ def bench_broker(
 
 # The anomaly tools (their helper moves them; this import follows them) and the API's benchmark, which stays
 # with the API until the lead moves it.
-from pipeline.api import cli as _api_cli  # noqa: E402
 from pipeline.bench.anomaly import cli as _anomaly_bench_cli  # noqa: E402
 
 bench_app.command("nab")(_anomaly_bench_cli.bench_nab)
 bench_app.command("anomaly")(_anomaly_bench_cli.bench_anomaly)
-bench_app.command("api")(_api_cli.bench_api)
+
+
+@bench_app.command("api")
+def bench_api(
+    ctx: typer.Context,
+    alerts: Annotated[int, typer.Option(help="current alerts in the view")] = 1_000,
+    page: Annotated[int, typer.Option(help="page size of the filtered request")] = 100,
+    connections: Annotated[int, typer.Option(help="concurrent clients")] = 100,
+    seconds: Annotated[int, typer.Option(help="seconds per load run")] = 10,
+    subscribers: Annotated[int, typer.Option(help="SSE subscribers for the stream latency run (0 skips)")] = 1_000,
+) -> None:
+    """Requests/s and latency of GET /api/v1/alerts (load from wrk or a separate process) beside a static JSON
+    of the same size served by the same server; record -> SSE latency with many subscribers."""
+    from pipeline.bench.api import run_bench
+
+    typer.echo(run_bench(ctx.obj, alerts, page, connections, seconds, subscribers))

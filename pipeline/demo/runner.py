@@ -39,6 +39,7 @@ from rich.live import Live
 from pipeline.clock import ScaledClock
 from pipeline.contracts import IncidentLabel, load_registry
 from pipeline.contracts.labels import encode_label
+from pipeline.contracts.topics import BARS_1S
 from pipeline.demo.receiver import WebhookReceiver
 from pipeline.demo.summary import EXPECTED_RULES, DemoSummary, build_summary
 from pipeline.demo.view import WATCHED, DemoStats
@@ -506,7 +507,7 @@ async def _watch(  # type: ignore[no-untyped-def]
                         name = tp.topic.removeprefix(settings.topic_prefix)
                         for message in messages:
                             stats.add(name, message.value, message.timestamp)
-                        if name == "md.bars.1s.v1":
+                        if name == BARS_1S.name:
                             last_bar = time.monotonic()
                     if run.options.view:
                         live.update(stats.render("MarketPrism demo"))

@@ -11,16 +11,16 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from pipeline.contracts import Alert, Anomaly, Bar, FeedMetrics, Notification, Trade, decode
+from pipeline.contracts import Alert, Anomaly, Bar, FeedMetrics, Notification, Trade, decode, topics
 
 WATCHED = {
-    "md.trades.v1": Trade,
-    "md.bars.1s.v1": Bar,
-    "ops.feed_metrics.v1": FeedMetrics,
-    "ops.anomalies.v1": Anomaly,
-    "ops.alerts.v1": Alert,
-    "ops.notifications.v1": Notification,
-    "ops.dlq.v1": None,
+    topics.TRADES.name: Trade,
+    topics.BARS_1S.name: Bar,
+    topics.FEED_METRICS.name: FeedMetrics,
+    topics.ANOMALIES.name: Anomaly,
+    topics.ALERTS.name: Alert,
+    topics.NOTIFICATIONS.name: Notification,
+    topics.DLQ.name: None,
 }
 
 

@@ -45,6 +45,7 @@ from pipeline.api.service import (
 )
 from pipeline.clock import process_clock
 from pipeline.contracts.records import Alert
+from pipeline.contracts.topics import ALERTS, NOTIFICATIONS
 
 __all__ = ["LoginRequired", "login_required", "router"]
 
@@ -306,11 +307,9 @@ async def alert_page(request: Request, principal: Viewer, fingerprint: str) -> R
     transitions: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
     try:
-        transitions = (
-            await _history(request).rows(ALERT_TRANSITIONS, "ops.alerts.v1", 500, fingerprint=fingerprint)
-        ).rows
+        transitions = (await _history(request).rows(ALERT_TRANSITIONS, ALERTS.name, 500, fingerprint=fingerprint)).rows
         notifications = (
-            await _history(request).rows(ALERT_NOTIFICATIONS, "ops.notifications.v1", 500, fingerprint=fingerprint)
+            await _history(request).rows(ALERT_NOTIFICATIONS, NOTIFICATIONS.name, 500, fingerprint=fingerprint)
         ).rows
     except HistoryUnavailable as exc:
         history_error = str(exc)

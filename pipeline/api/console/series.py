@@ -31,7 +31,7 @@ from pipeline.anomaly.registry import (
     reference_observations,
 )
 from pipeline.api.views import LiveViews
-from pipeline.contracts import decoder_for, load_registry
+from pipeline.contracts import decoder_for, load_registry, topics
 from pipeline.contracts.records import Bar, FeedMetrics, Record, ReferencePrice
 from pipeline.kafka import make_consumer
 from pipeline.kafka.offsets import log_end_offsets
@@ -67,13 +67,15 @@ def parse_series(series_id: str) -> SeriesSource:
     if m := _FEED.match(series_id):
         exchange, stream, source, name = m.groups()
         match = {"exchange": exchange, "stream": stream, "source": source}
-        return SeriesSource(series_id, FEED_METRICS[name], "ops.feed_metrics.v1", FeedMetrics, match)
+        return SeriesSource(series_id, FEED_METRICS[name], topics.FEED_METRICS.name, FeedMetrics, match)
     if m := _BAR.match(series_id):
         exchange, symbol, interval, name = m.groups()
-        return SeriesSource(series_id, name, f"md.bars.{interval}.v1", Bar, {"exchange": exchange, "symbol": symbol})
+        return SeriesSource(
+            series_id, name, topics.BAR_TOPICS[interval].name, Bar, {"exchange": exchange, "symbol": symbol}
+        )
     if m := _DIVERGENCE.match(series_id):
         exchange, symbol = m.groups()
-        return SeriesSource(series_id, "divergence_bps", "md.reference.v1", ReferencePrice, {})
+        return SeriesSource(series_id, "divergence_bps", topics.REFERENCE.name, ReferencePrice, {})
     if series_id.endswith(f":{FROZEN}"):
         raise SeriesError("frozen-price runs are scored by the run-length detector, which has no settings to replay")
     raise SeriesError(

@@ -40,6 +40,7 @@ from pipeline.contracts import Anomaly, Bar, FeedMetrics, decoder_for
 from pipeline.contracts.labels import IncidentLabel
 from pipeline.contracts.labels import read_labels as read_labels
 from pipeline.contracts.records import ReferencePrice
+from pipeline.contracts.topics import ANOMALIES, BARS_1M, BARS_1S, FEED_METRICS, REFERENCE
 from pipeline.kafka.clients import make_consumer
 from pipeline.kafka.offsets import log_end_offsets
 from pipeline.settings import Settings
@@ -47,8 +48,7 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 SECOND_US = 1_000_000
-ANOMALY_TOPIC = "ops.anomalies.v1"
-INPUTS = ("md.bars.1s.v1", "md.bars.1m.v1", "ops.feed_metrics.v1", "md.reference.v1")
+INPUTS = (BARS_1S.name, BARS_1M.name, FEED_METRICS.name, REFERENCE.name)
 CHANGELOGS = ("anomaly-bar-models-changelog", "anomaly-feed-models-changelog", "anomaly-reference-models-changelog")
 
 # Which series answer which incident kind (metric names as in Anomaly.metric, docs/anomaly.md).
@@ -265,7 +265,7 @@ async def capture(
     ``inputs``, also record the worker's input topics there (``<topic>.jsonl``, the records as on the wire)."""
     out = Capture()
     decode = decoder_for(Anomaly).decode
-    names = [settings.topic(ANOMALY_TOPIC), *(settings.topic(c) for c in CHANGELOGS)]
+    names = [settings.topic(ANOMALIES.name), *(settings.topic(c) for c in CHANGELOGS)]
     recorders = _open_recorders(settings, inputs) if inputs is not None else {}
     names += list(recorders)
     consumer = make_consumer(settings.kafka, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024)
@@ -349,8 +349,8 @@ def replay(
     anomalies it reports and the series it keeps."""
     out = Capture()
     kinds: list[tuple[str, Any, str]] = [
-        ("md.bars.1s.v1", Bar, "on_bar"), ("md.bars.1m.v1", Bar, "on_bar"),
-        ("ops.feed_metrics.v1", FeedMetrics, "on_feed_metrics"), ("md.reference.v1", ReferencePrice, "on_reference"),
+        (BARS_1S.name, Bar, "on_bar"), (BARS_1M.name, Bar, "on_bar"),
+        (FEED_METRICS.name, FeedMetrics, "on_feed_metrics"), (REFERENCE.name, ReferencePrice, "on_reference"),
     ]  # fmt: skip
     for name, record_type, method in kinds:
         path = inputs / f"{name}.jsonl"

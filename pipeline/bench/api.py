@@ -9,7 +9,7 @@
    broker; alert records produced on ``ops.alerts.v1`` carry their send time; each client notes when each
    arrives. p50/p99 over every (record, client) pair.
 
-The server runs as ``python -m pipeline.api.bench serve ...`` (a child process, stopped by PID at the end).
+The server runs as ``python -m pipeline.bench.api serve ...`` (a child process, stopped by PID at the end).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class _Server:
             "MARKETPRISM_LOG_LEVEL": "WARNING",
             "MARKETPRISM_STATE_DIR": str(settings.state_dir),
         }
-        argv = [sys.executable, "-m", "pipeline.api.bench", "serve", "--port", str(port), "--alerts", str(alerts)]
+        argv = [sys.executable, "-m", "pipeline.bench.api", "serve", "--port", str(port), "--alerts", str(alerts)]
         if read_topics:
             argv.append("--read-topics")
         if static is not None:
@@ -296,6 +296,7 @@ asyncio.run(main())
 
 async def _stream_latency(settings: Settings, token: str, port: int, subscribers: int, records: int) -> list[float]:
     from pipeline.contracts import encode
+    from pipeline.contracts.topics import ALERTS
     from pipeline.kafka import make_producer
 
     proc = await asyncio.create_subprocess_exec(
@@ -320,7 +321,7 @@ async def _stream_latency(settings: Settings, token: str, port: int, subscribers
                     version=10 + n,
                 )
                 await producer.send_and_wait(
-                    settings.topic("ops.alerts.v1"), encode(stamped), key=stamped.fingerprint.encode()
+                    settings.topic(ALERTS.name), encode(stamped), key=stamped.fingerprint.encode()
                 )
                 await asyncio.sleep(0.2)  # one change at a time: latency, not throughput
         finally:
@@ -429,7 +430,7 @@ async def _stream_run(settings: Settings, token: str, subscribers: int, records:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.api.bench")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench.api")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve")
     serve.add_argument("--port", type=int, required=True)
