@@ -43,8 +43,12 @@ def db_migrate(
     ttl: Annotated[
         list[str] | None, typer.Option(help="TABLE=DAYS: set a table's TTL (0 removes it); repeatable")
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="ON CLUSTER DDL for this remote_servers cluster: replicated local + Distributed tables"),
+    ] = None,
 ) -> None:
-    """Apply the missing migrations (idempotent), then any --ttl changes."""
+    """Apply the missing migrations (idempotent), then any --ttl changes (see docs/operations.md for --cluster)."""
     from pipeline.sinks.migrations import managed_topics, migrate, set_ttl
     from pipeline.sinks.schema import table_for
 
@@ -58,11 +62,14 @@ def db_migrate(
             console.print(f"[red]--ttl {item!r}: expected TABLE=DAYS with TABLE one of {sorted(tables)}[/red]")
             raise typer.Exit(2)
         changes.append((name, int(days)))
+    if cluster and settings.clickhouse_url.startswith("chdb://"):
+        console.print("[red]--cluster needs a ClickHouse server (clickhouse://...), not the embedded chdb[/red]")
+        raise typer.Exit(2)
 
     async def run(sink) -> list[str]:  # type: ignore[no-untyped-def]
-        done = await migrate(sink, registry)
+        done = await migrate(sink, registry, cluster)
         for name, days in changes:
-            done.append(await set_ttl(sink, tables[name], days))
+            done.append(await set_ttl(sink, tables[name], days, cluster))
         return done
 
     done = asyncio.run(_with_sink(settings, run))

@@ -10,6 +10,11 @@ a later optional field of a record gets an ``AddColumns`` migration, which is a 
 whose table was created after the field existed. A column whose type changed gets a
 ``DurationColumn``-style migration that converts the stored values exactly and can be re-run from any
 point it was interrupted at. Topics the registry marks ``sink: false`` get no table.
+
+``migrate(..., cluster=NAME)`` runs the same migrations as ``ON CLUSTER`` DDL: each table is a
+``Replicated*MergeTree`` table ``<name>_local`` on every node with a ``Distributed`` table ``<name>`` over
+it (:meth:`pipeline.sinks.schema.Table.cluster_sql`); column changes go to both; the record of applied
+versions is itself a replicated table whose one copy every node shares.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pipeline.contracts.topics import (
     TRADES,
     TopicRegistry,
 )
-from pipeline.sinks.schema import Table, qualified, table_for
+from pipeline.sinks.schema import REPLICA_PATH_ROOT, Table, qualified, table_for
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +73,15 @@ class CreateTopicTables:
     topics: tuple[str, ...]
     description: str = ""
 
-    def statements(self, registry: TopicRegistry, database: str) -> list[str]:
+    def statements(self, registry: TopicRegistry, database: str, cluster: str | None = None) -> list[str]:
         names = stored_names(registry)
-        return [table_for(registry.get(t)).create_sql(database) for t in self.topics if t in names]
+        tables = [table_for(registry.get(t)) for t in self.topics if t in names]
+        if cluster:
+            return [sql for table in tables for sql in table.cluster_sql(database, cluster)]
+        return [table.create_sql(database) for table in tables]
 
-    async def apply(self, db: Database, registry: TopicRegistry) -> None:
-        await _run(db, self.version, self.statements(registry, db.database))
+    async def apply(self, db: Database, registry: TopicRegistry, cluster: str | None = None) -> None:
+        await _run(db, self.version, self.statements(registry, db.database, cluster))
 
     def summary(self) -> str:
         return self.description or f"tables for {', '.join(self.topics)}"
@@ -88,21 +96,31 @@ class AddColumns:
     fields: tuple[str, ...]
     description: str = ""
 
-    def statements(self, registry: TopicRegistry, database: str) -> list[str]:
+    def statements(self, registry: TopicRegistry, database: str, cluster: str | None = None) -> list[str]:
         if self.topic not in stored_names(registry):
             return []
         table = table_for(registry.get(self.topic))
         by_name = {c.name: c for c in table.columns}
         return [
-            f"ALTER TABLE {qualified(database, table.name)} ADD COLUMN IF NOT EXISTS `{f}` {by_name[f].type}"
+            f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{f}` {by_name[f].type}"
+            for target in _targets(table, database, cluster)
             for f in self.fields
         ]
 
     def summary(self) -> str:
         return self.description or f"{self.topic}: add {', '.join(self.fields)}"
 
-    async def apply(self, db: Database, registry: TopicRegistry) -> None:
-        await _run(db, self.version, self.statements(registry, db.database))
+    async def apply(self, db: Database, registry: TopicRegistry, cluster: str | None = None) -> None:
+        await _run(db, self.version, self.statements(registry, db.database, cluster))
+
+
+def _targets(table: Table, database: str, cluster: str | None) -> list[str]:
+    """Where a column change goes: the table, or in a cluster the local tables then the Distributed ones."""
+    if not cluster:
+        return [qualified(database, table.name)]
+    database = database or "default"
+    on = f" ON CLUSTER `{cluster}`"
+    return [qualified(database, table.local_name) + on, qualified(database, table.name) + on]
 
 
 @dataclass(frozen=True)
@@ -122,17 +140,25 @@ class DurationColumn:
     def summary(self) -> str:
         return self.description or f"{self.column}: DateTime64 -> integer microseconds in {', '.join(self.topics)}"
 
-    async def apply(self, db: Database, registry: TopicRegistry) -> None:
+    async def apply(self, db: Database, registry: TopicRegistry, cluster: str | None = None) -> None:
         names = stored_names(registry)
         for topic in self.topics:
             if topic in names:
-                await self._retype(db, table_for(registry.get(topic)))
+                table = table_for(registry.get(topic))
+                if not cluster:
+                    await self._retype(db, table, qualified(db.database, table.name), table.name)
+                    continue
+                # the replicated local tables convert their data (an ON CLUSTER ALTER of a replicated
+                # table runs once per shard); the Distributed table only follows the column's type
+                local, distributed = _targets(table, db.database, cluster)
+                await self._retype(db, table, local, table.local_name)
+                new = next(c for c in table.columns if c.name == self.column).type
+                await _run(db, self.version, [f"ALTER TABLE {distributed} MODIFY COLUMN `{self.column}` {new}"])
 
-    async def _retype(self, db: Database, table: Table) -> None:
-        target = qualified(db.database, table.name)
+    async def _retype(self, db: Database, table: Table, target: str, name: str) -> None:
         new = next(c for c in table.columns if c.name == self.column).type
         tmp = f"{self.column}__v{self.version}"
-        types = await column_types(db, table.name)
+        types = await column_types(db, name)
         sync = "SETTINGS mutations_sync = 2"
         if self.column in types and "DateTime64" not in types[self.column]:
             if tmp in types:
@@ -149,7 +175,7 @@ class DurationColumn:
                     f"ALTER TABLE {target} DROP COLUMN `{self.column}` {sync}",
                 ],
             )
-        elif tmp not in await column_types(db, table.name):
+        elif tmp not in await column_types(db, name):
             return  # the table has neither column: nothing to convert
         await _run(db, self.version, [f"ALTER TABLE {target} RENAME COLUMN `{tmp}` TO `{self.column}`"])
 
@@ -213,30 +239,40 @@ class Status:
     not_stored: list[str] = field(default_factory=list)  # registry topics marked ``sink: false``
 
 
-def _create_migrations_table(database: str) -> str:
+def _create_migrations_table(database: str, cluster: str | None = None) -> str:
+    engine = "MergeTree"
+    target = qualified(database, MIGRATIONS_TABLE)
+    if cluster:  # one copy shared by every node of the cluster (a path without {shard})
+        database = database or "default"
+        path = f"{REPLICA_PATH_ROOT}/all/{database}/{MIGRATIONS_TABLE}"
+        engine = f"ReplicatedMergeTree('{path}', '{{shard}}-{{replica}}')"
+        target = f"{qualified(database, MIGRATIONS_TABLE)} ON CLUSTER `{cluster}`"
     return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(database, MIGRATIONS_TABLE)} "
+        f"CREATE TABLE IF NOT EXISTS {target} "
         "(version UInt32, description String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
-        "ENGINE = MergeTree ORDER BY version"
+        f"ENGINE = {engine} ORDER BY version"
     )
 
 
-async def applied_versions(db: Database) -> set[int]:
-    await db.execute(_create_migrations_table(db.database))
+async def applied_versions(db: Database, cluster: str | None = None) -> set[int]:
+    await db.execute(_create_migrations_table(db.database, cluster))
     rows = await db.fetch(f"SELECT DISTINCT version FROM {qualified(db.database, MIGRATIONS_TABLE)}")  # noqa: S608 - identifiers come from code and the topic registry, numbers are ints; no user text
     return {int(str(r[0])) for r in rows}
 
 
-async def migrate(db: Database, registry: TopicRegistry) -> list[str]:
-    """Apply the missing migrations in order; returns one line per applied migration."""
-    if db.database:
+async def migrate(db: Database, registry: TopicRegistry, cluster: str | None = None) -> list[str]:
+    """Apply the missing migrations in order (``ON CLUSTER`` DDL for replicated and Distributed tables
+    when ``cluster`` names one of the server's ``remote_servers``); one line per applied migration."""
+    if cluster:
+        await db.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database or 'default'}` ON CLUSTER `{cluster}`")
+    elif db.database:
         await db.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")
-    done = await applied_versions(db)
+    done = await applied_versions(db, cluster)
     applied: list[str] = []
     for migration in sorted(MIGRATIONS, key=lambda m: m.version):
         if migration.version in done:
             continue
-        await migration.apply(db, registry)
+        await migration.apply(db, registry, cluster)
         summary = migration.summary().replace("'", "''")
         await db.execute(
             f"INSERT INTO {qualified(db.database, MIGRATIONS_TABLE)} (version, description) "  # noqa: S608 - identifiers come from code and the topic registry, numbers are ints; no user text
@@ -282,9 +318,9 @@ async def status(db: Database, registry: TopicRegistry) -> Status:
     return result
 
 
-async def set_ttl(db: Database, table: Table, days: int) -> str:
-    """Change (``days > 0``) or remove (``0``) a table's TTL."""
-    target = qualified(db.database, table.name)
+async def set_ttl(db: Database, table: Table, days: int, cluster: str | None = None) -> str:
+    """Change (``days > 0``) or remove (``0``) a table's TTL (in a cluster: its replicated local tables')."""
+    target = _targets(table, db.database, cluster)[0]
     sql = (
         f"ALTER TABLE {target} REMOVE TTL" if days == 0 else f"ALTER TABLE {target} MODIFY TTL {table.ttl_clause(days)}"
     )

@@ -14,6 +14,11 @@ that "no Kafka record twice" can be checked and the sink can find what it alread
 queries, carry a TTL (days after ingestion, per table) and set ``non_replicated_deduplication_window``
 for ``insert_deduplication_token``.
 
+In a cluster (``marketprism db migrate --cluster NAME``, :meth:`Table.cluster_sql`) each table becomes a
+``Replicated*MergeTree`` table ``<name>_local`` on every node plus a ``Distributed`` table ``<name>``
+over it, both created ``ON CLUSTER``, with the same columns; market tables shard by
+``cityHash64(exchange, symbol)``.
+
 Adding a table for a new topic: give it a :class:`TableSpec` in :data:`TABLE_SPECS` (or rely on the
 defaults) and a migration in :mod:`pipeline.sinks.migrations`.
 """
@@ -57,6 +62,9 @@ MICROS_DESCRIPTION = "epoch microseconds"
 LOW_CARDINALITY_NAMES = frozenset(
     {"exchange", "symbol", "stream", "source", "metric", "detector", "rule", "channel", "asset"}
 )
+LOCAL_SUFFIX = "_local"
+REPLICA_PATH_ROOT = "/clickhouse/tables"
+MARKET_KEY = ("exchange", "symbol")
 TIME_COLUMN_PREFERENCE = ("ts_event", "window_start", "ts", "ts_recv", "created_at", "starts_at")
 
 META_COLUMNS = (
@@ -190,6 +198,7 @@ class Table:
     time_column: str
     order_by: tuple[str, ...]
     ttl_days: int
+    engine: str = "MergeTree"
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -202,16 +211,65 @@ class Table:
         return f"toDateTime(_ingested_at) + toIntervalDay({days})"
 
     def create_sql(self, database: str = "") -> str:
+        return self._create(
+            qualified(database, self.name),
+            f"ENGINE = {self.engine}",
+            f"non_replicated_deduplication_window = {DEDUP_WINDOW}",
+        )
+
+    def _create(self, target: str, engine: str, settings: str) -> str:
         cols = ",\n  ".join(f"`{c.name}` {c.type}" for c in (*(Column(n, t) for n, t in META_COLUMNS), *self.columns))
         ttl = f"\nTTL {self.ttl_clause()}" if self.ttl_days > 0 else ""
         return (
-            f"CREATE TABLE IF NOT EXISTS {qualified(database, self.name)} (\n  {cols},\n"
+            f"CREATE TABLE IF NOT EXISTS {target} (\n  {cols},\n"
             f"  `_ingested_at` DateTime64(6, 'UTC') DEFAULT now64(6),\n"
             f"  INDEX idx_offset _offset TYPE minmax GRANULARITY 1\n)\n"
-            f"ENGINE = MergeTree\nPARTITION BY toDate(`{self.time_column}`)\n"
+            f"{engine}\nPARTITION BY toDate(`{self.time_column}`)\n"
             f"ORDER BY ({', '.join(f'`{c}`' for c in self.order_by)}){ttl}\n"
-            f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+            f"SETTINGS {settings}"
         )
+
+    @property
+    def local_name(self) -> str:
+        """The name of the per-node (replicated) table under the Distributed table in a cluster."""
+        return f"{self.name}{LOCAL_SUFFIX}"
+
+    def sharding_key(self) -> str:
+        """Market tables shard by ``(exchange, symbol)`` (one market's rows on one shard, so its bars and
+        trades are read and merged there); others by their ordering key without the time column (one
+        alert fingerprint, one consumer group... on one shard); ``rand()`` when that leaves nothing."""
+        names = set(self.column_names)
+        keys = MARKET_KEY if set(MARKET_KEY) <= names else tuple(c for c in self.order_by if c != self.time_column)
+        return f"cityHash64({', '.join(f'`{c}`' for c in keys)})" if keys else "rand()"
+
+    def cluster_sql(self, database: str, cluster: str) -> tuple[str, str]:
+        """``ON CLUSTER`` DDL: the replicated local table (same columns, ordering, partitioning and TTL as
+        :meth:`create_sql`, engine ``Replicated`` + the single-node engine, deduplication window
+        ``replicated_deduplication_window``) and the Distributed table over it under the topic's table
+        name, which is what the sink writes to and the dashboards read."""
+        database = database or "default"
+        on = f" ON CLUSTER `{cluster}`"
+        local = qualified(database, self.local_name)
+        create_local = self._create(
+            local + on,
+            f"ENGINE = {replicated_engine(self.engine, database, self.local_name)}",
+            f"replicated_deduplication_window = {DEDUP_WINDOW}",
+        )
+        create_distributed = (
+            f"CREATE TABLE IF NOT EXISTS {qualified(database, self.name)}{on} AS {local}\n"
+            f"ENGINE = Distributed(`{cluster}`, `{database}`, `{self.local_name}`, {self.sharding_key()})"
+        )
+        return create_local, create_distributed
+
+
+def replicated_engine(engine: str, database: str, table: str) -> str:
+    """``MergeTree`` -> ``ReplicatedMergeTree('/clickhouse/tables/{shard}/db/table', '{replica}')``;
+    engine arguments (``ReplacingMergeTree(ver)``) follow the path and replica name. ``{shard}`` and
+    ``{replica}`` are the server's macros."""
+    name, _, args = engine.partition("(")
+    path = f"'{REPLICA_PATH_ROOT}/{{shard}}/{database}/{table}', '{{replica}}'"
+    rest = args.rstrip(")").strip()
+    return f"Replicated{name}({path}{', ' + rest if rest else ''})"
 
 
 def qualified(database: str, name: str) -> str:
