@@ -1,4 +1,4 @@
-"""Sub-commands: ``marketprism sink``, ``marketprism db migrate|status``, ``marketprism query``.
+"""Sub-commands: ``marketprism sink``, ``marketprism db migrate|status|backup|restore|rebuild``, ``marketprism query``.
 Settings come from ``ctx.obj``; the work lives in the other modules."""
 
 from __future__ import annotations
@@ -96,6 +96,83 @@ def db_status(ctx: typer.Context) -> None:
         console.print(f"[yellow]table {table} lacks record field(s) {columns} (add an AddColumns migration)[/yellow]")
     if st.pending or st.topics_without_table or st.missing_columns:
         raise typer.Exit(1)
+
+
+@db_app.command("backup")
+def db_backup(
+    ctx: typer.Context,
+    destination: Annotated[
+        str, typer.Argument(help="a new local directory, or a ClickHouse destination such as S3('https://...')")
+    ],
+) -> None:
+    """Back up every table with ClickHouse's BACKUP (a logical copy on servers before 22.8)."""
+    from pipeline.sinks.backup import BackupError, backup
+
+    try:
+        result = backup(_settings(ctx).clickhouse_url, destination)
+    except BackupError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    for name, d in result.digests.items():
+        console.print(f"{name}: {d.rows} row(s), checksum {d.checksum}")
+    where = f" (manifest {result.manifest})" if result.manifest else ""
+    console.print(f"backed up {len(result.digests)} table(s) to {destination} by {result.method}{where}")
+
+
+@db_app.command("restore")
+def db_restore(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="a backup directory (or ClickHouse source expression)")],
+    replace: Annotated[bool, typer.Option(help="drop the backup's tables first when they exist")] = False,
+) -> None:
+    """Restore a backup, then check every table's rows and checksum against its manifest."""
+    from pipeline.sinks.backup import BackupError, restore
+
+    try:
+        result = restore(_settings(ctx).clickhouse_url, source, replace=replace)
+    except BackupError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    for name, d in result.digests.items():
+        console.print(f"{name}: {d.rows} row(s), checksum {d.checksum}")
+    for name, (before, now) in result.mismatches.items():
+        console.print(f"[red]{name}: backup {before}, restored {now}[/red]")
+    if result.mismatches:
+        raise typer.Exit(1)
+    console.print(
+        f"restored {len(result.digests)} table(s) from {source} ({result.method}); every table matches the backup"
+    )
+
+
+@db_app.command("rebuild")
+def db_rebuild(
+    ctx: typer.Context,
+    from_topics: Annotated[bool, typer.Option("--from-topics", help="replay the Kafka topics (required)")] = False,
+    topic: Annotated[list[str] | None, typer.Option(help="contract topic name (repeatable); default: all")] = None,
+    into: Annotated[
+        str | None, typer.Option(help="ClickHouse URL to rebuild into (default: the configured one)")
+    ] = None,
+    batch_rows: Annotated[int, typer.Option(min=1)] = 50_000,
+) -> None:
+    """Re-sink the tables from what the topics retain, from their log start: rows already stored are
+    skipped, so a fresh or partly filled database ends with every retained record exactly once."""
+    from pipeline.sinks.backup import BackupError, rebuild
+
+    if not from_topics:
+        console.print("[red]say where to rebuild from: --from-topics (the only source)[/red]")
+        raise typer.Exit(2)
+    settings = _settings(ctx)
+    try:
+        report = asyncio.run(rebuild(settings, into or settings.clickhouse_url, topic, batch_rows=batch_rows))
+    except BackupError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    for name, r in report.items():
+        dead = f", {sum(r.dead.values())} refused {dict(r.dead)}" if r.dead else ""
+        trimmed = {p: o for p, o in r.log_start.items() if o}
+        since = f" (log starts at {trimmed}: older rows are not in Kafka)" if trimmed else ""
+        console.print(f"{name}: read {r.read}, wrote {r.written}, skipped {r.skipped}{dead}{since}")
+    console.print(f"rebuilt {sum(r.written for r in report.values())} row(s) from {len(report)} topic(s)")
 
 
 def sink_command(
