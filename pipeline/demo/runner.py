@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -225,6 +226,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
     scenario_wall_s: float | None = None
     api: tuple[str, str] | None = None  # the operations API's URL and an operator token
     api_alerts: int | None = None  # alerts the API lists at the end of the run
+    console_alerts: int | None = None  # alerts the web console shows an operator logged in with the printed token
     drained = False  # the scenario ended and the workers worked off their backlog
     try:
         run._step(f"topics (prefix {run.prefix})")
@@ -377,6 +379,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
                 await asyncio.sleep(options.drain_s)
             if api is not None:
                 api_alerts = await _api_alert_count(*api)
+                console_alerts = await _console_alert_count(*api)
             await _stop(children, ("worker", "anomaly", "alerts", "notify", "api"))
             topics = [demo_settings.topic(t.name) for t in load_registry() if t.sink]
             ends = await _read_all(demo_settings, topics)
@@ -402,6 +405,7 @@ async def run_demo(settings: Settings, options: DemoOptions, console: Console) -
         "collectors_ready_before_start_s": None if ready_before_s is None else round(ready_before_s, 1),
         "api_url": None if api is None else api[0],
         "api_alerts_listed": api_alerts,
+        "console_alerts_shown": console_alerts,
     }
     if options.summary_json is not None:
         options.summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
@@ -453,6 +457,30 @@ async def _api_alert_count(url: str, token: str) -> int | None:
             return int(response.json()["total"])
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         log.warning("operations API did not list the alerts: %s", exc)
+        return None
+
+
+_LOGIN_CSRF = re.compile(r'name="login_csrf" value="([^"]+)"')
+
+
+async def _console_alert_count(url: str, token: str) -> int | None:
+    """How many alerts (any state) the web console's alert page shows after logging in with the printed token,
+    as an operator does in a browser (login form, session cookie), or None when it does not answer."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30, follow_redirects=True) as http:
+            form = await http.get("/login")
+            form.raise_for_status()
+            found = _LOGIN_CSRF.search(form.text)
+            if found is None:
+                raise ValueError("the login page has no login form")
+            fields = {"token": token, "login_csrf": found.group(1), "next": "/alerts?f=1"}
+            page = await http.post("/login", data=fields)
+            page.raise_for_status()
+            if page.url.path != "/alerts":
+                raise ValueError(f"the login ended on {page.url.path}, not the alert page")
+            return page.text.count("data-fingerprint=")
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("web console did not show the alerts: %s", exc)
         return None
 
 

@@ -146,8 +146,10 @@ def test_demo_catches_every_incident_stores_everything_and_leaves_nothing(tmp_pa
     assert summary["rows_match"], {t: (summary["rows"].get(t, 0), n) for t, n in records.items()}
     assert summary["notifications"] > 0
     assert summary["duplicate_notifications"] == {}
-    # the operations API ran beside the pipeline and listed the run's alerts with the operator token it printed
+    # the operations API ran beside the pipeline and listed the run's alerts with the operator token it printed, and
+    # its web console showed them to an operator who logged in with that token
     assert summary["run"]["api_url"] and summary["run"]["api_alerts_listed"] > 0
+    assert summary["run"]["console_alerts_shown"] > 0
 
     # the run's own figures: at the speed asked, each stage's latency and each process's peak memory measured
     assert summary["run"]["speed"] == SPEED

@@ -7,6 +7,7 @@ None of these routes is part of the API's OpenAPI document.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,8 +127,6 @@ async def login_page(request: Request, next: Annotated[str | None, Query(max_len
 @router.post("/login")
 async def login(request: Request) -> Response:
     """Exchange a bearer token (JWT or API key) for the session cookie; the form carries a double-submit token."""
-    import hmac
-
     fields = await form_fields(request)
     token = _field(fields, "token", 8000)
     login_csrf = _field(fields, "login_csrf", 200)
