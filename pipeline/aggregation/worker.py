@@ -400,8 +400,11 @@ class BarWorker:
             self._count(engine)
         if bars:
             await publish_bars(self.outputs.producer, bars)
-        if due:
-            await self.checkpoints.save({partition: engines[partition].snapshot() for partition in due}, now)
+        # a partition revoked while its bars were delivered (``forget`` does not wait for the lock) is not written
+        # by its old owner: the new one restores the last state written and re-emits those bars, identical
+        states = {p: engines[p].snapshot() for p in due if p in engines and self.engines.get(p) is engines[p]}
+        if states:
+            await self.checkpoints.save(states, now)
         OPEN_WINDOWS.set(sum(e.open_windows() for e in self.engines.values()))
 
     async def _confirm_caught_up(self, partitions: list[int]) -> set[int]:

@@ -320,3 +320,36 @@ async def test_an_idle_advance_closes_the_open_windows_and_later_minutes_still_c
     assert kafka.dead_letters() == []
     assert [(b.trade_count, b.close) for b in kafka.bars()] == [(3, "102"), (3, "105")]
     assert [(b.trade_count, b.close) for b in kafka.bars("1m")] == [(3, "102"), (3, "105")]
+
+
+class HeldFlushKafka(RecordingKafka):
+    """A producer whose flushes wait until released (bars in flight while a rebalance revokes the partition)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def flush(self) -> None:
+        self.flushing.set()
+        await self.release.wait()
+
+
+async def test_a_partition_revoked_while_its_bars_are_delivered_is_not_checkpointed_by_the_old_owner() -> None:
+    """The timer closed a partition's windows and waits for their bars' delivery when a rebalance revokes the
+    partition (``forget``, which does not wait for the timer): the checkpoint after the delivery looked the engine
+    up again and raised ``KeyError`` in the timer. The revoked partition's state is not written by its old owner:
+    the new one restores the last state written, re-emits those bars (identical) and writes its own."""
+    kafka, store, consumer, now = HeldFlushKafka(), MemoryStore(), Consumer({TRADES: 6, BBOS: 0}), [T]
+    worker = worker_for(kafka, store, consumer, now)
+    await worker.process(trade_records())  # nothing closes: no flush
+    saved = store.states[0]
+    now[0] += POLICY.idle_timeout_us + 62 * S
+    ticking = asyncio.create_task(worker.tick())
+    await kafka.flushing.wait()  # the bars are on their way
+    worker.forget([0])  # revoked meanwhile
+    kafka.release.set()
+    await ticking  # no KeyError
+    assert [(b.trade_count, b.close) for b in kafka.bars()] == [(6, "105")]
+    assert store.states[0] == saved  # the new owner restores this and re-emits the bars
+    assert PartitionAggregator.restore(saved, POLICY, now[0]).open_windows() > 0
