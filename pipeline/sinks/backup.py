@@ -181,9 +181,10 @@ def _columns(db: Database, table: str) -> list[tuple[str, str]]:
 
 
 def digest(db: Database, table: str, exclude: Collection[str] = ()) -> Digest:
-    """Rows and ``sum(cityHash64(...))`` over every column but ``exclude`` (as text, so every type hashes
-    the same way on every engine version); the sum wraps at 2^64 and does not depend on row order or parts."""
-    columns = ", ".join(f"toString(`{name}`)" for name, _ in _columns(db, table) if name not in exclude)
+    """Rows and ``sum(cityHash64(...))`` over every column but ``exclude`` (as text, NULL as ``'NULL'``, so
+    every type hashes the same way on every engine version); the sum wraps at 2^64 and does not depend on
+    row order or parts."""
+    columns = ", ".join(f"ifNull(toString(`{n}`), 'NULL')" for n, _ in _columns(db, table) if n not in exclude)
     row = db.fetch(f"SELECT count(), sum(cityHash64({columns})) FROM `{db.database}`.`{table}`")[0]  # noqa: S608 - identifiers from system.tables
     return Digest(int(row[0]), int(row[1]))
 
