@@ -218,8 +218,8 @@ def read_manifest(directory: Path) -> tuple[str, dict[str, Digest]] | None:
 def backup(url: str, destination: str) -> BackupResult:
     """Back up every table of the configured database to ``destination`` (see the module docstring)."""
     where = local_dir(destination)
-    if where is not None and where.exists() and any(where.iterdir()):
-        raise BackupError(f"{where} exists and is not empty: choose a new directory per backup")
+    if where is not None and where.exists() and (not where.is_dir() or any(where.iterdir())):
+        raise BackupError(f"{where} exists and is not an empty directory: choose a new directory per backup")
     db = open_database(url, destination)
     try:
         names = tables(db)
@@ -357,14 +357,15 @@ class TopicRebuild:
 
 
 async def rebuild(
-    settings: Settings, url: str, names: list[str] | None = None, *, batch_rows: int = 50_000
+    settings: Settings, url: str, names: list[str] | None = None, *, batch_rows: int = 50_000, migrate: bool = True
 ) -> dict[str, TopicRebuild]:
-    """``marketprism db rebuild --from-topics``: migrate the database at ``url`` (a fresh one is created),
-    then replay the stored topics ``names`` (default: every topic with a table) into it."""
+    """``marketprism db rebuild --from-topics``: migrate the database at ``url`` (unless not ``migrate``; a
+    fresh chdb directory is created, a server's database must exist), then replay the stored topics
+    ``names`` (default: every topic with a table) into it."""
     from pipeline.contracts import load_registry
     from pipeline.sinks.factory import make_sink
 
-    sink = make_sink(url, load_registry(), settings.topic_prefix, run_migrations=True)
+    sink = make_sink(url, load_registry(), settings.topic_prefix, run_migrations=migrate)
     known = [topic.removeprefix(settings.topic_prefix) for topic in sink.tables]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
