@@ -215,30 +215,57 @@ def read_manifest(directory: Path) -> tuple[str, dict[str, Digest]] | None:
     return str(body["method"]), found
 
 
-def backup(url: str, destination: str) -> BackupResult:
-    """Back up every table of the configured database to ``destination`` (see the module docstring)."""
-    where = local_dir(destination)
-    if where is not None and where.exists() and (not where.is_dir() or any(where.iterdir())):
+def _on_server(db: Database) -> bool:
+    """Whether a ``File`` path names a directory on the server (its own BACKUP), not on this machine."""
+    return isinstance(db, ServerDatabase) and _native(db)
+
+
+def _engine(db: Database, sql: str) -> None:
+    """Run BACKUP/RESTORE; the engine's refusal (a path it may not write, a backup it cannot read) becomes a
+    :class:`BackupError` carrying its message."""
+    try:
+        db.execute(sql)
+    except Exception as exc:  # chdb raises RuntimeError, clickhouse-driver ServerException: both carry the reason
+        raise BackupError(f"{sql.split(' ', 1)[0]} failed: {exc}") from exc
+
+
+def _check_new(where: Path) -> None:
+    if where.exists() and (not where.is_dir() or any(where.iterdir())):
         raise BackupError(f"{where} exists and is not an empty directory: choose a new directory per backup")
+
+
+def backup(url: str, destination: str) -> BackupResult:
+    """Back up every table of the configured database to ``destination`` (see the module docstring). A
+    ``File`` path is on this machine for chdb and the logical copy, on the server for a server's BACKUP
+    (the manifest is written beside it when that directory is reachable from here too)."""
+    where = local_dir(destination)
+    if where is not None and url.startswith("chdb://"):
+        _check_new(where)
     db = open_database(url, destination)
     try:
         names = tables(db)
         found = digests(db, names)
         if _native(db):
             method = "BACKUP"
-            if where is not None:
+            if where is not None and not _on_server(db):
                 where.parent.mkdir(parents=True, exist_ok=True)
                 if where.exists():
                     where.rmdir()  # an empty directory: the engine creates the backup itself
-            db.execute(f"BACKUP DATABASE `{db.database}` TO {destination_sql(destination)}")
+            _engine(db, f"BACKUP DATABASE `{db.database}` TO {destination_sql(destination)}")
         else:
             if where is None:
                 raise BackupError("this server has no BACKUP statement (before 22.8): give a local directory")
+            _check_new(where)
             method = "logical"
             _logical_backup(db, names, where)
     finally:
         db.close()
-    manifest = _write_manifest(where, method, found) if where is not None else None
+    manifest = None
+    if where is not None and where.is_dir():
+        try:
+            manifest = _write_manifest(where, method, found)
+        except OSError as exc:  # a server's directory this user cannot write: the printed figures remain
+            log.warning("no manifest beside the backup (%s); keep the printed figures with it", exc)
     log.info("backed up %d table(s) of %s to %s (%s)", len(found), url.split("@")[-1], destination, method)
     return BackupResult(destination, method, found, manifest)
 
@@ -247,11 +274,11 @@ def restore(url: str, source: str, *, replace: bool = False) -> RestoreResult:
     """Restore the tables of a backup into the configured database. Tables that exist already are an
     error unless ``replace``, which drops the backup's tables first (or every table without a manifest)."""
     where = local_dir(source)
-    if where is not None and not where.is_dir():
-        raise BackupError(f"no backup at {where}")
-    manifest = read_manifest(where) if where is not None else None
+    manifest = read_manifest(where) if where is not None and where.is_dir() else None
     db = open_database(url, source)
     try:
+        if where is not None and not where.is_dir() and not _on_server(db):
+            raise BackupError(f"no backup at {where}")
         db.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")
         present = set(tables(db))
         wanted = set(manifest[1]) if manifest is not None else present
@@ -264,8 +291,12 @@ def restore(url: str, source: str, *, replace: bool = False) -> RestoreResult:
         if method == "logical":
             assert where is not None
             _logical_restore(db, where)
+        elif not _native(db):
+            raise BackupError(
+                "this server has no RESTORE statement (before 22.8) and no logical backup is at the source"
+            )
         else:
-            db.execute(f"RESTORE DATABASE `{db.database}` FROM {destination_sql(source)}")
+            _engine(db, f"RESTORE DATABASE `{db.database}` FROM {destination_sql(source)}")
         found = digests(db, sorted(wanted) if manifest is not None else None)
     finally:
         db.close()

@@ -24,7 +24,9 @@ from pipeline.sinks.backup import (
     BackupError,
     Digest,
     backup,
+    destination_sql,
     digests,
+    local_dir,
     open_database,
     read_manifest,
     rebuild,
@@ -153,6 +155,14 @@ async def test_rebuild_completes_a_partly_lost_table(topics: Settings, tmp_path:
     assert _digests(url, exclude=("_ingested_at",))["trades"] == original
 
 
+def test_destinations() -> None:
+    assert destination_sql("/backups/mp-1") == "File('/backups/mp-1')"
+    assert destination_sql("it's") == f"File('{Path.cwd() / 'it'}\\'s')"
+    for expression in ("Disk('backups', 'mp-1')", "S3('https://bucket.example/mp-1', 'key', 'secret')"):
+        assert destination_sql(expression) == expression and local_dir(expression) is None
+    assert local_dir("rel/dir") == Path.cwd() / "rel" / "dir"
+
+
 def test_cli_backup_restore_rebuild(tmp_path: Path, settings: Settings) -> None:
     """The commands as users run them (chdb): backup, refuse a clash, restore --replace, rebuild errors."""
     from pipeline.cli import app
@@ -166,6 +176,8 @@ def test_cli_backup_restore_rebuild(tmp_path: Path, settings: Settings) -> None:
     made = cli.invoke(app, ["db", "backup", str(target)], env=env)
     assert made.exit_code == 0, made.output
     assert "trades" in made.output and (target / "marketprism-manifest.json").is_file()
+    refused = cli.invoke(app, ["db", "backup", f"File('{tmp_path / 'elsewhere'}')"], env=env)
+    assert refused.exit_code == 2 and "BACKUP failed" in refused.output and "allowed_path" in refused.output
     clash = cli.invoke(app, ["db", "restore", str(target)], env=env)
     assert clash.exit_code == 2 and "--replace" in clash.output
     replaced = cli.invoke(app, ["db", "restore", str(target), "--replace"], env=env)
