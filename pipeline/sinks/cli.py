@@ -154,8 +154,10 @@ def db_rebuild(
     ] = None,
     batch_rows: Annotated[int, typer.Option(min=1)] = 50_000,
 ) -> None:
-    """Re-sink the tables from what the topics retain, from their log start: rows already stored are
-    skipped, so a fresh or partly filled database ends with every retained record exactly once."""
+    """Re-sink the tables from what the topics retain, skipping the rows already stored.
+
+    Every partition is read from its log start to its end through the sink; a fresh or partly filled
+    database ends with every retained record exactly once (see docs/operations.md)."""
     from pipeline.sinks.backup import BackupError, rebuild
 
     if not from_topics:
