@@ -54,7 +54,16 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 LATENESS_MS = GRACE_MS = 500
-WORKER_ARGS = ("--lateness-ms", str(LATENESS_MS), "--grace-ms", str(GRACE_MS), "--idle-timeout-ms", "3000")
+# The idle timeout sits above the longest pause of production the harness itself causes: a drop cuts the
+# collector off for up to 4 s (then it reconnects and flushes), and on a loaded machine the replay's pacing (the
+# server, the collector and the relay share this process's loop) stalls for seconds. A worker that has read
+# everything and hears nothing for the idle timeout closes its open windows (docs/aggregation.md), and trades of
+# those windows that come after the pause are late by its rules while the independent computation knows no wall
+# clock: with 3 s a loaded round (seed 9) lost a market's next four 1 s bars that way. A real deployment sets it
+# above its feeds' longest normal pause in the same way.
+IDLE_TIMEOUT_MS = 10_000
+WORKER_ARGS = ("--lateness-ms", str(LATENESS_MS), "--grace-ms", str(GRACE_MS), "--idle-timeout-ms",
+               str(IDLE_TIMEOUT_MS))  # fmt: skip
 # the captures the issue's scenario and the chaos rounds replay, with the markets their venue module subscribes
 CAPTURES: dict[str, tuple[str, str, list[str]]] = {
     "binance_futures": (
