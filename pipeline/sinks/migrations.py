@@ -264,6 +264,7 @@ async def migrate(db: Database, registry: TopicRegistry, cluster: str | None = N
     """Apply the missing migrations in order (``ON CLUSTER`` DDL for replicated and Distributed tables
     when ``cluster`` names one of the server's ``remote_servers``); one line per applied migration."""
     if cluster:
+        await _refuse_single_node_tables(db, registry)
         await db.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database or 'default'}` ON CLUSTER `{cluster}`")
     elif db.database:
         await db.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database}`")
@@ -281,6 +282,22 @@ async def migrate(db: Database, registry: TopicRegistry, cluster: str | None = N
         log.info("applied migration %d: %s", migration.version, migration.summary())
         applied.append(f"{migration.version}: {migration.summary()}")
     return applied
+
+
+async def _refuse_single_node_tables(db: Database, registry: TopicRegistry) -> None:
+    """``--cluster`` on a database a single-node migrate made would skip every ``IF NOT EXISTS`` (and every
+    recorded version) and leave plain MergeTree tables: refuse, naming them."""
+    where_db = f"'{db.database}'" if db.database else "currentDatabase()"
+    rows = await db.fetch(f"SELECT name, engine FROM system.tables WHERE database = {where_db}")  # noqa: S608 - identifiers come from code and the topic registry, numbers are ints; no user text
+    names = {table_for(t).name for t in registry if t.sink} | {MIGRATIONS_TABLE}
+    plain = sorted(
+        str(n) for n, engine in rows if n in names and not str(engine).startswith(("Replicated", "Distributed"))
+    )
+    if plain:
+        raise MigrationError(
+            f"--cluster: {db.database or 'the default database'} already has single-node tables {plain}; "
+            "migrate a new database ON CLUSTER and copy the rows over (docs/operations.md, Clustered ClickHouse)"
+        )
 
 
 async def existing_columns(db: Database, table: str) -> list[str]:

@@ -36,8 +36,17 @@ from sinkhelpers import produce, variations, wait_for
 from pipeline.contracts import Trade, load_registry
 from pipeline.infra import ManagedProcess, clickhouse_server_binary, clickhouse_service, free_port
 from pipeline.settings import Settings
+from pipeline.sinks.chdb_backend import ChdbSink
 from pipeline.sinks.driver_backend import ServerSink
-from pipeline.sinks.migrations import MIGRATIONS, AddColumns, CreateTopicTables, applied_versions, migrate, stored_names
+from pipeline.sinks.migrations import (
+    MIGRATIONS,
+    AddColumns,
+    CreateTopicTables,
+    MigrationError,
+    applied_versions,
+    migrate,
+    stored_names,
+)
 from pipeline.sinks.runner import RunnerOptions, SinkRunner
 from pipeline.sinks.schema import table_for
 from tests.conftest import unavailable
@@ -105,6 +114,18 @@ def test_single_node_ddl_has_no_cluster_parts() -> None:
         sql = table.create_sql("md")
         assert "ON CLUSTER" not in sql and "Replicated" not in sql and "Distributed" not in sql
         assert "ENGINE = MergeTree\n" in sql
+
+
+async def test_cluster_migrate_refuses_a_single_node_database(tmp_path: Path) -> None:
+    """A database a single-node migrate made (chdb here) is refused before any ON CLUSTER statement."""
+    sink = ChdbSink(str(tmp_path / "db"), load_registry(), run_migrations=False)
+    await sink.setup()
+    try:
+        await migrate(sink, load_registry())
+        with pytest.raises(MigrationError, match=r"single-node tables \[.*'trades'"):
+            await migrate(sink, load_registry(), CLUSTER)
+    finally:
+        await sink.close()
 
 
 # -- the real cluster ---------------------------------------------------------------------------------
