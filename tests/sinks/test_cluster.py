@@ -6,10 +6,11 @@ What runs where:
   (chdb's ``EXPLAIN AST``; chdb has no ZooKeeper/Keeper and no cluster, so it cannot create them);
 - a real two-node cluster (1 shard x 2 replicas) of Debian's clickhouse-server with Debian's ZooKeeper on
   loopback: Debian ships ClickHouse 18.16, which predates ClickHouse Keeper (21.8) and the modern column
-  types (``DateTime64``, ``LowCardinality`` by default, TTL, ``Map``), so the test takes the generator's
-  output for the trades table and rewrites only the column types and clauses that server lacks; the
-  ON CLUSTER statements, the replicated engine and its path, the Distributed engine and its sharding key
-  run as generated. The sink then writes through the Distributed table from the real broker.
+  types (``DateTime64``, ``LowCardinality`` by default, TTL, skipping indexes), so ``migrate(..., cluster)``
+  runs for the trades table through :class:`OldDialect`, which rewrites only those column types and
+  clauses; the ON CLUSTER statements, the replicated engines and their paths, the Distributed engine and
+  its sharding key run as generated. The sink then writes through the Distributed table from the real
+  broker, and both replicas hold every row.
 """
 
 from __future__ import annotations
