@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from clickhouse_driver import Client
 from sinkhelpers import produce, variations, wait_for
@@ -137,12 +138,13 @@ class Node:
     host: str
     tcp_port: int
     service: ManagedProcess
+    shards: int
 
     def client(self, database: str = "default") -> Client:
         return Client(host=self.host, port=self.tcp_port, database=database)
 
 
-def _cluster_config(conf_dir: Path, zk_port: int, ports: list[int], replica: str) -> Path:
+def _cluster_config(conf_dir: Path, zk_port: int, ports: list[int], index: int, shards: int) -> Path:
     """A copy of Debian's config.xml and users.xml plus a config.d naming the cluster, the ZooKeeper and
     this node's macros; the default profile inserts into Distributed tables synchronously."""
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -150,16 +152,20 @@ def _cluster_config(conf_dir: Path, zk_port: int, ports: list[int], replica: str
     users = Path("/etc/clickhouse-server/users.xml").read_text()
     users = users.replace("<default>", "<default>\n<insert_distributed_sync>1</insert_distributed_sync>", 1)
     (conf_dir / "users.xml").write_text(users)
-    replicas = "".join(f"<replica><host>127.0.0.1</host><port>{p}</port></replica>" for p in ports)
+    replicas = [f"<replica><host>127.0.0.1</host><port>{p}</port></replica>" for p in ports]
+    per_shard = [replicas] if shards == 1 else [[r] for r in replicas]
+    layout = "".join(
+        f"<shard><internal_replication>true</internal_replication>{''.join(rs)}</shard>" for rs in per_shard
+    )
     (conf_dir / "config.d").mkdir(exist_ok=True)
     (conf_dir / "config.d" / "cluster.xml").write_text(
         f"""<?xml version="1.0"?>
 <yandex>
   <remote_servers>
-    <{CLUSTER}><shard><internal_replication>true</internal_replication>{replicas}</shard></{CLUSTER}>
+    <{CLUSTER}>{layout}</{CLUSTER}>
   </remote_servers>
   <zookeeper><node><host>127.0.0.1</host><port>{zk_port}</port></node></zookeeper>
-  <macros><shard>01</shard><replica>{replica}</replica></macros>
+  <macros><shard>0{1 if shards == 1 else index + 1}</shard><replica>r{index}</replica></macros>
   <interserver_http_host>127.0.0.1</interserver_http_host>
 </yandex>
 """
@@ -198,9 +204,10 @@ def _zookeeper_serves(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
-    """ZooKeeper and two clickhouse-server processes forming cluster ``mp`` (1 shard x 2 replicas)."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["1shard-2replicas", "2shards-1replica"])
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[list[Node]]:
+    """ZooKeeper and two clickhouse-server processes forming cluster ``mp``: 1 shard x 2 replicas, or
+    2 shards x 1 replica."""
     if clickhouse_server_binary() is None:
         unavailable("clickhouse-server is not installed (make test installs it with apt where it can)")
     if not ZOOKEEPER_JAR.exists() or not Path(JAVA).exists():
@@ -217,12 +224,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
         nodes = []
         for i, port in enumerate(ports):
             base = clickhouse_service(state / f"node{i}", tcp_port=port, http_port=free_port(), die_with_parent=True)
-            config = _cluster_config(state / f"node{i}" / "conf", zk.port, ports, f"r{i}")
+            config = _cluster_config(state / f"node{i}" / "conf", zk.port, ports, i, request.param)
             argv = (base.argv[0], f"--config-file={config}", *base.argv[2:])
             service = ManagedProcess(f"clickhouse-{i}", argv, base.state_dir, base.host, port, base.cwd, True)
             service.start(timeout=90)
             started.append(service)
-            nodes.append(Node(base.host, port, service))
+            nodes.append(Node(base.host, port, service, request.param))
         yield nodes
     finally:
         for service in reversed(started):
@@ -298,7 +305,11 @@ async def test_cluster_tables_replicate_and_the_sink_writes_through_distributed(
         finally:
             c.disconnect()
 
-    records = variations(Trade, 2000)
+    # 12 markets, so that two shards each get some
+    records = [
+        msgspec.structs.replace(t, symbol=f"M{i % 12}-USDT", raw_symbol=f"M{i % 12}USDT")
+        for i, t in enumerate(variations(Trade, 2000))
+    ]
     url = f"clickhouse://default:@{first.host}:{first.tcp_port}/{db}"
     sink = ServerSink(url, load_registry(), topics.topic_prefix, run_migrations=False, retry_window_s=30)
     runner = SinkRunner(
@@ -323,18 +334,27 @@ async def test_cluster_tables_replicate_and_the_sink_writes_through_distributed(
         await task
 
     expected_prices = Counter(Decimal(t.price) for t in records)
-    for node in cluster:  # every replica holds every row (replication), readable via either node
+    markets_per_node: list[set[tuple[str, str]]] = []
+    local_counts: list[int] = []
+    for node in cluster:  # all rows readable through the Distributed table of either node
         c = node.client(db)
         try:
-            assert _wait(lambda c=c: c.execute("SELECT count() FROM trades_local") == [(len(records),)])
             assert c.execute("SELECT count(), uniqExact(_partition, _offset) FROM trades") == [
                 (len(records), len(records))
             ]
             assert c.execute("SELECT toTypeName(price) FROM trades LIMIT 1") == [("Decimal(38, 18)",)]
-            prices = Counter(Decimal(p) for (p,) in c.execute("SELECT toString(price) FROM trades_local"))
+            prices = Counter(Decimal(p) for (p,) in c.execute("SELECT toString(price) FROM trades"))
             assert prices == expected_prices
+            if node.shards == 1:  # every replica holds every row (replication)
+                assert _wait(lambda c=c: c.execute("SELECT count() FROM trades_local") == [(len(records),)])
+            local_counts.append(c.execute("SELECT count() FROM trades_local")[0][0])
+            markets_per_node.append(set(c.execute("SELECT DISTINCT exchange, symbol FROM trades_local")))
         finally:
             c.disconnect()
+    if first.shards == 2:  # each shard holds its markets' rows, each market on one shard only
+        assert sum(local_counts) == len(records) and all(local_counts)
+        assert not markets_per_node[0] & markets_per_node[1]
+        assert len(markets_per_node[0] | markets_per_node[1]) == 12
     c = first.client()
     try:
         c.execute(f"DROP DATABASE `{db}` ON CLUSTER `{CLUSTER}`")
