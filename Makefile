@@ -25,7 +25,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
 .PHONY: demo test check venv lock lint format typecheck security audit actionlint configs \
-	clickhouse-server amtool stunnel chromium kubectl policy pytest bench-nightly image image-push image-check image-scan dist clean
+	clickhouse-server amtool stunnel chromium kubectl zookeeper policy pytest bench-nightly image image-push image-check image-scan dist clean
 
 $(UV):
 	@test -n "$(PYTHON_BIN)" || { echo "no Python $(PYTHON) found (PATH or ~/.pyenv/versions)"; exit 2; }
@@ -81,10 +81,10 @@ configs: venv kubectl policy
 	$(BIN)/marketprism topics schemas
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy tests/contracts
 
-# apt-install $(1) (a Debian package) unless the command $(2) is there, with sudo when not root; when apt cannot,
-# say so: the tests that need it skip with the reason (and fail with CI=true).
+# apt-install $(1) (a Debian package) unless the command (or file) $(2) is there, with sudo when not root; when apt
+# cannot, say so: the tests that need it skip with the reason (and fail with CI=true).
 define apt_install
-	@if ! command -v $(2) >/dev/null 2>&1 && ! test -x /usr/sbin/$(2) && ! test -x /usr/bin/$(2); then \
+	@if ! command -v $(2) >/dev/null 2>&1 && ! test -x /usr/sbin/$(2) && ! test -x /usr/bin/$(2) && ! test -e $(2); then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 		if command -v apt-get >/dev/null 2>&1 && $$SUDO true 2>/dev/null; then \
 			echo "installing $(1) with apt"; \
@@ -117,7 +117,12 @@ chromium:
 kubectl:
 	$(call apt_install,kubernetes-client,kubectl)
 
-pytest: venv clickhouse-server amtool stunnel chromium kubectl
+# Debian's zookeeper: the coordination service of the two-node clickhouse-server cluster test (Debian's
+# clickhouse-server 18.16 predates ClickHouse Keeper).
+zookeeper:
+	$(call apt_install,zookeeper libslf4j-java,/usr/share/java/zookeeper.jar)
+
+pytest: venv clickhouse-server amtool stunnel chromium kubectl zookeeper
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: check pytest
